@@ -1,0 +1,1 @@
+"""identity-pipeline: product telemetry in, one trustworthy customer identity per person out."""

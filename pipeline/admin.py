@@ -1,0 +1,58 @@
+"""Kafka administration: readiness probe and idempotent creation of the SPEC §3 topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.topics import TopicSpec
+
+logger = logging.getLogger(__name__)
+
+
+async def _describe(bootstrap: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        await admin.list_topics()
+        return True
+    except (KafkaError, OSError):
+        return False
+    finally:
+        await admin.close()
+
+
+def cluster_ready(bootstrap: str) -> bool:
+    """Whether the broker answers a metadata request."""
+    return asyncio.run(_describe(bootstrap))
+
+
+async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in specs if spec.name not in existing]
+        if not missing:
+            return []
+        new = [
+            NewTopic(
+                name=spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=1,
+                topic_configs=spec.config,
+            )
+            for spec in missing
+        ]
+        response = await admin.create_topics(new, timeout_ms=15000)
+        for name, code, *_ in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):
+                message = f"creating topic {name} failed with Kafka error code {code}"
+                raise RuntimeError(message)
+        return [spec.name for spec in missing]
+    finally:
+        await admin.close()

@@ -1,0 +1,64 @@
+"""Every setting of the pipeline in one frozen object, read from the environment (SPEC §4)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import orjson
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SecretsFileError(ValueError):
+    """The workspace secrets file is missing or malformed."""
+
+
+class Settings(BaseSettings):
+    """Configuration; the environment names of SPEC §4 are binding, the `IDP_*` extras are ours."""
+
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field("localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    redis_url: str = Field("redis://localhost:6379/0", validation_alias="REDIS_URL")
+    secrets_file: Path | None = Field(None, validation_alias="IDP_SECRETS_FILE")
+    topic_prefix: str = Field("", validation_alias="IDP_TOPIC_PREFIX")
+    # Everything below is internal to the process and may change between releases.
+    app_id: str = Field("identity-pipeline", validation_alias="IDP_APP_ID")
+    state_namespace: str = Field("idp", validation_alias="IDP_STATE_NAMESPACE")
+    partitions: int = Field(4, ge=1, validation_alias="IDP_PARTITIONS")
+    batch_size: int = Field(500, ge=1, validation_alias="IDP_BATCH_SIZE")
+    batch_within_s: float = Field(0.005, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
+    dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
+    log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
+
+    def topic(self, logical: str) -> str:
+        """The physical name of a topic of SPEC §3 under the configured prefix."""
+        return f"{self.topic_prefix}{logical}"
+
+    @cached_property
+    def workspace_secrets(self) -> dict[str, tuple[SecretStr, ...]]:
+        """Workspace id -> accepted secrets (a list during rotation), from `IDP_SECRETS_FILE`."""
+        if self.secrets_file is None:
+            return {}
+        return load_secrets(self.secrets_file)
+
+
+def load_secrets(path: Path) -> dict[str, tuple[SecretStr, ...]]:
+    """Read a JSON object mapping workspace_id to a secret or a list of secrets."""
+    try:
+        raw = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        message = f"cannot read the workspace secrets file {path}: {exc}"
+        raise SecretsFileError(message) from exc
+    if not isinstance(raw, dict):
+        message = f"{path} must hold a JSON object mapping workspace_id to its secret"
+        raise SecretsFileError(message)
+    secrets: dict[str, tuple[SecretStr, ...]] = {}
+    for workspace_id, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, str) and v for v in values):
+            message = f"{path}: the secret of workspace {workspace_id!r} must be a non-empty string"
+            raise SecretsFileError(message)
+        secrets[workspace_id] = tuple(SecretStr(v) for v in values)
+    return secrets

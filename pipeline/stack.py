@@ -1,0 +1,326 @@
+"""The local stack without Docker: a single-node Kafka (KRaft) and a Redis on loopback.
+
+Kafka 3.9.x runs from Maven Central jars resolved once into `.run/kafka-<version>/lib` and
+started with `java -cp`; Redis is Debian's `redis-server` with its own port, data directory
+and AOF persistence under `.run/redis`. Each service is started idempotently, waited for by
+probing it (never a fixed sleep), and has a pid file and a log file.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+KAFKA_VERSION = "3.9.2"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+POM = PROJECT_ROOT / "deploy" / "local" / "kafka-pom.xml"
+
+
+class StackError(RuntimeError):
+    """A service could not be installed, started or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a service listens."""
+
+    host: str
+    port: int
+
+
+def run_dir() -> Path:
+    """The project-local folder (ignored by git) for jars, data, logs and pid files."""
+    return Path(os.environ.get("IDP_RUN_DIR", PROJECT_ROOT / ".run")).resolve()
+
+
+def kafka_endpoint(bootstrap: str) -> Endpoint:
+    """The first host:port of a bootstrap list."""
+    first = bootstrap.split(",")[0].strip().removeprefix("kafka://")
+    host, _, port = first.rpartition(":")
+    return Endpoint(host or "127.0.0.1", int(port or 9092))
+
+
+def redis_endpoint(url: str) -> Endpoint:
+    """Host and port of a redis:// URL."""
+    parsed = urlparse(url)
+    return Endpoint(parsed.hostname or "127.0.0.1", parsed.port or 6379)
+
+
+def port_open(endpoint: Endpoint) -> bool:
+    """Whether something accepts TCP connections there."""
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float, what: str, log: Path | None = None
+) -> None:
+    """Poll `condition` until true; fail with the tail of the service log otherwise."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+    message = f"{what} was not ready after {timeout:.0f}s.\n{tail}"
+    raise StackError(message)
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def _spawn(argv: list[str], *, log: Path, pid_file: Path, cwd: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - argv is built by us
+            argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    pid_file.write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def _stop(pid_file: Path, name: str, *, timeout: float = 60.0) -> bool:
+    pid = _read_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _read_pid(pid_file) is not None:
+        time.sleep(0.1)
+    if _read_pid(pid_file) is not None:
+        logger.warning("%s did not stop within %.0fs; killing it", name, timeout)
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def kafka_lib() -> Path:
+    """Folder of the broker's jars."""
+    return run_dir() / f"kafka-{KAFKA_VERSION}" / "lib"
+
+
+def install_kafka() -> Path:
+    """Resolve the broker jars from Maven Central once (about 10 s), into a git-ignored folder."""
+    lib = kafka_lib()
+    if (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+        return lib
+    if shutil.which("java") is None:
+        message = "Java is missing: install a JDK 17 (e.g. apt-get install openjdk-17-jre-headless)"
+        raise StackError(message)
+    if shutil.which("mvn") is None:
+        message = "Maven is missing: install it (e.g. apt-get install maven) to fetch Kafka's jars"
+        raise StackError(message)
+    print(f"Resolving Apache Kafka {KAFKA_VERSION} from Maven Central into {lib} ...", flush=True)
+    argv = [
+        "mvn", "-q", "-B", "-f", str(POM),
+        f"-Dmaven.repo.local={run_dir() / 'm2'}",
+        f"-Dkafka.version={KAFKA_VERSION}",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={lib}", "-DincludeScope=runtime",
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        message = f"Maven could not resolve Kafka:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        raise StackError(message)
+    return lib
+
+
+def _kafka_properties(broker: Endpoint, data: Path) -> str:
+    controller = broker.port + 1
+    return f"""\
+# Written by `idp stack up`: one combined broker+controller for development and tests.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{broker.host}:{controller}
+listeners=PLAINTEXT://{broker.host}:{broker.port},CONTROLLER://{broker.host}:{controller}
+advertised.listeners=PLAINTEXT://{broker.host}:{broker.port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=4
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=8
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+log.segment.bytes=67108864
+"""
+
+
+def _kafka_ready(broker: Endpoint) -> bool:
+    """The broker answers a metadata request (the port alone opens before it can serve)."""
+    if not port_open(broker):
+        return False
+    from pipeline.admin import cluster_ready  # late import: aiokafka is heavy
+
+    return cluster_ready(f"{broker.host}:{broker.port}")
+
+
+def start_kafka(bootstrap: str) -> str:
+    """Start the broker unless it runs already; return a one-line status."""
+    broker = kafka_endpoint(bootstrap)
+    home = run_dir() / "kafka"
+    pid_file, log = home / "kafka.pid", home / "kafka.log"
+    if _read_pid(pid_file) is not None:
+        wait_until(lambda: _kafka_ready(broker), timeout=90, what="Kafka", log=log)
+        return f"kafka already running on {broker.host}:{broker.port}"
+    for endpoint in (broker, Endpoint(broker.host, broker.port + 1)):
+        if port_open(endpoint):
+            message = (
+                f"port {endpoint.port} on {endpoint.host} is taken by another process; stop it or "
+                "point KAFKA_BOOTSTRAP_SERVERS at another port"
+            )
+            raise StackError(message)
+    lib = install_kafka()
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    config = home / "server.properties"
+    config.write_text(_kafka_properties(broker, data))
+    log4j = home / "log4j.properties"
+    log4j.write_text(
+        "log4j.rootLogger=INFO, stdout\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        "log4j.logger.kafka=INFO\nlog4j.logger.org.apache.kafka=INFO\n"
+    )
+    java = ["java", "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", f"-Dlog4j.configuration=file:{log4j}",
+            "-cp", f"{lib}/*"]  # fmt: skip
+    if not (data / "meta.properties").exists():
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        argv = [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            message = f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}"
+            raise StackError(message)
+    _spawn([*java, "kafka.Kafka", str(config)], log=log, pid_file=pid_file, cwd=home)
+    wait_until(lambda: _kafka_ready(broker), timeout=90, what="Kafka", log=log)
+    return f"kafka {KAFKA_VERSION} started on {broker.host}:{broker.port} (log {log})"
+
+
+def stop_kafka() -> bool:
+    """Stop the broker started by `start_kafka`; False if it was not running."""
+    return _stop(run_dir() / "kafka" / "kafka.pid", "Kafka")
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def install_redis() -> str:
+    """Path of `redis-server`, installing Debian's package when it is missing (needs root)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        message = "redis-server is missing: run `sudo apt-get install redis-server`"
+        raise StackError(message)
+    print("Installing Debian's redis-server ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+        if result.returncode != 0:
+            message = f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}"
+            raise StackError(message)
+    # Debian starts a system-wide redis on 6379 after installing it; ours has its own config.
+    subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)  # noqa: S607
+    return shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _redis_ready(endpoint: Endpoint) -> bool:
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def start_redis(url: str) -> str:
+    """Start Redis unless it runs already; return a one-line status."""
+    endpoint = redis_endpoint(url)
+    home = run_dir() / "redis"
+    pid_file, log = home / "redis.pid", home / "redis.log"
+    if _read_pid(pid_file) is not None:
+        wait_until(lambda: _redis_ready(endpoint), timeout=30, what="Redis", log=log)
+        return f"redis already running on {endpoint.host}:{endpoint.port}"
+    if port_open(endpoint):
+        message = (
+            f"port {endpoint.port} on {endpoint.host} is taken by another process (a system "
+            "redis-server? `service redis-server stop`), or point REDIS_URL at another port"
+        )
+        raise StackError(message)
+    server = install_redis()
+    if port_open(endpoint):  # the package's own service may have just started
+        subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)  # noqa: S607
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "redis.conf"
+    config.write_text(
+        f"bind {endpoint.host}\nport {endpoint.port}\ndir {home}\n"
+        "daemonize no\nappendonly yes\nappendfsync everysec\nsave \"\"\n"
+        "protected-mode yes\nmaxmemory-policy noeviction\n"
+    )
+    _spawn([server, str(config)], log=log, pid_file=pid_file, cwd=home)
+    wait_until(lambda: _redis_ready(endpoint), timeout=30, what="Redis", log=log)
+    return f"redis started on {endpoint.host}:{endpoint.port} (AOF in {home}, log {log})"
+
+
+def stop_redis() -> bool:
+    """Stop the Redis started by `start_redis`; False if it was not running."""
+    return _stop(run_dir() / "redis" / "redis.pid", "Redis")
+
+
+def status(bootstrap: str, url: str) -> list[str]:
+    """One line per service: running or not, pid, where."""
+    lines = []
+    for name, pid_file, endpoint in (
+        ("kafka", run_dir() / "kafka" / "kafka.pid", kafka_endpoint(bootstrap)),
+        ("redis", run_dir() / "redis" / "redis.pid", redis_endpoint(url)),
+    ):
+        pid = _read_pid(pid_file)
+        where = f"{endpoint.host}:{endpoint.port}"
+        if pid is not None:
+            lines.append(f"{name}: running (pid {pid}) on {where}")
+        elif port_open(endpoint):
+            lines.append(f"{name}: not ours, but something listens on {where}")
+        else:
+            lines.append(f"{name}: stopped")
+    return lines

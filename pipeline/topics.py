@@ -1,0 +1,52 @@
+"""The topics of SPEC §3 and how the project creates them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PAGE_VIEW = "telemetry.page_view"
+CHAT_START = "telemetry.chat_start"
+SIGNUP = "telemetry.signup"
+LOGIN = "telemetry.login"
+LOGOUT = "telemetry.logout"
+INPUT_TOPICS = (PAGE_VIEW, CHAT_START, SIGNUP, LOGIN, LOGOUT)
+
+MERGED = "identity.merged"
+SHUTDOWN = "identity.shutdown"
+PROFILES = "identity.profiles"
+REJECTED = "identity.rejected"
+OUTPUT_TOPICS = (MERGED, SHUTDOWN, PROFILES, REJECTED)
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How one topic is created: partitions and broker-side configuration."""
+
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(prefix: str, partitions: int) -> list[TopicSpec]:
+    """All topics with their settings.
+
+    Input topics are co-partitioned (same count, keyed by anonymous_id) and kept 7 days, long
+    enough to replay a week for analytics. `identity.profiles` is compacted: the latest profile
+    of every contact is kept forever, so a consumer rebuilds its view by reading it from the
+    start. The event topics keep 7 days too.
+    """
+    week = {"retention.ms": str(WEEK_MS)}
+    specs = [TopicSpec(prefix + name, partitions, week) for name in INPUT_TOPICS]
+    specs += [
+        TopicSpec(prefix + MERGED, partitions, week),
+        TopicSpec(prefix + SHUTDOWN, partitions, week),
+        TopicSpec(prefix + REJECTED, partitions, week),
+        TopicSpec(
+            prefix + PROFILES,
+            partitions,
+            {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        ),
+    ]
+    return specs

@@ -1,0 +1,94 @@
+"""Input messages produced by product telemetry (SPEC §3, input topics)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from schemas.time import Timestamp
+
+
+class _Input(BaseModel):
+    """Fields every input carries. Unknown fields are ignored (forward compatibility)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
+
+    topic: ClassVar[str]
+    # The field that names the profile this event is about (SPEC R1).
+    key_identifier: ClassVar[str] = "anonymous_id"
+
+    event_id: str
+    workspace_id: str
+    anonymous_id: str
+    timestamp: Timestamp
+
+
+class PageView(_Input):
+    """A page or screen seen by a device."""
+
+    topic: ClassVar[str] = "telemetry.page_view"
+
+    url: str | None = None
+    referrer: str | None = None
+    city: str | None = None
+    user_agent: str | None = None
+
+
+class ChatStart(_Input):
+    """A conversation started in the messenger: turns the visitor into a lead (R5)."""
+
+    topic: ClassVar[str] = "telemetry.chat_start"
+
+    conversation_id: str
+    email: str | None = None
+    name: str | None = None
+    city: str | None = None
+
+
+class _Verified(_Input):
+    """An event that claims a user_id and must prove it (R9)."""
+
+    key_identifier: ClassVar[str] = "user_id"
+
+    user_id: str
+    user_hash: str | None = None
+    identity_token: str | None = None
+    email: str | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_proof(self) -> _Verified:
+        if self.user_hash is None and self.identity_token is None:
+            message = "user_hash or identity_token is required"
+            raise ValueError(message)
+        return self
+
+
+class Signup(_Verified):
+    """A new account created on a device."""
+
+    topic: ClassVar[str] = "telemetry.signup"
+
+    created_at: Timestamp | None = None
+
+
+class Login(_Verified):
+    """A user logged in on a device."""
+
+    topic: ClassVar[str] = "telemetry.login"
+
+
+class Logout(_Input):
+    """A user logged out on a device (R10)."""
+
+    topic: ClassVar[str] = "telemetry.logout"
+    key_identifier: ClassVar[str] = "user_id"
+
+    user_id: str
+
+
+InputEvent = PageView | ChatStart | Signup | Login | Logout
+INPUT_MODELS: dict[str, type[_Input]] = {
+    model.topic: model for model in (PageView, ChatStart, Signup, Login, Logout)
+}

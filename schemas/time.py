@@ -1,0 +1,71 @@
+"""Timestamps on the wire: RFC 3339 with a zone offset, or epoch milliseconds on input."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+
+# RFC 3339 date-time: full date, 'T' (or 't'/' '), time, optional fraction, mandatory offset.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})\Z"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_timestamp(value: object) -> datetime:
+    """Accept an RFC 3339 string with a zone offset or an integer of epoch milliseconds."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            message = "timestamp must carry a zone offset"
+            raise ValueError(message)
+        return value.astimezone(UTC)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return _EPOCH + timedelta(milliseconds=value)
+        except OverflowError as exc:
+            message = "epoch milliseconds out of range"
+            raise ValueError(message) from exc
+    if isinstance(value, str):
+        if not _RFC3339.match(value):
+            message = "timestamp must be RFC 3339 with a zone offset, e.g. 2026-11-24T10:00:00Z"
+            raise ValueError(message)
+        text = value.upper().replace(" ", "T").replace("Z", "+00:00")
+        # fromisoformat takes at most 6 fractional digits; RFC 3339 allows more.
+        text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+        return datetime.fromisoformat(text).astimezone(UTC)
+    message = "timestamp must be an RFC 3339 string or an integer of epoch milliseconds"
+    raise ValueError(message)
+
+
+def format_timestamp(value: datetime) -> str:
+    """RFC 3339 in UTC with millisecond precision, e.g. 2026-11-24T10:00:00.000Z."""
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_epoch_ms(value: datetime) -> int:
+    """Whole epoch milliseconds, the pipeline's internal clock unit."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+def from_epoch_ms(value: int) -> datetime:
+    """The inverse of `to_epoch_ms`."""
+    return _EPOCH + timedelta(milliseconds=value)
+
+
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_timestamp),
+    PlainSerializer(format_timestamp, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "integer", "description": "epoch milliseconds (input only)"},
+            ]
+        }
+    ),
+]
