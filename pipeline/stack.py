@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -324,3 +325,29 @@ def status(bootstrap: str, url: str) -> list[str]:
         else:
             lines.append(f"{name}: stopped")
     return lines
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def start_worker(env: dict[str, str]) -> str:
+    """Run `idp worker` in the background with `env` unless one runs already."""
+    home = run_dir() / "worker"
+    home.mkdir(parents=True, exist_ok=True)
+    pid_file, log = home / "worker.pid", home / "worker.log"
+    pid = _read_pid(pid_file)
+    if pid is not None:
+        return f"worker already running (pid {pid}, log {log})"
+    argv = [sys.executable, "-m", "pipeline.cli", "worker"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(  # noqa: S603
+            argv, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, **env}, start_new_session=True,
+        )  # fmt: skip
+    pid_file.write_text(f"{process.pid}\n")
+    return f"worker started (pid {process.pid}, log {log})"
+
+
+def stop_worker() -> bool:
+    """Stop the background worker; False if none ran."""
+    return _stop(run_dir() / "worker" / "worker.pid", "worker")

@@ -1,0 +1,105 @@
+"""The Faust app: one agent over the five input topics, thin by design.
+
+decode -> process (load state, pure transition, atomic commit) -> emit. Everything that
+decides lives in `pipeline.core`; everything that stores lives in `pipeline.state`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import faust
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.codec import Item, Source, decode, encode
+from pipeline.core.model import Emit
+from pipeline.core.rules import CoreConfig
+from pipeline.processor import Processor, Tally
+from pipeline.settings import Settings
+from pipeline.state.base import Keys
+from pipeline.state.redis_store import RedisStore
+from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS
+
+logger = logging.getLogger(__name__)
+
+
+def core_config(settings: Settings) -> CoreConfig:
+    """The pure core's configuration from the deployment settings."""
+    return CoreConfig(workspaces=frozenset(settings.workspace_secrets))
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app and its agent for these settings."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store="memory://",
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_linger_ms=5,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
+    outputs = {name: app.topic(settings.topic(name), value_type=bytes) for name in OUTPUT_TOPICS}
+    logical = {settings.topic(name): name for name in INPUT_TOPICS}
+    store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
+    processor = Processor(store, Keys(settings.state_namespace), core_config(settings))
+    totals = Tally()
+    seen: Counter[str] = Counter()
+
+    async def emit(emit: Emit) -> None:
+        key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
+        await outputs[emit.topic].send(key=key, value=encode(emit.value))
+
+    async def process_with_retry(items: list[Item]) -> tuple[list[Emit], Tally]:
+        """Block (and so stop consuming) while Redis is unreachable; resume when it is back."""
+        delay = 0.1
+        while True:
+            try:
+                return await processor.process(items)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @app.agent(inputs, name="resolve")
+    async def resolve(stream: faust.Stream) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            items: list[Item] = []
+            rejected: list[Emit] = []
+            for event in events:
+                message = event.message
+                source = Source(
+                    topic=logical.get(message.topic, message.topic),
+                    partition=message.partition,
+                    offset=message.offset,
+                    key=message.key,
+                    value=message.value,
+                    timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+                )
+                decoded = decode(source)
+                if isinstance(decoded, Item):
+                    items.append(decoded)
+                else:
+                    rejected.append(decoded)
+                    totals.rejected[decoded.value.reason] += 1  # type: ignore[union-attr]
+                seen[source.topic] += 1
+            emits, tally = await process_with_retry(items)
+            totals.add(tally)
+            for output in (*rejected, *emits):
+                await emit(output)
+
+    @app.timer(interval=30.0)
+    async def report() -> None:
+        logger.info(
+            "events in %d (%s); applied %d, unchanged %d, rejected %s",
+            sum(seen.values()), dict(seen), totals.applied, totals.unchanged, dict(totals.rejected),
+        )  # fmt: skip
+
+    return app

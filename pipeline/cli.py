@@ -1,0 +1,143 @@
+"""The `idp` command: run the worker, manage the local stack, feed the demo journey."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import orjson
+
+from pipeline import stack
+from pipeline.settings import SecretsFileError, Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: getattr(args, name)
+        for name in ("kafka_bootstrap_servers", "redis_url", "topic_prefix", "secrets_file")
+        if getattr(args, name, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the Faust worker in the foreground."""
+    import faust
+
+    from pipeline.app import create_app
+
+    settings = _settings(args)
+    try:
+        workspaces = settings.workspace_secrets
+    except SecretsFileError as exc:
+        print(f"idp worker: {exc}", file=sys.stderr)
+        return 2
+    if not workspaces:
+        print("idp worker: no IDP_SECRETS_FILE (or it is empty): every event will be rejected "
+              "as unknown_workspace", file=sys.stderr)  # fmt: skip
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    """Create the topics of SPEC §3 (idempotent)."""
+    from pipeline.admin import ensure_topics
+    from pipeline.topics import topic_specs
+
+    settings = _settings(args)
+    specs = topic_specs(settings.topic_prefix, settings.partitions)
+    created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, specs))
+    print(f"topics: {len(created)} created, {len(specs) - len(created)} already there")
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    """Start, stop or show the local Kafka and Redis."""
+    settings = _settings(args)
+    try:
+        if args.action == "up":
+            print(stack.start_redis(settings.redis_url), flush=True)
+            print(stack.start_kafka(settings.kafka_bootstrap_servers), flush=True)
+            return cmd_topics(args)
+        if args.action == "down":
+            for name, stop in (("worker", stack.stop_worker), ("kafka", stack.stop_kafka),
+                               ("redis", stack.stop_redis)):  # fmt: skip
+                print(f"{name}: {'stopped' if stop() else 'was not running'}")
+            return 0
+        for line in stack.status(settings.kafka_bootstrap_servers, settings.redis_url):
+            print(line)
+        return 0
+    except stack.StackError as exc:
+        print(f"idp stack {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _demo_secrets() -> Path:
+    path = stack.run_dir() / "demo-secrets.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps({ws: secrets.token_hex(16) for ws in ("acme", "globex")}))
+    return path
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Set up everything, start the worker and feed it a generated journey."""
+    from pipeline import demo, journey
+
+    if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
+        return 1
+    settings = _settings(args)
+    secrets_file = settings.secrets_file or _demo_secrets()
+    settings = settings.model_copy(update={"secrets_file": secrets_file})
+    env = {"IDP_SECRETS_FILE": str(secrets_file),
+           "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": settings.topic_prefix}  # fmt: skip
+    print(stack.start_worker(env), flush=True)
+    plain = {ws: values[0].get_secret_value() for ws, values in settings.workspace_secrets.items()}
+    records = journey.generate(plain, people=args.people, seed=args.seed)
+    return asyncio.run(demo.run(settings, records, timeout=args.timeout))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `idp`."""
+    parser = argparse.ArgumentParser(prog="idp", description=__doc__)
+    parser.add_argument("--bootstrap", dest="kafka_bootstrap_servers",
+                        help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--redis", dest="redis_url", help="Redis URL (env REDIS_URL)")
+    parser.add_argument("--topic-prefix", dest="topic_prefix", help="env IDP_TOPIC_PREFIX")
+    parser.add_argument("--secrets-file", dest="secrets_file", type=Path,
+                        help="workspace secrets JSON (env IDP_SECRETS_FILE)")  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)
+    sub.add_parser("topics", help="create the topics (idempotent)").set_defaults(func=cmd_topics)
+    stack_parser = sub.add_parser("stack", help="local Kafka and Redis without Docker")
+    stack_parser.add_argument("action", choices=("up", "down", "status"))
+    stack_parser.set_defaults(func=cmd_stack)
+    demo_parser = sub.add_parser("demo", help="set up, start the worker, feed a journey")
+    demo_parser.add_argument("--people", type=int, default=2000)
+    demo_parser.add_argument("--seed", type=int, default=7)
+    demo_parser.add_argument("--timeout", type=float, default=300.0)
+    demo_parser.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `idp` console script."""
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.basicConfig(level=os.environ.get("IDP_LOG_LEVEL", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

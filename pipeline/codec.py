@@ -1,0 +1,118 @@
+"""The one codec: raw Kafka records in, validated pydantic events or recorded rejections out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+from pydantic import ValidationError
+
+from pipeline.core import ids
+from pipeline.core.model import Emit, OutputMessage
+from pipeline.topics import REJECTED
+from schemas import INPUT_MODELS, InputEvent, Rejected
+
+MAX_MESSAGE_BYTES = 64 * 1024  # larger inputs are refused unparsed (reason `too_large`)
+ORIGINAL_MAX_CHARS = 4096  # `original` of a rejection is truncated to this many characters
+
+_WRONG_TYPE = {"string_type", "int_type", "bool_type", "float_type", "model_type", "dict_type"}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a record came from; `topic` is the logical name (without the prefix)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A decoded, schema-valid input event and its source record."""
+
+    event: InputEvent
+    source: Source
+
+
+def rejection(
+    source: Source,
+    reason: str,
+    detail: str,
+    *,
+    workspace_id: str | None = None,
+    input_event_id: str | None = None,
+) -> Emit:
+    """The `identity.rejected` record of an input, keyed as received.
+
+    Its event_id derives from the record's position (topic, partition, offset), so processing
+    the same record again yields the same rejection (R12).
+    """
+    original = (source.value or b"").decode("utf-8", errors="replace")[:ORIGINAL_MAX_CHARS]
+    message = Rejected(
+        event_id=ids.output_event_id(
+            "rejected", source.topic, str(source.partition), str(source.offset)
+        ),
+        workspace_id=workspace_id,
+        input_event_id=input_event_id,
+        reason=reason,
+        detail=detail[:500],
+        source_topic=source.topic,
+        source_partition=source.partition,
+        source_offset=source.offset,
+        original=original,
+    )
+    return Emit(REJECTED, source.key or b"", message)
+
+
+def decode(source: Source) -> Item | Emit:
+    """Decode one input record, or return the rejection that records why it cannot be."""
+    value = source.value
+    model = INPUT_MODELS.get(source.topic)
+    if model is None:
+        return rejection(source, "unknown_topic", f"not an input topic: {source.topic}")
+    if value is None:
+        return rejection(source, "invalid_json", "the record has no value (a tombstone)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        return rejection(source, "too_large", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return rejection(source, "invalid_utf8", str(exc))
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return rejection(source, "invalid_json", str(exc))
+    if not isinstance(raw, dict):
+        return rejection(source, "not_an_object", f"a JSON {type(raw).__name__}, not an object")
+    workspace_id = raw.get("workspace_id") if isinstance(raw.get("workspace_id"), str) else None
+    event_id = raw.get("event_id") if isinstance(raw.get("event_id"), str) else None
+    try:
+        event = model.model_validate(raw)
+    except ValidationError as exc:
+        reason, detail = _explain(exc)
+        return rejection(source, reason, detail, workspace_id=workspace_id, input_event_id=event_id)
+    return Item(event, source)  # type: ignore[arg-type]
+
+
+def _explain(exc: ValidationError) -> tuple[str, str]:
+    """The reason and detail of the first validation error."""
+    error = exc.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in error["loc"]) or "event"
+    if error["type"] == "missing":
+        return "missing_field", f"{field} is required"
+    if error["loc"] and error["loc"][0] in ("timestamp", "created_at"):
+        return "invalid_timestamp", f"{field}: {error['msg']}"
+    if error["type"] in _WRONG_TYPE:
+        return "wrong_type", f"{field}: {error['msg']}"
+    if not error["loc"]:  # a model-level rule, e.g. neither user_hash nor identity_token
+        return "missing_field", error["msg"].removeprefix("Value error, ")
+    return "invalid_field", f"{field}: {error['msg']}"
+
+
+def encode(value: OutputMessage) -> bytes:
+    """Wire JSON of an output message."""
+    return orjson.dumps(value.model_dump(mode="json"))

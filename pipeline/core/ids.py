@@ -1,0 +1,54 @@
+"""Deterministic identifiers (R12): contact_ids, pseudonyms and output event_ids.
+
+Every id is a hash of the input that defines it, so replaying the same topics into empty
+state, in any order, reproduces the same ids. Parts are JSON-encoded before hashing so that
+("a|b", "c") and ("a", "b|c") can never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import orjson
+
+COLOURS = (
+    "Amber", "Azure", "Blue", "Bronze", "Coral", "Crimson", "Cyan", "Emerald", "Golden",
+    "Green", "Grey", "Indigo", "Ivory", "Jade", "Lavender", "Lemon", "Lilac", "Magenta",
+    "Maroon", "Mint", "Navy", "Olive", "Orange", "Peach", "Pink", "Plum", "Purple", "Red",
+    "Ruby", "Rust", "Sapphire", "Scarlet", "Silver", "Teal", "Turquoise", "Violet", "White",
+    "Yellow",
+)  # fmt: skip
+NOUNS = (
+    "Bird", "Breeze", "Brook", "Butterfly", "Cloud", "Comet", "Dawn", "Dew", "Dream", "Dune",
+    "Feather", "Fern", "Field", "Fire", "Flower", "Fog", "Forest", "Frost", "Glade", "Harbor",
+    "Hill", "Lake", "Leaf", "Meadow", "Moon", "Mountain", "Ocean", "Pebble", "Pine", "Rain",
+    "River", "Shadow", "Sky", "Snow", "Star", "Stone", "Sun", "Thunder", "Tree", "Wave",
+    "Wind", "Wood",
+)  # fmt: skip
+
+
+def _digest(*parts: str, size: int = 12) -> str:
+    return hashlib.blake2b(orjson.dumps(parts), digest_size=size).hexdigest()
+
+
+def user_contact_id(workspace_id: str, user_id: str) -> str:
+    """A user's contact_id: from (workspace_id, user_id) alone, so every device agrees (R6)."""
+    return _digest("user", workspace_id, user_id)
+
+
+def visitor_contact_id(workspace_id: str, anonymous_id: str, generation: int) -> str:
+    """A device's visitor for one session generation: a new one after each logout (R10)."""
+    return _digest("visitor", workspace_id, anonymous_id, str(generation))
+
+
+def output_event_id(kind: str, *parts: str) -> str:
+    """The event_id of an output, from what caused it (R12)."""
+    return _digest("output", kind, *parts, size=16)
+
+
+def pseudonym(contact_id: str, city: str | None) -> str:
+    """A lead's friendly name, e.g. "Blue Cloud from Paris", derived from its contact_id (R5)."""
+    index = int(hashlib.blake2b(contact_id.encode(), digest_size=8).hexdigest(), 16)
+    colour = COLOURS[index % len(COLOURS)]
+    noun = NOUNS[(index // len(COLOURS)) % len(NOUNS)]
+    return f"{colour} {noun} from {city}" if city else f"{colour} {noun}"

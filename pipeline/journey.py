@@ -1,0 +1,97 @@
+"""A realistic, reproducible telemetry journey for the demo and the benchmark.
+
+Many visitors browse; some start chats (a few leaving an e-mail); some sign up; users log in
+on a second device, log out, and share a computer with someone else; a little junk arrives
+too, as it does from real browsers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pipeline.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
+from schemas.time import format_timestamp
+
+CITIES = ("Paris", "Berlin", "Dublin", "Lisbon", "Austin", "Osaka", "Nairobi", "Lima", None)
+START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One input message to produce."""
+
+    topic: str
+    key: str
+    value: dict | bytes
+
+
+def user_hash(secret: str, user_id: str) -> str:
+    """HMAC-SHA256(secret, user_id) as lowercase hex (R9)."""
+    return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+def generate(
+    secrets: dict[str, str], *, people: int, seed: int = 7, junk_ratio: float = 0.01
+) -> list[Record]:
+    """A journey of `people` persons over the given workspaces, ordered by event time."""
+    rng = random.Random(seed)
+    workspaces = sorted(secrets)
+    timed: list[tuple[datetime, int, Record]] = []
+    counter = 0
+
+    def add(topic: str, at: datetime, fields: dict) -> None:
+        nonlocal counter
+        counter += 1
+        event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        value = {"event_id": event_id, "timestamp": format_timestamp(at), **fields}
+        timed.append((at, counter, Record(topic, fields["anonymous_id"], value)))
+
+    for person in range(people):
+        workspace = rng.choice(workspaces)
+        secret = secrets[workspace]
+        device = f"anon-{seed}-{person}-a"
+        at = START + timedelta(seconds=rng.randint(0, 3600))
+        city = rng.choice(CITIES)
+        base = {"workspace_id": workspace, "anonymous_id": device}
+        for _ in range(rng.randint(3, 12)):
+            at += timedelta(seconds=rng.randint(5, 90))
+            add(PAGE_VIEW, at, {**base, "url": f"https://example.com/p/{rng.randint(1, 40)}",
+                                "city": city})  # fmt: skip
+        roll = rng.random()
+        email = f"person{person}@example.com"
+        if roll < 0.25:  # a visitor who starts a chat becomes a lead
+            at += timedelta(seconds=30)
+            chat = {**base, "conversation_id": f"conv-{seed}-{person}", "city": city}
+            if rng.random() < 0.5:
+                chat["email"] = email
+            add(CHAT_START, at, chat)
+        if roll < 0.45:  # signs up
+            user_id = f"user-{seed}-{person}"
+            proof = {"user_id": user_id, "user_hash": user_hash(secret, user_id), "email": email}
+            at += timedelta(seconds=60)
+            add(SIGNUP, at, {**base, **proof})
+            for _ in range(rng.randint(1, 5)):
+                at += timedelta(seconds=rng.randint(5, 60))
+                add(PAGE_VIEW, at, {**base, "url": "https://example.com/app"})
+            if rng.random() < 0.4:  # logs in on a second device
+                other = {"workspace_id": workspace, "anonymous_id": f"anon-{seed}-{person}-b"}
+                at += timedelta(minutes=10)
+                add(PAGE_VIEW, at, {**other, "url": "https://example.com/login"})
+                add(LOGIN, at + timedelta(seconds=20), {**other, **proof})
+            if rng.random() < 0.3:  # logs out, and the next visitor on the device browses
+                at += timedelta(minutes=5)
+                add(LOGOUT, at, {**base, "user_id": user_id})
+                add(PAGE_VIEW, at + timedelta(minutes=1), {**base, "url": "https://example.com/"})
+        if rng.random() < junk_ratio * 2:
+            at += timedelta(seconds=1)
+            add(PAGE_VIEW, at, {**base, "anonymous_id": rng.choice(["undefined", "null", "0"])})
+        if rng.random() < junk_ratio:
+            counter += 1
+            timed.append((at, counter, Record(PAGE_VIEW, device, b'{"event_id": "broken')))
+    timed.sort(key=lambda row: (row[0], row[1]))
+    return [record for _, _, record in timed]

@@ -1,0 +1,225 @@
+"""The edge between Kafka and the pure core: a batch in, state committed, outputs out.
+
+For a batch: prefetch (one round trip) the records the events will most likely need, run the
+pure transition of each event in order against a per-workspace working copy, then commit every
+workspace's changes by compare-and-set (one round trip). A workspace whose commit lost a race
+with another worker is re-read and re-decided; the others keep their result. Outputs are
+returned only for committed changes, so nothing is emitted for a decision that did not stick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from pipeline.codec import Item, rejection
+from pipeline.core.model import (
+    Applied,
+    DeviceState,
+    Emit,
+    NeedMore,
+    Refusal,
+    Transition,
+    Unchanged,
+    View,
+    profile_from_bytes,
+    profile_to_bytes,
+)
+from pipeline.core.rules import CoreConfig, apply
+from pipeline.state.base import Commit, Keys, Record, Store
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 50
+
+
+class ConflictError(RuntimeError):
+    """A workspace's commit kept losing races; the batch is retried by the caller."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """Accounting of one batch: every input ends applied, unchanged or rejected (by reason)."""
+
+    applied: int = 0
+    unchanged: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: Tally) -> None:
+        """Accumulate another tally."""
+        self.applied += other.applied
+        self.unchanged += other.unchanged
+        self.rejected.update(other.rejected)
+
+
+def content_digest(item: Item) -> bytes:
+    """What an event_id stands for: its topic and validated content (unknown fields excluded)."""
+    body = orjson.dumps(
+        [item.source.topic, item.event.model_dump(mode="json")], option=orjson.OPT_SORT_KEYS
+    )
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
+class _Working:
+    """One workspace's records as read, the decoded view over them, and pending writes."""
+
+    def __init__(self, workspace_id: str, keys: Keys) -> None:
+        self.workspace_id = workspace_id
+        self.keys = keys
+        self.view = View(workspace_id)
+        self.read_versions: dict[str, int] = {}
+        self.markers: dict[str, bytes | None] = {}
+        self.commit = Commit()
+        self.emits: list[Emit] = []
+        self.tally = Tally()
+
+    def device_key(self, anonymous_id: str) -> str:
+        return self.keys.of(self.workspace_id, "dev", anonymous_id)
+
+    def contact_key(self, contact_id: str) -> str:
+        return self.keys.of(self.workspace_id, "contact", contact_id)
+
+    def marker_key(self, event_id: str) -> str:
+        return self.keys.of(self.workspace_id, "evt", event_id)
+
+    def missing(self, need: NeedMore) -> list[str]:
+        keys = [self.device_key(d) for d in need.devices if d not in self.view.devices]
+        keys += [self.contact_key(c) for c in need.contacts if c not in self.view.contacts]
+        return keys
+
+    def learn(self, key: str, record: Record) -> None:
+        """Take a record read from the store into the view (first read wins)."""
+        if key in self.read_versions:
+            return
+        self.read_versions[key] = record.version
+        self.commit.checks[key] = record.version
+        kind, ident = key.split("}:", 1)[1].split(":", 1)
+        if kind == "dev":
+            data = record.data
+            self.view.devices[ident] = DeviceState.from_bytes(data) if data else None
+        elif kind == "contact":
+            self.view.contacts[ident] = profile_from_bytes(record.data) if record.data else None
+        else:
+            self.markers[ident] = record.data
+
+    def absorb(self, transition: Transition) -> None:
+        for anonymous_id, device in transition.devices.items():
+            self.view.devices[anonymous_id] = device
+            self.commit.writes[self.device_key(anonymous_id)] = device.to_bytes()
+        for contact_id, profile in transition.contacts.items():
+            self.view.contacts[contact_id] = profile
+            self.commit.writes[self.contact_key(contact_id)] = profile_to_bytes(profile)
+        self.emits.extend(transition.emits)
+
+    def mark_processed(self, item: Item, digest: bytes) -> None:
+        key = self.marker_key(item.event.event_id)
+        self.markers[item.event.event_id] = digest
+        self.commit.writes[key] = digest
+        self.commit.expiring.add(key)
+
+
+class Processor:
+    """Applies batches of decoded events to the state in a Store."""
+
+    def __init__(self, store: Store, keys: Keys, config: CoreConfig) -> None:
+        self.store = store
+        self.keys = keys
+        self.config = config
+
+    async def process(self, items: Sequence[Item]) -> tuple[list[Emit], Tally]:
+        """Apply `items` (in order per workspace); return the outputs to emit and the tally."""
+        groups: dict[str, list[Item]] = {}
+        for item in items:
+            groups.setdefault(item.event.workspace_id, []).append(item)
+        emits: list[Emit] = []
+        tally = Tally()
+        pending = groups
+        for attempt in range(MAX_ATTEMPTS):
+            prefetch = await self._prefetch(pending)
+            workings = [
+                await self._decide(ws, group, prefetch.get(ws, {})) for ws, group in pending.items()
+            ]
+            results = await self.store.commit([w.commit for w in workings])
+            retry: dict[str, list[Item]] = {}
+            for working, committed in zip(workings, results, strict=True):
+                if committed:
+                    emits.extend(working.emits)
+                    tally.add(working.tally)
+                else:
+                    retry[working.workspace_id] = pending[working.workspace_id]
+            if not retry:
+                return emits, tally
+            logger.debug("commit conflict on %d workspace(s), attempt %d", len(retry), attempt)
+            pending = retry
+        message = f"workspaces {sorted(pending)} kept conflicting after {MAX_ATTEMPTS} attempts"
+        raise ConflictError(message)
+
+    async def _prefetch(self, groups: dict[str, list[Item]]) -> dict[str, dict[str, Record]]:
+        """Read, in one round trip, each event's device and processed-event marker."""
+        wanted: list[tuple[str, str]] = []
+        for workspace_id, group in groups.items():
+            for item in group:
+                event = item.event
+                wanted.append((workspace_id, self.keys.of(workspace_id, "dev", event.anonymous_id.strip())))
+                wanted.append((workspace_id, self.keys.of(workspace_id, "evt", event.event_id)))
+        records = await self.store.read([key for _, key in wanted])
+        prefetched: dict[str, dict[str, Record]] = {}
+        for (workspace_id, key), record in zip(wanted, records, strict=True):
+            prefetched.setdefault(workspace_id, {})[key] = record
+        return prefetched
+
+    async def _decide(
+        self, workspace_id: str, group: list[Item], prefetched: dict[str, Record]
+    ) -> _Working:
+        working = _Working(workspace_id, self.keys)
+        for key, record in prefetched.items():
+            working.learn(key, record)
+        for item in group:
+            outcome = await self._decide_one(working, item)
+            if isinstance(outcome, Refusal):
+                working.tally.rejected[outcome.reason] += 1
+                working.emits.append(
+                    rejection(
+                        item.source,
+                        outcome.reason,
+                        outcome.detail,
+                        workspace_id=workspace_id,
+                        input_event_id=item.event.event_id,
+                    )
+                )
+            elif isinstance(outcome, Applied):
+                working.tally.applied += 1
+            else:
+                working.tally.unchanged += 1
+        return working
+
+    async def _decide_one(self, working: _Working, item: Item) -> Applied | Unchanged | Refusal:
+        event_id = item.event.event_id
+        digest = content_digest(item)
+        if event_id not in working.markers:
+            key = working.marker_key(event_id)
+            working.learn(key, (await self.store.read([key]))[0])
+        seen = working.markers[event_id]
+        if seen is not None:
+            if seen == digest:
+                return Unchanged()
+            return Refusal("event_id_reused", "this event_id was processed with other content")
+        while True:
+            result = apply(item.event, working.view, self.config)
+            if isinstance(result, Transition):
+                break
+            keys = working.missing(result)
+            if not keys:
+                message = f"the core asked for records it already has: {result}"
+                raise RuntimeError(message)
+            for key, record in zip(keys, await self.store.read(keys), strict=True):
+                working.learn(key, record)
+        if isinstance(result.outcome, Applied):
+            working.absorb(result)
+            working.mark_processed(item, digest)
+        return result.outcome

@@ -1,0 +1,71 @@
+"""The storage interface: versioned records read in bulk and written by compare-and-set.
+
+A transition reads some records, decides, and commits: the commit applies only if every record
+it read still has the version it had when read. That makes each event's read-decide-write
+atomic without holding a lock across the decision, so workers on different partitions can
+never interleave two changes to the same contact; the loser re-reads and decides again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored value and its version; version 0 and data None mean "absent"."""
+
+    version: int = 0
+    data: bytes | None = None
+
+
+ABSENT = Record()
+
+
+@dataclass(slots=True)
+class Commit:
+    """One atomic change: `checks` are the versions read; `writes` replace data (version + 1).
+
+    `expiring` names written keys that expire after the store's dedup horizon (processed
+    event markers); other records live until deleted.
+    """
+
+    checks: dict[str, int] = field(default_factory=dict)
+    writes: dict[str, bytes] = field(default_factory=dict)
+    expiring: set[str] = field(default_factory=set)
+
+
+class Store(Protocol):
+    """Versioned records; every key of one commit belongs to one workspace."""
+
+    async def read(self, keys: Sequence[str]) -> list[Record]:
+        """The current record of each key, in one round trip."""
+        ...
+
+    async def commit(self, commits: Sequence[Commit]) -> list[bool]:
+        """Apply each commit atomically if its checks hold; one round trip for all."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+KeyKind = Literal["dev", "contact", "evt"]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key layout: `<namespace>:{<workspace_id>}:<kind>:<id>`.
+
+    The workspace sits in a Redis Cluster hash tag, so all keys of a workspace share one slot
+    and a commit (which never crosses workspaces, R13) runs as one script on a cluster too.
+    """
+
+    namespace: str
+
+    def of(self, workspace_id: str, kind: KeyKind, ident: str) -> str:
+        """The key of one record."""
+        return f"{self.namespace}:{{{workspace_id}}}:{kind}:{ident}"

@@ -1,0 +1,33 @@
+"""An in-memory Store for pure unit tests; behaviour that depends on Redis is tested on Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.state.base import ABSENT, Commit, Record
+
+
+class MemoryStore:
+    """Dict-backed records with the same compare-and-set semantics as the Redis store."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, Record] = {}
+
+    async def read(self, keys: Sequence[str]) -> list[Record]:
+        """The current record of each key."""
+        return [self.records.get(key, ABSENT) for key in keys]
+
+    async def commit(self, commits: Sequence[Commit]) -> list[bool]:
+        """Apply each commit whose checks hold."""
+        results = []
+        for commit in commits:
+            ok = all(self.records.get(k, ABSENT).version == v for k, v in commit.checks.items())
+            if ok:
+                for key, data in commit.writes.items():
+                    version = self.records.get(key, ABSENT).version
+                    self.records[key] = Record(version + 1, data)
+            results.append(ok)
+        return results
+
+    async def close(self) -> None:
+        """Nothing to release."""
