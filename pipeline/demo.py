@@ -32,7 +32,9 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
         partitions = [
             TopicPartition(topic, p)
             for topic in topics
-            for p in sorted(consumer.partitions_for_topic(topic) or await _partitions(consumer, topic))
+            for p in sorted(
+                consumer.partitions_for_topic(topic) or await _partitions(consumer, topic)
+            )
         ]
         return await consumer.end_offsets(partitions)
     finally:
@@ -44,7 +46,9 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
-async def produce(bootstrap: str, settings: Settings, records: list[Record], progress: Progress) -> None:
+async def produce(
+    bootstrap: str, settings: Settings, records: list[Record], progress: Progress
+) -> None:
     """Produce the journey in order, keyed by anonymous_id."""
     task = progress.add_task("producing telemetry", total=len(records))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")

@@ -165,7 +165,8 @@ class Processor:
         for workspace_id, group in groups.items():
             for item in group:
                 event = item.event
-                wanted.append((workspace_id, self.keys.of(workspace_id, "dev", event.anonymous_id.strip())))
+                device = event.anonymous_id.strip()
+                wanted.append((workspace_id, self.keys.of(workspace_id, "dev", device)))
                 wanted.append((workspace_id, self.keys.of(workspace_id, "evt", event.event_id)))
         records = await self.store.read([key for _, key in wanted])
         prefetched: dict[str, dict[str, Record]] = {}

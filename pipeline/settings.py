@@ -19,7 +19,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
-    kafka_bootstrap_servers: str = Field("localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
     redis_url: str = Field("redis://localhost:6379/0", validation_alias="REDIS_URL")
     secrets_file: Path | None = Field(None, validation_alias="IDP_SECRETS_FILE")
     topic_prefix: str = Field("", validation_alias="IDP_TOPIC_PREFIX")

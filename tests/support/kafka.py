@@ -1,0 +1,160 @@
+"""A running pipeline for one integration test: its own topics, group, namespace and worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Output:
+    topic: str
+    key: bytes | None
+    value: dict[str, Any]
+    partition: int
+    offset: int
+
+
+@dataclass
+class OutputLog:
+    """Everything the output topics received, read continuously in the background."""
+
+    records: list[Output] = field(default_factory=list)
+
+    def of(self, topic: str) -> list[Output]:
+        return [r for r in self.records if r.topic == topic]
+
+    def values(self, topic: str) -> list[dict[str, Any]]:
+        return [r.value for r in self.of(topic)]
+
+    def latest_profiles(self) -> dict[str, dict[str, Any]]:
+        """The compacted view: last profile per contact_id."""
+        return {r.key.decode(): r.value for r in self.of("identity.profiles")}
+
+
+class Pipeline:
+    """Produce inputs, run `idp worker` as a subprocess, and await outputs."""
+
+    def __init__(self, *, bootstrap: str, redis_url: str, prefix: str, app_id: str,
+                 namespace: str, secrets_file: Path, log_dir: Path) -> None:  # fmt: skip
+        self.bootstrap = bootstrap
+        self.redis_url = redis_url
+        self.prefix = prefix
+        self.app_id = app_id
+        self.namespace = namespace
+        self.secrets_file = secrets_file
+        self.log_dir = log_dir
+        self.outputs = OutputLog()
+        self.workers: list[subprocess.Popen] = []
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "REDIS_URL": self.redis_url,
+            "IDP_TOPIC_PREFIX": self.prefix,
+            "IDP_APP_ID": self.app_id,
+            "IDP_STATE_NAMESPACE": self.namespace,
+            "IDP_SECRETS_FILE": str(self.secrets_file),
+            "IDP_PARTITIONS": "4",
+        }
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await self._producer.start()
+        topics = [self.prefix + name for name in OUTPUT_TOPICS]
+        self._consumer = AIOKafkaConsumer(
+            *topics, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+            enable_auto_commit=False, group_id=None, metadata_max_age_ms=1000,
+        )  # fmt: skip
+        await self._consumer.start()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        async for message in self._consumer:
+            self.outputs.records.append(
+                Output(message.topic.removeprefix(self.prefix), message.key,
+                       orjson.loads(message.value), message.partition, message.offset)
+            )  # fmt: skip
+
+    def start_worker(self) -> subprocess.Popen:
+        index = len(self.workers)
+        log = (self.log_dir / f"worker-{index}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "worker"], cwd=PROJECT_ROOT,
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.workers.append(process)
+        return process
+
+    def worker_log(self, index: int = 0) -> str:
+        path = self.log_dir / f"worker-{index}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+    async def send(self, topic: str, value: dict[str, Any] | bytes, *, key: str | None = None) -> None:
+        assert self._producer is not None
+        if isinstance(value, dict):
+            key = key if key is not None else str(value.get("anonymous_id", ""))
+            value = orjson.dumps(value)
+        await self._producer.send_and_wait(self.prefix + topic, value,
+                                           key=key.encode() if key is not None else None)  # fmt: skip
+
+    async def wait_for(self, condition: Callable[[OutputLog], bool], *, timeout: float = 30.0,
+                       what: str = "outputs") -> None:  # fmt: skip
+        """Await a condition on the outputs; fail with the worker log if it never holds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition(self.outputs):
+                return
+            for index, worker in enumerate(self.workers):
+                if worker.poll() is not None and worker.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+                    raise AssertionError(f"worker {index} exited {worker.returncode}:\n{self.worker_log(index)}")
+            await asyncio.sleep(0.05)
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}; outputs so far: "
+            f"{[(r.topic, r.value) for r in self.outputs.records][-20:]}\n"
+            f"worker log:\n{self.worker_log()}"
+        )
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+    async def close(self) -> None:
+        self.stop_workers()
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+
+INPUTS = INPUT_TOPICS

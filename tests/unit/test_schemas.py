@@ -1,0 +1,59 @@
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from schemas import Login, PageView, parse_timestamp
+from schemas.generate import JSON_DIR, rendered
+
+
+def test_json_schema_files_are_up_to_date() -> None:
+    expected = rendered()
+    on_disk = {path.name: path.read_bytes() for path in JSON_DIR.glob("*.json")}
+    assert on_disk == expected, "run `python -m schemas.generate` and commit the result"
+
+
+def test_one_schema_file_per_topic_of_the_spec() -> None:
+    names = {name.removesuffix(".schema.json") for name in rendered()}
+    assert names == {
+        "telemetry.page_view", "telemetry.chat_start", "telemetry.signup", "telemetry.login",
+        "telemetry.logout", "identity.merged", "identity.shutdown", "identity.profiles",
+        "identity.rejected",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2026-11-24T10:00:00Z", datetime(2026, 11, 24, 10, tzinfo=UTC)),
+        ("2026-11-24T11:00:00+01:00", datetime(2026, 11, 24, 10, tzinfo=UTC)),
+        ("2026-11-24T10:00:00.123456789Z", datetime(2026, 11, 24, 10, 0, 0, 123456, tzinfo=UTC)),
+        (1795514400000, datetime(2026, 11, 24, 10, tzinfo=UTC)),
+    ],
+)
+def test_timestamps_accepted(raw: object, expected: datetime) -> None:
+    assert parse_timestamp(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["2026-11-24T10:00:00", "2026-11-24", "yesterday", True, 1.5, None])
+def test_timestamps_refused(raw: object) -> None:
+    with pytest.raises(ValueError, match="timestamp|epoch"):
+        parse_timestamp(raw)
+
+
+def test_unknown_fields_are_ignored() -> None:
+    view = PageView.model_validate({"event_id": "e", "workspace_id": "w", "anonymous_id": "a",
+                                    "timestamp": "2026-11-24T10:00:00Z", "new_field": 1})  # fmt: skip
+    assert not hasattr(view, "new_field")
+
+
+def test_login_needs_a_proof() -> None:
+    with pytest.raises(ValidationError, match="user_hash or identity_token"):
+        Login.model_validate({"event_id": "e", "workspace_id": "w", "anonymous_id": "a",
+                              "timestamp": "2026-11-24T10:00:00Z", "user_id": "u"})  # fmt: skip
+
+
+def test_wrong_types_are_not_coerced() -> None:
+    with pytest.raises(ValidationError):
+        PageView.model_validate({"event_id": 12, "workspace_id": "w", "anonymous_id": "a",
+                                 "timestamp": "2026-11-24T10:00:00Z"})  # fmt: skip
