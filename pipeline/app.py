@@ -28,7 +28,11 @@ logger = logging.getLogger(__name__)
 
 def core_config(settings: Settings) -> CoreConfig:
     """The pure core's configuration from the deployment settings."""
-    return CoreConfig(workspaces=frozenset(settings.workspace_secrets))
+    secrets = {
+        workspace_id: tuple(value.get_secret_value().encode() for value in values)
+        for workspace_id, values in settings.workspace_secrets.items()
+    }
+    return CoreConfig(secrets=secrets)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -55,7 +59,8 @@ def create_app(settings: Settings) -> faust.App:
 
     async def emit(emit: Emit) -> None:
         key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
-        await outputs[emit.topic].send(key=key, value=encode(emit.value))
+        value = None if emit.value is None else encode(emit.value)
+        await outputs[emit.topic].send(key=key, value=value)
 
     async def process_with_retry(items: list[Item]) -> tuple[list[Emit], Tally]:
         """Block (and so stop consuming) while Redis is unreachable; resume when it is back."""

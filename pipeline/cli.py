@@ -42,6 +42,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not workspaces:
         print("idp worker: no IDP_SECRETS_FILE (or it is empty): every event will be rejected "
               "as unknown_workspace", file=sys.stderr)  # fmt: skip
+    from pipeline.core.verify import MIN_SECRET_BYTES
+
+    for workspace_id, values in workspaces.items():
+        if any(len(v.get_secret_value().encode()) < MIN_SECRET_BYTES for v in values):
+            logger.warning("the secret of workspace %s is shorter than %d bytes",
+                           workspace_id, MIN_SECRET_BYTES)  # fmt: skip
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()
@@ -110,8 +116,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `idp`."""
     parser = argparse.ArgumentParser(prog="idp", description=__doc__)
-    parser.add_argument("--bootstrap", dest="kafka_bootstrap_servers",
-                        help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument(
+        "--bootstrap",
+        dest="kafka_bootstrap_servers",
+        help="Kafka bootstrap servers (env KAFKA_BOOTSTRAP_SERVERS)",
+    )
     parser.add_argument("--redis", dest="redis_url", help="Redis URL (env REDIS_URL)")
     parser.add_argument("--topic-prefix", dest="topic_prefix", help="env IDP_TOPIC_PREFIX")
     parser.add_argument("--secrets-file", dest="secrets_file", type=Path,

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from pipeline.codec import Item, rejection
+from pipeline.core.facts import Device, EmailEntry, User
 from pipeline.core.model import (
     Applied,
-    DeviceState,
     Emit,
     NeedMore,
     Refusal,
@@ -31,7 +31,7 @@ from pipeline.core.model import (
     profile_to_bytes,
 )
 from pipeline.core.rules import CoreConfig, apply
-from pipeline.state.base import Commit, Keys, Record, Store
+from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,14 @@ def content_digest(item: Item) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
+_TABLES = {
+    "dev": ("devices", Device.from_bytes),
+    "user": ("users", User.from_bytes),
+    "email": ("emails", EmailEntry.from_bytes),
+    "contact": ("contacts", profile_from_bytes),
+}
+
+
 class _Working:
     """One workspace's records as read, the decoded view over them, and pending writes."""
 
@@ -78,18 +86,18 @@ class _Working:
         self.emits: list[Emit] = []
         self.tally = Tally()
 
-    def device_key(self, anonymous_id: str) -> str:
-        return self.keys.of(self.workspace_id, "dev", anonymous_id)
-
-    def contact_key(self, contact_id: str) -> str:
-        return self.keys.of(self.workspace_id, "contact", contact_id)
+    def key(self, kind: KeyKind, ident: str) -> str:
+        return self.keys.of(self.workspace_id, kind, ident)
 
     def marker_key(self, event_id: str) -> str:
-        return self.keys.of(self.workspace_id, "evt", event_id)
+        return self.key("evt", event_id)
 
     def missing(self, need: NeedMore) -> list[str]:
-        keys = [self.device_key(d) for d in need.devices if d not in self.view.devices]
-        keys += [self.contact_key(c) for c in need.contacts if c not in self.view.contacts]
+        view = self.view
+        keys = [self.key("dev", d) for d in need.devices if d not in view.devices]
+        keys += [self.key("user", u) for u in need.users if u not in view.users]
+        keys += [self.key("email", e) for e in need.emails if e not in view.emails]
+        keys += [self.key("contact", c) for c in need.contacts if c not in view.contacts]
         return keys
 
     def learn(self, key: str, record: Record) -> None:
@@ -99,21 +107,29 @@ class _Working:
         self.read_versions[key] = record.version
         self.commit.checks[key] = record.version
         kind, ident = key.split("}:", 1)[1].split(":", 1)
-        if kind == "dev":
-            data = record.data
-            self.view.devices[ident] = DeviceState.from_bytes(data) if data else None
-        elif kind == "contact":
-            self.view.contacts[ident] = profile_from_bytes(record.data) if record.data else None
-        else:
-            self.markers[ident] = record.data
+        data = record.data or None  # b"" is a tombstoned contact: absent
+        if kind == "evt":
+            self.markers[ident] = data
+            return
+        table, decode = _TABLES[kind]
+        getattr(self.view, table)[ident] = decode(data) if data else None
 
     def absorb(self, transition: Transition) -> None:
+        view, writes = self.view, self.commit.writes
         for anonymous_id, device in transition.devices.items():
-            self.view.devices[anonymous_id] = device
-            self.commit.writes[self.device_key(anonymous_id)] = device.to_bytes()
+            view.devices[anonymous_id] = device
+            writes[self.key("dev", anonymous_id)] = device.to_bytes()
+        for user_id, user in transition.users.items():
+            view.users[user_id] = user
+            writes[self.key("user", user_id)] = user.to_bytes()
+        for email, entry in transition.emails.items():
+            view.emails[email] = entry
+            writes[self.key("email", email)] = entry.to_bytes()
         for contact_id, profile in transition.contacts.items():
-            self.view.contacts[contact_id] = profile
-            self.commit.writes[self.contact_key(contact_id)] = profile_to_bytes(profile)
+            view.contacts[contact_id] = profile
+            writes[self.key("contact", contact_id)] = (
+                b"" if profile is None else profile_to_bytes(profile)
+            )
         self.emits.extend(transition.emits)
 
     def mark_processed(self, item: Item, digest: bytes) -> None:
@@ -208,10 +224,12 @@ class Processor:
         seen = working.markers[event_id]
         if seen is not None:
             if seen == digest:
-                return Unchanged()
+                return Unchanged()  # a replay: it was applied (or recorded) already
             return Refusal("event_id_reused", "this event_id was processed with other content")
         while True:
-            result = apply(item.event, working.view, self.config)
+            result = apply(
+                item.event, working.view, self.config, record_ms=item.source.timestamp_ms
+            )
             if isinstance(result, Transition):
                 break
             keys = working.missing(result)
@@ -220,7 +238,7 @@ class Processor:
                 raise RuntimeError(message)
             for key, record in zip(keys, await self.store.read(keys), strict=True):
                 working.learn(key, record)
-        if isinstance(result.outcome, Applied):
+        if result.writes:
             working.absorb(result)
             working.mark_processed(item, digest)
         return result.outcome

@@ -296,7 +296,7 @@ def start_redis(url: str) -> str:
     config = home / "redis.conf"
     config.write_text(
         f"bind {endpoint.host}\nport {endpoint.port}\ndir {home}\n"
-        "daemonize no\nappendonly yes\nappendfsync everysec\nsave \"\"\n"
+        'daemonize no\nappendonly yes\nappendfsync everysec\nsave ""\n'
         "protected-mode yes\nmaxmemory-policy noeviction\n"
     )
     _spawn([server, str(config)], log=log, pid_file=pid_file, cwd=home)

@@ -36,9 +36,14 @@ def user_contact_id(workspace_id: str, user_id: str) -> str:
     return _digest("user", workspace_id, user_id)
 
 
-def visitor_contact_id(workspace_id: str, anonymous_id: str, generation: int) -> str:
-    """A device's visitor for one session generation: a new one after each logout (R10)."""
-    return _digest("visitor", workspace_id, anonymous_id, str(generation))
+def visitor_contact_id(workspace_id: str, anonymous_id: str, session: str) -> str:
+    """A device's visitor in one anonymous session (R10).
+
+    `session` names what started the session: "origin" for the device's first, else the
+    event_id of the logout (or e-mail match, R7) that began it. Naming a session by its cause
+    rather than by a counter keeps every other visitor's id stable when a late logout arrives.
+    """
+    return _digest("visitor", workspace_id, anonymous_id, session)
 
 
 def output_event_id(kind: str, *parts: str) -> str:

@@ -7,30 +7,10 @@ from typing import Literal
 
 import orjson
 
+from pipeline.core.facts import Device, EmailEntry, User
 from schemas import Merged, Profile, Rejected, Shutdown
 
 OutputMessage = Merged | Shutdown | Profile | Rejected
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceState:
-    """What the pipeline knows of one device (anonymous_id) in a workspace.
-
-    `first_seen` maps a visitor generation to the event time (epoch ms) of the earliest event
-    seen from the device in that generation; generation 0 is the device's first visitor.
-    """
-
-    first_seen: dict[int, int] = field(default_factory=dict)
-
-    def to_bytes(self) -> bytes:
-        """Serialise for the store."""
-        return orjson.dumps({"first_seen": {str(k): v for k, v in self.first_seen.items()}})
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> DeviceState:
-        """Inverse of `to_bytes`."""
-        raw = orjson.loads(data)
-        return cls(first_seen={int(k): v for k, v in raw["first_seen"].items()})
 
 
 def profile_to_bytes(profile: Profile) -> bytes:
@@ -45,10 +25,15 @@ def profile_from_bytes(data: bytes) -> Profile:
 
 @dataclass(frozen=True, slots=True)
 class View:
-    """The part of one workspace's state an event touches; None means "known absent"."""
+    """The part of one workspace's state an event touches; None means "known absent".
+
+    `contacts` holds the profiles last published, to emit only what changed.
+    """
 
     workspace_id: str
-    devices: dict[str, DeviceState | None] = field(default_factory=dict)
+    devices: dict[str, Device | None] = field(default_factory=dict)
+    users: dict[str, User | None] = field(default_factory=dict)
+    emails: dict[str, EmailEntry | None] = field(default_factory=dict)
     contacts: dict[str, Profile | None] = field(default_factory=dict)
 
 
@@ -58,15 +43,21 @@ class NeedMore:
 
     devices: tuple[str, ...] = ()
     contacts: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Emit:
-    """An output message for a topic of SPEC §3 (logical name, without prefix)."""
+    """An output message for a topic of SPEC §3 (logical name, without prefix).
+
+    A None value is a tombstone on the compacted profiles topic: a contact that a late event
+    showed never existed (its history belongs to another contact).
+    """
 
     topic: str
-    key: str
-    value: OutputMessage
+    key: str | bytes
+    value: OutputMessage | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +88,20 @@ Outcome = Applied | Unchanged | Refusal
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """What one event does: records to write, messages to emit, and the outcome."""
+    """What one event does: records to write, messages to emit, and the outcome.
+
+    A refused event may still record its fact (a logout for a user not logged in then is
+    kept, so that a late login gives it the effect it would have had in order).
+    """
 
     outcome: Outcome
-    devices: dict[str, DeviceState] = field(default_factory=dict)
-    contacts: dict[str, Profile] = field(default_factory=dict)
+    devices: dict[str, Device] = field(default_factory=dict)
+    users: dict[str, User] = field(default_factory=dict)
+    emails: dict[str, EmailEntry] = field(default_factory=dict)
+    contacts: dict[str, Profile | None] = field(default_factory=dict)
     emits: tuple[Emit, ...] = ()
+
+    @property
+    def writes(self) -> bool:
+        """Whether the transition changes any record."""
+        return bool(self.devices or self.users or self.emails or self.contacts)

@@ -1,14 +1,26 @@
-"""The transition function: (state an event touches, event) -> new state and outputs."""
+"""The transition function: (state an event touches, event) -> new state and outputs.
+
+An event adds a fact to the records it names (its device; for a login its user; for an e-mail
+the e-mail index). The profiles the changed facts can affect are then derived again from the
+facts (`timeline`, `profiles`) and compared with what was last published: only differences
+are emitted. Because profiles are a function of the set of facts, not of their arrival order,
+reading the five topics in any order gives the same final profiles (R11), and an event applied
+twice adds nothing the second time (R12).
+
+The function is resumable: when it needs records it has not been given it returns `NeedMore`
+and the caller loads them and calls again with a larger view.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pipeline.core import ids
-from pipeline.core.identifiers import BLOCKED_VALUES, Refused, check_identifier
+from pipeline.core.facts import ChatFact, Device, EmailClaim, EmailEntry, SessionFact, User
+from pipeline.core.identifiers import BLOCKED_VALUES, Refused, check_email, check_identifier
 from pipeline.core.model import (
     Applied,
-    DeviceState,
     Emit,
     NeedMore,
     Refusal,
@@ -16,8 +28,11 @@ from pipeline.core.model import (
     Unchanged,
     View,
 )
-from pipeline.topics import PROFILES
-from schemas import InputEvent, PageView, Profile
+from pipeline.core.profiles import Lead, UserView, first_link, user_profile, visitor_profile
+from pipeline.core.timeline import Merge, Timeline, derive
+from pipeline.core.verify import verify
+from pipeline.topics import MERGED, PROFILES, SHUTDOWN
+from schemas import ChatStart, InputEvent, Login, Logout, Merged, PageView, Profile, Shutdown
 from schemas.time import from_epoch_ms, to_epoch_ms
 
 
@@ -25,55 +40,310 @@ from schemas.time import from_epoch_ms, to_epoch_ms
 class CoreConfig:
     """Deployment choices the rules depend on (pure data)."""
 
+    # Workspace id -> accepted verification secrets (two during a rotation).
+    secrets: Mapping[str, tuple[bytes, ...]] = field(default_factory=dict)
     blocked_values: frozenset[str] = BLOCKED_VALUES
-    # Workspaces that have a verification secret; events of any other are refused.
-    workspaces: frozenset[str] = frozenset()
 
 
-def apply(event: InputEvent, view: View, config: CoreConfig) -> Transition | NeedMore:
-    """Decide what `event` does to the state in `view`."""
-    if event.workspace_id not in config.workspaces:
+@dataclass(frozen=True, slots=True)
+class _Change:
+    """The new records an event's facts produce (only those that changed)."""
+
+    devices: dict[str, Device]
+    users: dict[str, User]
+    emails: dict[str, EmailEntry]
+
+
+def apply(
+    event: InputEvent, view: View, config: CoreConfig, *, record_ms: int | None = None
+) -> Transition | NeedMore:
+    """Decide what `event` does to the state in `view`.
+
+    `record_ms` is the Kafka record's timestamp, against which identity tokens are checked too.
+    """
+    secrets = config.secrets.get(event.workspace_id)
+    if secrets is None:
         return Transition(Refusal("unknown_workspace", "no secret is configured for it"))
     anonymous_id = check_identifier(event.anonymous_id, blocked=config.blocked_values)
     if isinstance(anonymous_id, Refused):
         return Transition(Refusal(anonymous_id.reason, f"anonymous_id: {anonymous_id.detail}"))
-    if isinstance(event, PageView):
-        return _page_view(event, anonymous_id, view)
-    return Transition(Unchanged())
+    resolver = _Resolver(view)
+    change = _facts(event, anonymous_id, resolver, config, secrets, record_ms)
+    if isinstance(change, Refused):
+        return Transition(Refusal(change.reason, change.detail))
+    if resolver.missing:
+        return resolver.need()
+    if not (change.devices or change.users or change.emails):
+        return Transition(Unchanged())  # nothing new: a known device browsing, or a replay
+    resolver.new_devices, resolver.new_users, resolver.new_emails = (
+        change.devices, change.users, change.emails
+    )  # fmt: skip
+    return resolver.consequences(event, anonymous_id, change)
 
 
-def _page_view(event: PageView, anonymous_id: str, view: View) -> Transition | NeedMore:
-    """A page view creates the device's visitor, or moves its first-seen time earlier."""
-    if anonymous_id not in view.devices:
-        return NeedMore(devices=(anonymous_id,))
-    device = view.devices[anonymous_id] or DeviceState()
-    generation = 0
+def _facts(
+    event: InputEvent,
+    anonymous_id: str,
+    resolver: _Resolver,
+    config: CoreConfig,
+    secrets: tuple[bytes, ...],
+    record_ms: int | None,
+) -> _Change | Refused:
+    """The records the event's own facts change."""
     at = to_epoch_ms(event.timestamp)
-    first_seen = device.first_seen.get(generation)
-    if first_seen is not None and first_seen <= at:
-        return Transition(Unchanged())
-    contact_id = ids.visitor_contact_id(view.workspace_id, anonymous_id, generation)
-    if contact_id not in view.contacts:
-        return NeedMore(contacts=(contact_id,))
-    current = view.contacts[contact_id]
-    when = from_epoch_ms(at)
-    if current is None:
-        profile = Profile(
-            contact_id=contact_id,
-            workspace_id=view.workspace_id,
-            type="visitor",
-            anonymous_ids=[anonymous_id],
-            created_at=when,
-            updated_at=when,
-        )
-    else:
-        # An earlier event of the same visitor: the profile starts earlier. updated_at is the
-        # event time of the latest fact the profile reflects, so it does not move back.
-        profile = current.model_copy(update={"created_at": when})
-    new_device = DeviceState(first_seen={**device.first_seen, generation: at})
-    return Transition(
-        Applied(),
-        devices={anonymous_id: new_device},
-        contacts={contact_id: profile},
-        emits=(Emit(PROFILES, contact_id, profile),),
+    blocked = config.blocked_values
+    device = resolver.old_device(anonymous_id)
+    if isinstance(event, PageView):
+        return _Change(_changed(anonymous_id, device, device.with_activity(at)), {}, {})
+    if isinstance(event, ChatStart):
+        conversation_id = check_identifier(event.conversation_id, blocked=blocked)
+        if isinstance(conversation_id, Refused):
+            return Refused(conversation_id.reason, f"conversation_id: {conversation_id.detail}")
+        email = _optional_email(event.email, blocked)
+        chat = ChatFact(at, event.event_id, conversation_id, email, _text(event.name),
+                        _text(event.city))  # fmt: skip
+        emails = {}
+        if email is not None:
+            entry = resolver.old_email(email)
+            emails = _changed(email, entry, entry.with_lead_device(anonymous_id))
+        return _Change(_changed(anonymous_id, device, device.with_chat(chat)), {}, emails)
+    user_id = check_identifier(event.user_id, blocked=blocked)
+    if isinstance(user_id, Refused):
+        return Refused(user_id.reason, f"user_id: {user_id.detail}")
+    if isinstance(event, Logout):
+        fact = SessionFact(at, event.event_id, "logout", user_id)
+        return _Change(_changed(anonymous_id, device, device.with_session(fact)), {}, {})
+    proof = verify(user_id=user_id, user_hash=event.user_hash, identity_token=event.identity_token,
+                   secrets=secrets, event_ms=at, record_ms=record_ms)  # fmt: skip
+    if isinstance(proof, Refused):
+        return proof
+    kind = "login" if isinstance(event, Login) else "signup"
+    fact = SessionFact(at, event.event_id, kind, user_id)
+    user = resolver.old_user(user_id)
+    new_user = user.with_device(anonymous_id)
+    if event.name and _text(event.name):
+        new_user = new_user.with_name(at, event.event_id, _text(event.name) or "")
+    emails: dict[str, EmailEntry] = {}
+    claimed = proof.email or _optional_email(event.email, blocked)
+    if claimed is not None:
+        claim = EmailClaim(at, event.event_id, claimed, verified=proof.email == claimed)
+        new_user = new_user.with_email(claim)
+        entry = resolver.old_email(claimed)
+        emails = _changed(claimed, entry, entry.with_claim(user_id, claim))
+    return _Change(
+        _changed(anonymous_id, device, device.with_session(fact)),
+        _changed(user_id, user, new_user),
+        emails,
     )
+
+
+def _changed(key: str, old: object, new: object) -> dict:
+    return {} if old == new else {key: new}
+
+
+def _text(value: str | None) -> str | None:
+    """An optional free-text field, trimmed; blank means absent."""
+    if value is None:
+        return None
+    value = value.strip()[:256]
+    return value or None
+
+
+def _optional_email(value: str | None, blocked: frozenset[str]) -> str | None:
+    """An optional e-mail: junk is dropped and the event proceeds (R3)."""
+    if value is None:
+        return None
+    checked = check_email(value, blocked=blocked)
+    return checked if isinstance(checked, str) else None
+
+
+class _Resolver:
+    """Reads the view (recording what is missing) and derives timelines and profiles."""
+
+    def __init__(self, view: View) -> None:
+        self.view = view
+        self.missing: dict[str, set[str]] = {}
+        self.new_devices: dict[str, Device] = {}
+        self.new_users: dict[str, User] = {}
+        self.new_emails: dict[str, EmailEntry] = {}
+
+    # -- reading, old (as stored) and new (with this event's facts)
+
+    def _get(self, kind: str, table: Mapping, key: str, default: object) -> object:
+        if key not in table:
+            self.missing.setdefault(kind, set()).add(key)
+            return default
+        return table[key] or default
+
+    def old_device(self, anonymous_id: str) -> Device:
+        return self._get("devices", self.view.devices, anonymous_id, Device())  # type: ignore[return-value]
+
+    def old_user(self, user_id: str) -> User:
+        return self._get("users", self.view.users, user_id, User())  # type: ignore[return-value]
+
+    def old_email(self, email: str) -> EmailEntry:
+        return self._get("emails", self.view.emails, email, EmailEntry())  # type: ignore[return-value]
+
+    def published(self, contact_id: str) -> Profile | None:
+        return self._get("contacts", self.view.contacts, contact_id, None)  # type: ignore[return-value]
+
+    def device(self, anonymous_id: str, *, new: bool) -> Device:
+        if new and anonymous_id in self.new_devices:
+            return self.new_devices[anonymous_id]
+        return self.old_device(anonymous_id)
+
+    def user(self, user_id: str) -> User:
+        return self.new_users.get(user_id) or self.old_user(user_id)
+
+    def email(self, email: str, *, new: bool) -> EmailEntry:
+        if new and email in self.new_emails:
+            return self.new_emails[email]
+        return self.old_email(email)
+
+    def need(self) -> NeedMore:
+        get = self.missing.get
+        return NeedMore(
+            devices=tuple(sorted(get("devices", ()))),
+            contacts=tuple(sorted(get("contacts", ()))),
+            users=tuple(sorted(get("users", ()))),
+            emails=tuple(sorted(get("emails", ()))),
+        )
+
+    # -- deriving
+
+    def timeline(self, anonymous_id: str, *, new: bool) -> Timeline:
+        device = self.device(anonymous_id, new=new)
+        verified = {
+            chat.email: self.email(chat.email, new=new).verified
+            for chat in device.chats
+            if chat.email is not None
+        }
+        return derive(self.view.workspace_id, anonymous_id, device, verified)
+
+    def user_view(self, user_id: str) -> UserView:
+        user = self.user(user_id)
+        timelines = {a: self.timeline(a, new=True) for a in user.devices}
+        emails = {c.email: self.email(c.email, new=True) for c in user.emails}
+        leads: list[Lead] = []
+        for entry in emails.values():
+            for anonymous_id in entry.lead_devices:
+                timeline = timelines.get(anonymous_id) or self.timeline(anonymous_id, new=True)
+                leads += [Lead(s, timeline) for s in timeline.segments if s.kind == "visitor"]
+        return UserView(user_id, user, timelines, tuple(leads), emails)
+
+    # -- consequences of a change
+
+    def consequences(
+        self, event: InputEvent, anonymous_id: str, change: _Change
+    ) -> Transition | NeedMore:
+        """Re-derive what the change can affect; emit what differs from what was published."""
+        scope = {anonymous_id}
+        touched_users = set(change.users)
+        for email, entry in change.emails.items():
+            old = self.email(email, new=False)
+            scope.update(entry.lead_devices, old.lead_devices)
+            touched_users.update(entry.verified, entry.unverified, old.verified, old.unverified)
+        old_timelines = {a: self.timeline(a, new=False) for a in sorted(scope)}
+        new_timelines = {a: self.timeline(a, new=True) for a in sorted(scope)}
+        for timeline in (*old_timelines.values(), *new_timelines.values()):
+            touched_users |= timeline.users()
+            touched_users |= {s.merge.user_id for s in timeline.segments if s.merge}
+        if self.missing:
+            return self.need()
+        user_views = {u: self.user_view(u) for u in sorted(touched_users)}
+        if self.missing:
+            return self.need()
+
+        profiles: dict[str, Profile | None] = {}
+        for timeline in new_timelines.values():
+            for segment in timeline.visitors():
+                lead = Lead(segment, timeline)
+                emails = {c.email: self.email(c.email, new=True)
+                          for c in segment.chats if c.email}  # fmt: skip
+                profiles[segment.contact_id] = visitor_profile(self.view.workspace_id, lead, emails)
+        for timeline in old_timelines.values():
+            for segment in timeline.visitors():
+                profiles.setdefault(segment.contact_id, None)  # vanished: a tombstone
+        for user_view in user_views.values():
+            profile = user_profile(self.view.workspace_id, user_view)
+            if profile is not None:
+                profiles[profile.contact_id] = profile
+        published = {cid: self.published(cid) for cid in sorted(profiles)}
+        if self.missing:
+            return self.need()
+        changed = {cid: p for cid, p in profiles.items() if p != published[cid]}
+
+        emits = [*self._shutdowns(event, new_timelines[anonymous_id])]
+        emits += self._merges(old_timelines, new_timelines, user_views)
+        emits += [Emit(PROFILES, cid, changed[cid]) for cid in sorted(changed)]
+        outcome: Applied | Refusal = Applied()
+        if (
+            isinstance(event, Logout)
+            and event.event_id in new_timelines[anonymous_id].ignored_logouts
+        ):
+            outcome = Refusal("not_logged_in", "that user is not logged in on this device then")
+        return Transition(
+            outcome,
+            devices=self.new_devices,
+            users=self.new_users,
+            emails=self.new_emails,
+            contacts=changed,
+            emits=tuple(emits),
+        )
+
+    def _shutdowns(self, event: InputEvent, timeline: Timeline) -> list[Emit]:
+        """The session this event ended on its device, if any (R8, R10)."""
+        return [
+            Emit(
+                SHUTDOWN,
+                timeline.anonymous_id,
+                Shutdown(
+                    event_id=ids.output_event_id(
+                        "shutdown", s.cause_event_id, timeline.anonymous_id
+                    ),
+                    workspace_id=self.view.workspace_id,
+                    anonymous_id=timeline.anonymous_id,
+                    user_id=s.user_id,
+                    contact_id=s.contact_id,
+                    reason=s.reason,
+                    cause_event_id=s.cause_event_id,
+                    timestamp=from_epoch_ms(s.at),
+                ),
+            )  # fmt: skip
+            for s in timeline.shutdowns
+            if s.cause_event_id == event.event_id
+        ]
+
+    def _merges(
+        self,
+        old: Mapping[str, Timeline],
+        new: Mapping[str, Timeline],
+        users: Mapping[str, UserView],
+    ) -> list[Emit]:
+        """One `identity.merged` per merge the change created (R6, R7)."""
+
+        def merges(timelines: Mapping[str, Timeline]) -> dict[tuple[str, str, str], Merge]:
+            return {
+                (s.contact_id, s.merge.into_contact_id, s.merge.cause_event_id): s.merge
+                for t in timelines.values() for s in t.visitors() if s.merge
+            }  # fmt: skip
+
+        before = merges(old)
+        emits = []
+        for (from_id, into_id, cause), merge in sorted(merges(new).items()):
+            if (from_id, into_id, cause) in before:
+                continue
+            link = first_link(users[merge.user_id])
+            created = merge.reason != "email_match" and link is not None and link[1] == cause
+            emits.append(Emit(MERGED, into_id, Merged(
+                event_id=ids.output_event_id("merged", from_id, into_id, cause),
+                workspace_id=self.view.workspace_id,
+                kind="converted" if created else "merged",
+                from_contact_id=from_id,
+                into_contact_id=into_id,
+                user_id=merge.user_id,
+                reason=merge.reason,
+                cause_event_id=cause,
+                timestamp=from_epoch_ms(merge.at),
+            )))  # fmt: skip
+        return emits

@@ -23,7 +23,7 @@ from tests.support.kafka import Pipeline
 
 pytestmark = pytest.mark.integration
 
-SECRETS = {"ws-a": "secret-a-0123456789", "ws-b": "secret-b-9876543210"}
+SECRETS = {"ws-a": "secret-a-0123456789abcdef0123456789", "ws-b": "secret-b-9876543210fedcba9876543210"}
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,9 @@ async def redis_client(servers: tuple[str, str]) -> AsyncIterator[aioredis.Redis
 
 
 @pytest.fixture
-async def pipeline(servers: tuple[str, str], secrets_file: Path, tmp_path: Path) -> AsyncIterator[Pipeline]:
+async def pipeline(
+    servers: tuple[str, str], secrets_file: Path, tmp_path: Path
+) -> AsyncIterator[Pipeline]:
     """A fresh pipeline: new topic prefix, consumer group and Redis namespace; no worker yet."""
     bootstrap, redis_url = servers
     run = uuid.uuid4().hex[:10]

@@ -34,13 +34,20 @@ async def test_known_device_browsing_publishes_nothing_new(pipeline: Pipeline) -
     await pipeline.send("telemetry.page_view", ev.page_view(WS, "device-2", "2026-11-24T10:00:00Z"))
     await pipeline.send("telemetry.page_view", ev.page_view(WS, "device-2", "2026-11-24T10:05:00Z"))
     # A later marker event on another device proves the second view was processed before it.
-    await pipeline.send("telemetry.page_view", ev.page_view(WS, "device-3", "2026-11-24T10:06:00Z"),
-                        key="device-2")  # same key: same partition, processed after the others
+    await pipeline.send(
+        "telemetry.page_view", ev.page_view(WS, "device-3", "2026-11-24T10:06:00Z"), key="device-2"
+    )  # same key: same partition, processed after the others
     await pipeline.wait_for(
-        lambda out: any(p["anonymous_ids"] == ["device-3"] for p in out.values("identity.profiles")),
+        lambda out: any(
+            p["anonymous_ids"] == ["device-3"] for p in out.values("identity.profiles")
+        ),
         what="device-3's profile",
     )
-    device_2 = [p for p in pipeline.outputs.values("identity.profiles") if p["anonymous_ids"] == ["device-2"]]
+    device_2 = [
+        p
+        for p in pipeline.outputs.values("identity.profiles")
+        if p["anonymous_ids"] == ["device-2"]
+    ]
     assert len(device_2) == 1
 
 
@@ -49,12 +56,26 @@ async def test_undecodable_messages_are_rejected_and_the_worker_goes_on(pipeline
     await pipeline.send("telemetry.page_view", b"\xff\xfe not utf-8", key="k1")
     await pipeline.send("telemetry.page_view", b'{"event_id": ', key="k2")
     await pipeline.send("telemetry.page_view", b"[1, 2, 3]", key="k3")
-    await pipeline.send("telemetry.page_view", {"event_id": "no-ws", "anonymous_id": "d", "timestamp": "2026-11-24T10:00:00Z"}, key="k4")
-    await pipeline.send("telemetry.page_view", ev.page_view("ws-unknown", "device-9", "2026-11-24T10:00:00Z"), key="k5")
-    await pipeline.send("telemetry.page_view", ev.page_view(WS, "undefined", "2026-11-24T10:00:00Z"), key="k6")
-    await pipeline.send("telemetry.page_view", ev.page_view(WS, "device-ok", "2026-11-24T10:00:00Z"), key="k7")
+    await pipeline.send(
+        "telemetry.page_view",
+        {"event_id": "no-ws", "anonymous_id": "d", "timestamp": "2026-11-24T10:00:00Z"},
+        key="k4",
+    )
+    await pipeline.send(
+        "telemetry.page_view",
+        ev.page_view("ws-unknown", "device-9", "2026-11-24T10:00:00Z"),
+        key="k5",
+    )
+    await pipeline.send(
+        "telemetry.page_view", ev.page_view(WS, "undefined", "2026-11-24T10:00:00Z"), key="k6"
+    )
+    await pipeline.send(
+        "telemetry.page_view", ev.page_view(WS, "device-ok", "2026-11-24T10:00:00Z"), key="k7"
+    )
 
-    await pipeline.wait_for(lambda out: len(out.of("identity.rejected")) == 6, what="six rejections")
+    await pipeline.wait_for(
+        lambda out: len(out.of("identity.rejected")) == 6, what="six rejections"
+    )
     await pipeline.wait_for(lambda out: len(out.of("identity.profiles")) == 1, what="one profile")
     rejected = {r.key.decode(): r.value for r in pipeline.outputs.of("identity.rejected")}
     assert rejected["k1"]["reason"] == "invalid_utf8"
@@ -73,7 +94,9 @@ async def test_undecodable_messages_are_rejected_and_the_worker_goes_on(pipeline
     assert pipeline.outputs.latest_profiles().popitem()[1]["anonymous_ids"] == ["device-ok"]
 
 
-async def test_contact_ids_agree_across_independent_pipelines(pipeline: Pipeline, servers, secrets_file, tmp_path) -> None:
+async def test_contact_ids_agree_across_independent_pipelines(
+    pipeline: Pipeline, servers, secrets_file, tmp_path
+) -> None:
     """Same workspace and device, separate state and topics: the same contact_id (R12)."""
     import uuid
 
@@ -81,15 +104,24 @@ async def test_contact_ids_agree_across_independent_pipelines(pipeline: Pipeline
     from pipeline.topics import topic_specs
 
     run = uuid.uuid4().hex[:10]
-    other = Pipeline(bootstrap=servers[0], redis_url=servers[1], prefix=f"t{run}.", app_id=f"idp-{run}",
-                     namespace=f"t{run}", secrets_file=secrets_file, log_dir=tmp_path / "other")
+    other = Pipeline(
+        bootstrap=servers[0],
+        redis_url=servers[1],
+        prefix=f"t{run}.",
+        app_id=f"idp-{run}",
+        namespace=f"t{run}",
+        secrets_file=secrets_file,
+        log_dir=tmp_path / "other",
+    )
     (tmp_path / "other").mkdir()
     await ensure_topics(servers[0], topic_specs(other.prefix, 4))
     await other.start()
     try:
         for pipe in (pipeline, other):
             pipe.start_worker()
-            await pipe.send("telemetry.page_view", ev.page_view(WS, "shared-device", "2026-11-24T10:00:00Z"))
+            await pipe.send(
+                "telemetry.page_view", ev.page_view(WS, "shared-device", "2026-11-24T10:00:00Z")
+            )
         for pipe in (pipeline, other):
             await pipe.wait_for(lambda out: len(out.of("identity.profiles")) == 1, what="a profile")
         first = pipeline.outputs.values("identity.profiles")[0]

@@ -57,3 +57,15 @@ def signup(ws: str, anon: str, ts: str, user_id: str, secret: str, **extra: Any)
 def logout(ws: str, anon: str, ts: str, user_id: str) -> dict[str, Any]:
     return {"event_id": next_id("logout"), "workspace_id": ws, "anonymous_id": anon,
             "timestamp": ts, "user_id": user_id}  # fmt: skip
+
+
+TOPIC_OF = {"pv": "telemetry.page_view", "chat": "telemetry.chat_start", "signup": "telemetry.signup",
+            "login": "telemetry.login", "logout": "telemetry.logout"}  # fmt: skip
+
+
+def model(event: dict[str, Any]):
+    """The pydantic input model of an event dict built by this module (by its event_id prefix)."""
+    from schemas import INPUT_MODELS
+
+    topic = TOPIC_OF[event["event_id"].split("-")[0]]
+    return INPUT_MODELS[topic].model_validate(event)

@@ -111,7 +111,9 @@ class Pipeline:
         path = self.log_dir / f"worker-{index}.log"
         return path.read_text(errors="replace")[-5000:] if path.exists() else ""
 
-    async def send(self, topic: str, value: dict[str, Any] | bytes, *, key: str | None = None) -> None:
+    async def send(
+        self, topic: str, value: dict[str, Any] | bytes, *, key: str | None = None
+    ) -> None:
         assert self._producer is not None
         if isinstance(value, dict):
             key = key if key is not None else str(value.get("anonymous_id", ""))
@@ -127,8 +129,14 @@ class Pipeline:
             if condition(self.outputs):
                 return
             for index, worker in enumerate(self.workers):
-                if worker.poll() is not None and worker.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
-                    raise AssertionError(f"worker {index} exited {worker.returncode}:\n{self.worker_log(index)}")
+                if worker.poll() is not None and worker.returncode not in (
+                    0,
+                    -signal.SIGTERM,
+                    -signal.SIGKILL,
+                ):
+                    raise AssertionError(
+                        f"worker {index} exited {worker.returncode}:\n{self.worker_log(index)}"
+                    )
             await asyncio.sleep(0.05)
         raise AssertionError(
             f"timed out after {timeout}s waiting for {what}; outputs so far: "

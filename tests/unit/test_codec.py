@@ -4,7 +4,12 @@ import pytest
 from pipeline.codec import MAX_MESSAGE_BYTES, ORIGINAL_MAX_CHARS, Item, Source, decode
 from pipeline.core.model import Emit
 
-VALID = {"event_id": "e1", "workspace_id": "ws", "anonymous_id": "a", "timestamp": "2026-11-24T10:00:00Z"}
+VALID = {
+    "event_id": "e1",
+    "workspace_id": "ws",
+    "anonymous_id": "a",
+    "timestamp": "2026-11-24T10:00:00Z",
+}
 
 
 def source(value: bytes | None, topic: str = "telemetry.page_view", offset: int = 7) -> Source:

@@ -12,7 +12,12 @@ def test_compose_runs_kafka_redis_and_the_worker_with_spec_variables() -> None:
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert services["kafka"]["image"].endswith(":3.9.2")
     worker_env = services["worker"]["environment"]
-    assert {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "IDP_SECRETS_FILE", "IDP_TOPIC_PREFIX"} <= worker_env.keys()
+    assert {
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "REDIS_URL",
+        "IDP_SECRETS_FILE",
+        "IDP_TOPIC_PREFIX",
+    } <= worker_env.keys()
     assert services["worker"]["build"] == "."
     assert "appendonly" in " ".join(services["redis"]["command"])
 

@@ -11,9 +11,10 @@ def test_user_contact_id_depends_on_workspace_and_user_only() -> None:
     assert re.fullmatch(r"[0-9a-f]{24}", a)
 
 
-def test_visitor_contact_ids_differ_per_generation_and_kind() -> None:
-    v0 = ids.visitor_contact_id("ws", "dev", 0)
-    assert v0 != ids.visitor_contact_id("ws", "dev", 1)
+def test_visitor_contact_ids_differ_per_session_and_kind() -> None:
+    v0 = ids.visitor_contact_id("ws", "dev", "origin")
+    assert v0 == ids.visitor_contact_id("ws", "dev", "origin")
+    assert v0 != ids.visitor_contact_id("ws", "dev", "logout-1")
     assert v0 != ids.user_contact_id("ws", "dev")
 
 

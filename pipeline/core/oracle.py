@@ -1,0 +1,72 @@
+"""A synchronous, in-memory driver of the pure core: the reference the tests compare against.
+
+It keeps every record in dicts and answers the core's `NeedMore` requests from them, so it
+applies events exactly as the worker does, minus Kafka and Redis. Fault and replay tests use
+its final profiles as the expected outcome of a fault-free run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.core.facts import Device, EmailEntry, User
+from pipeline.core.model import Emit, NeedMore, Transition, Unchanged, View
+from pipeline.core.rules import CoreConfig, apply
+from schemas import InputEvent, Profile
+
+
+@dataclass
+class Oracle:
+    """All state of all workspaces in memory."""
+
+    config: CoreConfig
+    devices: dict[tuple[str, str], Device] = field(default_factory=dict)
+    users: dict[tuple[str, str], User] = field(default_factory=dict)
+    emails: dict[tuple[str, str], EmailEntry] = field(default_factory=dict)
+    contacts: dict[tuple[str, str], Profile | None] = field(default_factory=dict)
+    applied: dict[tuple[str, str], InputEvent] = field(default_factory=dict)
+    emitted: list[Emit] = field(default_factory=list)
+
+    def apply(self, event: InputEvent, *, record_ms: int | None = None) -> Transition:
+        """Apply one event; return its transition (outputs are also kept in `emitted`)."""
+        ws = event.workspace_id
+        marker = (ws, event.event_id)
+        if marker in self.applied:
+            return Transition(Unchanged())
+        view = View(ws)
+        while True:
+            result = apply(event, view, self.config, record_ms=record_ms)
+            if isinstance(result, Transition):
+                break
+            self._load(view, result)
+        for key, device in result.devices.items():
+            self.devices[(ws, key)] = device
+        for key, user in result.users.items():
+            self.users[(ws, key)] = user
+        for key, entry in result.emails.items():
+            self.emails[(ws, key)] = entry
+        for key, profile in result.contacts.items():
+            self.contacts[(ws, key)] = profile
+        if result.writes:
+            self.applied[marker] = event
+        self.emitted.extend(result.emits)
+        return result
+
+    def _load(self, view: View, need: NeedMore) -> None:
+        ws = view.workspace_id
+        for key in need.devices:
+            view.devices[key] = self.devices.get((ws, key))
+        for key in need.users:
+            view.users[key] = self.users.get((ws, key))
+        for key in need.emails:
+            view.emails[key] = self.emails.get((ws, key))
+        for key in need.contacts:
+            view.contacts[key] = self.contacts.get((ws, key))
+
+    def profiles(self, workspace_id: str | None = None) -> dict[str, Profile]:
+        """The current profile of every contact (of one workspace, or all), by contact_id."""
+        return {
+            cid: profile
+            for (ws, cid), profile in self.contacts.items()
+            if profile is not None and workspace_id in (None, ws)
+        }

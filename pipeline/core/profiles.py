@@ -1,0 +1,175 @@
+"""Profiles as a pure function of timelines (SPEC §3 `identity.profiles`).
+
+`created_at` is the event time of the earliest fact in the contact's whole history (merged
+contacts included); `updated_at` the event time of the latest fact the profile reflects. Both
+come from event time, never the wall clock, so a replay reproduces them. Page views after a
+contact's first are not facts a profile reflects: a known device browsing changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pipeline.core import ids
+from pipeline.core.facts import ChatFact, EmailEntry, User
+from pipeline.core.timeline import Segment, Timeline
+from schemas import Profile
+from schemas.time import from_epoch_ms
+
+POSSIBLE_DUPLICATE = "possible_duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Lead:
+    """A visitor segment of some device, with its device's timeline."""
+
+    segment: Segment
+    timeline: Timeline
+
+
+def _conversations(chats: Iterable[ChatFact]) -> list[str]:
+    seen: dict[str, None] = {}
+    for chat in sorted(chats):
+        seen.setdefault(chat.conversation_id, None)
+    return list(seen)
+
+
+def visitor_created_ms(lead: Lead) -> int:
+    """A visitor starts with its session, or with the device's first activity for the first."""
+    start = lead.segment.start_ms
+    if start is None:
+        assert lead.timeline.first_activity is not None  # exists() guarantees it
+        return lead.timeline.first_activity
+    return start
+
+
+def visitor_updated_ms(lead: Lead) -> int:
+    """The latest fact of a visitor: its start, a chat, or its merge."""
+    segment = lead.segment
+    times = [visitor_created_ms(lead), *(c.at for c in segment.chats)]
+    if segment.merge is not None:
+        times.append(segment.merge.at)
+    return max(times)
+
+
+def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEntry]) -> Profile:
+    """The profile of a visitor, or a lead once it has chatted (R5)."""
+    segment = lead.segment
+    chats = segment.chats
+    is_lead = bool(chats)
+    email = next((c.email for c in reversed(chats) if c.email), None)
+    name = next((c.name for c in reversed(chats) if c.name), None)
+    city = next((c.city for c in chats if c.city), None)
+    into = segment.merge.into_contact_id if segment.merge else None
+    duplicates: set[str] = set()
+    for chat in chats:
+        entry = emails.get(chat.email or "")
+        if entry is None:
+            continue
+        if len(entry.verified) > 1:  # several users verified it: do not guess, flag (R7)
+            duplicates.update(ids.user_contact_id(workspace_id, u) for u in entry.verified)
+        duplicates.update(ids.user_contact_id(workspace_id, u) for u in entry.unverified)
+    duplicates.discard(into or "")
+    return Profile(
+        contact_id=segment.contact_id,
+        workspace_id=workspace_id,
+        type="lead" if is_lead else "visitor",
+        email=email,
+        email_verified=False,
+        name=name,
+        pseudonym=ids.pseudonym(segment.contact_id, city) if is_lead else None,
+        anonymous_ids=[lead.timeline.anonymous_id],
+        conversation_ids=_conversations(chats),
+        possible_duplicates=sorted(duplicates),
+        flags=[POSSIBLE_DUPLICATE] if duplicates else [],
+        created_at=from_epoch_ms(visitor_created_ms(lead)),
+        updated_at=from_epoch_ms(visitor_updated_ms(lead)),
+        merged_into=into,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """Everything a user's profile depends on."""
+
+    user_id: str
+    user: User
+    timelines: Mapping[str, Timeline]  # the user's devices
+    email_leads: tuple[Lead, ...]  # leads (on any device) carrying one of the user's e-mails
+    emails: Mapping[str, EmailEntry]  # the user's e-mails
+
+
+def user_segments(view: UserView) -> list[tuple[Segment, Timeline]]:
+    """The user's sessions on all its devices."""
+    return [
+        (segment, timeline)
+        for timeline in view.timelines.values()
+        for segment in timeline.segments
+        if segment.user_id == view.user_id
+    ]
+
+
+def merged_leads(workspace_id: str, view: UserView) -> list[Lead]:
+    """Visitors and leads whose history moved into the user, by login, signup or e-mail."""
+    into = ids.user_contact_id(workspace_id, view.user_id)
+    found: dict[str, Lead] = {}
+    candidates = [Lead(s, t) for t in view.timelines.values() for s in t.segments]
+    for lead in (*candidates, *view.email_leads):
+        segment = lead.segment
+        if segment.kind == "visitor" and segment.merge and segment.merge.into_contact_id == into:
+            if lead.timeline.exists(segment):
+                found.setdefault(segment.contact_id, lead)
+    return [found[k] for k in sorted(found)]
+
+
+def first_link(view: UserView) -> tuple[int, str] | None:
+    """(at, event_id) of the login or signup that created the user's profile."""
+    starts = [(s.start_ms or 0, s.session) for s, _ in user_segments(view)]
+    return min(starts) if starts else None
+
+
+def user_profile(workspace_id: str, view: UserView) -> Profile | None:
+    """The profile of a user (R6-R8); None before any verified login or signup."""
+    sessions = user_segments(view)
+    if not sessions:
+        return None
+    contact_id = ids.user_contact_id(workspace_id, view.user_id)
+    merged = merged_leads(workspace_id, view)
+    chats = [c for s, _ in sessions for c in s.chats]
+    chats += [c for lead in merged for c in lead.segment.chats]
+    verified = [c for c in view.user.emails if c.verified]
+    claim = max(verified) if verified else max(view.user.emails, default=None)
+    duplicates: set[str] = set()
+    merged_ids = {lead.segment.contact_id for lead in merged}
+    for lead in view.email_leads:
+        segment = lead.segment
+        lead_emails = {c.email for c in segment.chats}
+        for own in view.user.emails:
+            entry = view.emails.get(own.email)
+            ambiguous = entry is not None and len(entry.verified) > 1
+            if own.email in lead_emails and (not own.verified or ambiguous):
+                if segment.contact_id not in merged_ids and lead.timeline.exists(segment):
+                    duplicates.add(segment.contact_id)
+    created = [s.start_ms or 0 for s, _ in sessions]
+    created += [visitor_created_ms(lead) for lead in merged]
+    updated = [*created, *(c.at for c in chats), *(c.at for c in view.user.emails)]
+    updated += [visitor_updated_ms(lead) for lead in merged]
+    if view.user.name is not None:
+        updated.append(view.user.name[0])
+    return Profile(
+        contact_id=contact_id,
+        workspace_id=workspace_id,
+        type="user",
+        user_id=view.user_id,
+        email=claim.email if claim else None,
+        email_verified=bool(claim and claim.verified),
+        name=view.user.name[2] if view.user.name else None,
+        anonymous_ids=sorted({t.anonymous_id for _, t in sessions}),
+        merged_contact_ids=sorted(merged_ids),
+        conversation_ids=_conversations(chats),
+        possible_duplicates=sorted(duplicates),
+        flags=[POSSIBLE_DUPLICATE] if duplicates else [],
+        created_at=from_epoch_ms(min(created)),
+        updated_at=from_epoch_ms(max(updated)),
+    )
