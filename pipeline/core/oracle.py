@@ -27,11 +27,17 @@ class Oracle:
     applied: dict[tuple[str, str], InputEvent] = field(default_factory=dict)
     emitted: list[Emit] = field(default_factory=list)
 
-    def apply(self, event: InputEvent, *, record_ms: int | None = None) -> Transition:
-        """Apply one event; return its transition (outputs are also kept in `emitted`)."""
+    def apply(
+        self, event: InputEvent, *, record_ms: int | None = None, dedup: bool = True
+    ) -> Transition:
+        """Apply one event; return its transition (outputs are also kept in `emitted`).
+
+        With `dedup` off the processed-event marker is ignored, to test that the transition
+        itself is idempotent.
+        """
         ws = event.workspace_id
         marker = (ws, event.event_id)
-        if marker in self.applied:
+        if dedup and marker in self.applied:
             return Transition(Unchanged())
         view = View(ws)
         while True:

@@ -248,6 +248,14 @@ class _Resolver:
         for timeline in (*old_timelines.values(), *new_timelines.values()):
             touched_users |= timeline.users()
             touched_users |= {s.merge.user_id for s in timeline.segments if s.merge}
+        # A user's profile also depends on leads that carry one of its e-mails (duplicates,
+        # e-mail matches): a change on a device touches the users of its chats' e-mails.
+        for anonymous_id in scope:
+            for new in (False, True):
+                for chat in self.device(anonymous_id, new=new).chats:
+                    if chat.email is not None:
+                        entry = self.email(chat.email, new=new)
+                        touched_users.update(entry.verified, entry.unverified)
         if self.missing:
             return self.need()
         user_views = {u: self.user_view(u) for u in sorted(touched_users)}

@@ -1,0 +1,122 @@
+"""Hypothesis properties of the pure core: the identity laws of SPEC R8, R11, R12, R13."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.core import ids
+from pipeline.core.oracle import Oracle
+from pipeline.core.rules import CoreConfig
+from tests.support import events as ev
+
+SECRETS = {"w1": "secret-one-0123456789abcdef012345", "w2": "secret-two-0123456789abcdef012345"}
+CONFIG = CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()})
+DEVICES = ["d1", "d2", "d3"]
+USERS = ["u1", "u2", "u3"]
+EMAILS = ["a@example.com", "b@example.com"]
+EXAMPLES = int(os.environ.get("IDP_HYPOTHESIS_EXAMPLES", "150"))
+LAW = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def stamp(minute: int) -> str:
+    return f"2026-11-24T10:{minute:02d}:00Z"
+
+
+@st.composite
+def an_event(draw: st.DrawFn, workspaces: list[str]) -> dict:
+    ws = draw(st.sampled_from(workspaces))
+    device = draw(st.sampled_from(DEVICES))
+    ts = stamp(draw(st.integers(0, 12)))
+    kind = draw(st.sampled_from(["pv", "pv", "chat", "login", "signup", "logout"]))
+    if kind == "pv":
+        return ev.page_view(ws, device, ts)
+    if kind == "chat":
+        email = draw(st.none() | st.sampled_from(EMAILS))
+        extra = {"email": email} if email else {}
+        return ev.chat_start(ws, device, ts, f"conv-{draw(st.integers(0, 3))}", **extra)
+    user = draw(st.sampled_from(USERS))
+    if kind == "logout":
+        return ev.logout(ws, device, ts, user)
+    build = ev.login if kind == "login" else ev.signup
+    proof = draw(st.sampled_from(["hash", "hash+email", "token", "token+email"]))
+    extra: dict = {}
+    if proof == "hash+email":
+        extra["email"] = draw(st.sampled_from(EMAILS))
+    if proof.startswith("token"):
+        claims = {"user_id": user, "exp": 1795600000}
+        if proof == "token+email":
+            claims["email"] = draw(st.sampled_from(EMAILS))
+        extra["identity_token"] = ev.jwt_hs256(SECRETS[ws], claims)
+    return build(ws, device, ts, user, SECRETS[ws], **extra)
+
+
+def _renumber(events: list[dict]) -> list[dict]:
+    """Event ids by position, so that a failing example reproduces and shrinks well."""
+    return [{**e, "event_id": f"{e['event_id'].split('-')[0]}-{i}"} for i, e in enumerate(events)]
+
+
+def journeys(workspaces: list[str] = ["w1"]) -> st.SearchStrategy[list[dict]]:  # noqa: B006
+    return st.lists(an_event(workspaces), min_size=1, max_size=14).map(_renumber)
+
+
+def final_profiles(events: list[dict], workspace: str | None = None) -> dict:
+    oracle = Oracle(CONFIG)
+    for event in events:
+        oracle.apply(ev.model(event))
+    return {cid: p.model_dump() for cid, p in oracle.profiles(workspace).items()}
+
+
+@LAW
+@given(st.data())
+def test_any_delivery_order_gives_the_same_final_profiles(data: st.DataObject) -> None:
+    events = data.draw(journeys())
+    shuffled = data.draw(st.permutations(events))
+    assert final_profiles(shuffled) == final_profiles(events)
+
+
+@LAW
+@given(journeys())
+def test_processing_any_event_again_changes_nothing(events: list[dict]) -> None:
+    oracle = Oracle(CONFIG)
+    for event in events:
+        oracle.apply(ev.model(event))
+    before = dict(oracle.contacts), dict(oracle.devices), dict(oracle.users), dict(oracle.emails)
+    for event in events:
+        again = oracle.apply(ev.model(event), dedup=False)  # the transition itself, no marker
+        assert not again.writes, event
+        assert again.emits == () or all(e.topic == "identity.rejected" for e in again.emits)
+    assert (oracle.contacts, oracle.devices, oracle.users, oracle.emails) == before
+
+
+@LAW
+@given(journeys())
+def test_two_user_ids_never_end_in_one_contact(events: list[dict]) -> None:
+    oracle = Oracle(CONFIG)
+    for event in events:
+        oracle.apply(ev.model(event))
+    profiles = oracle.profiles()
+    users = {cid for cid, p in profiles.items() if p.type == "user"}
+    for cid, profile in profiles.items():
+        if profile.type == "user":
+            assert profile.merged_into is None
+            assert cid == ids.user_contact_id(profile.workspace_id, profile.user_id)
+            assert not set(profile.merged_contact_ids) & users
+        else:
+            assert profile.user_id is None
+            assert profile.merged_into is None or profile.merged_into in users
+
+
+@LAW
+@given(journeys(["w1", "w2"]))
+def test_nothing_crosses_workspaces(events: list[dict]) -> None:
+    together = final_profiles(events)
+    for ws in ("w1", "w2"):
+        alone = final_profiles([e for e in events if e["workspace_id"] == ws])
+        assert {cid: p for cid, p in together.items() if p["workspace_id"] == ws} == alone
+    for profile in together.values():
+        linked = [profile.get("merged_into")] + profile["merged_contact_ids"]
+        others = final_profiles([e for e in events if e["workspace_id"] != profile["workspace_id"]])
+        assert not set(filter(None, linked)) & set(others)
