@@ -100,6 +100,11 @@ def create_app(settings: Settings) -> faust.App:
             for output in (*rejected, *emits):
                 await emit(output)
 
+    @app.on_partitions_assigned.connect
+    async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:
+        ours = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in logical)
+        logger.info("assigned %d input partitions: %s", len(ours), " ".join(ours))
+
     @app.timer(interval=30.0)
     async def report() -> None:
         logger.info(

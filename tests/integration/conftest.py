@@ -23,7 +23,10 @@ from tests.support.kafka import Pipeline
 
 pytestmark = pytest.mark.integration
 
-SECRETS = {"ws-a": "secret-a-0123456789abcdef0123456789", "ws-b": "secret-b-9876543210fedcba9876543210"}
+SECRETS = {
+    "ws-a": "secret-a-0123456789abcdef0123456789",
+    "ws-b": "secret-b-9876543210fedcba9876543210",
+}
 
 
 @pytest.fixture(scope="session")

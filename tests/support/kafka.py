@@ -25,7 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 class Output:
     topic: str
     key: bytes | None
-    value: dict[str, Any]
+    value: dict[str, Any] | None  # None: a tombstone on the compacted profiles topic
     partition: int
     offset: int
 
@@ -40,11 +40,12 @@ class OutputLog:
         return [r for r in self.records if r.topic == topic]
 
     def values(self, topic: str) -> list[dict[str, Any]]:
-        return [r.value for r in self.of(topic)]
+        return [r.value for r in self.of(topic) if r.value is not None]
 
     def latest_profiles(self) -> dict[str, dict[str, Any]]:
-        """The compacted view: last profile per contact_id."""
-        return {r.key.decode(): r.value for r in self.of("identity.profiles")}
+        """The compacted view: last profile per contact_id, tombstoned contacts removed."""
+        latest = {r.key.decode(): r.value for r in self.of("identity.profiles")}
+        return {cid: value for cid, value in latest.items() if value is not None}
 
 
 class Pipeline:
@@ -94,7 +95,8 @@ class Pipeline:
         async for message in self._consumer:
             self.outputs.records.append(
                 Output(message.topic.removeprefix(self.prefix), message.key,
-                       orjson.loads(message.value), message.partition, message.offset)
+                       None if message.value is None else orjson.loads(message.value),
+                       message.partition, message.offset)
             )  # fmt: skip
 
     def start_worker(self) -> subprocess.Popen:

@@ -70,7 +70,9 @@ def test_a_visitor_chats_then_signs_up(oracle: Oracle) -> None:
 
 
 def test_browsing_a_known_device_changes_nothing(oracle: Oracle) -> None:
-    first, second = run(oracle, ev.page_view(WS, "d1", T.format(1)), ev.page_view(WS, "d1", T.format(5)))
+    first, second = run(
+        oracle, ev.page_view(WS, "d1", T.format(1)), ev.page_view(WS, "d1", T.format(5))
+    )
     assert second.outcome == Unchanged() and second.emits == ()
     assert len(emitted(oracle, "identity.profiles")) == 1
 
@@ -89,7 +91,11 @@ def test_a_lead_email_matches_a_verified_login_on_another_device(oracle: Oracle)
     assert account.merged_contact_ids == [lead.contact_id]
     assert account.anonymous_ids == ["d2"]  # the lead's device is not linked (R2)
     (merge,) = emitted(oracle, "identity.merged")
-    assert (merge.kind, merge.reason, merge.cause_event_id) == ("merged", "email_match", login["event_id"])
+    assert (merge.kind, merge.reason, merge.cause_event_id) == (
+        "merged",
+        "email_match",
+        login["event_id"],
+    )
     # d1 browsing after the match is a new anonymous visitor, not u1.
     later = profiles[visitor("d1", f"email:{chat['event_id']}")]
     assert later.type == "visitor" and later.merged_into is None and later.anonymous_ids == ["d1"]
@@ -136,7 +142,11 @@ def test_shared_computer_logout_then_another_user(oracle: Oracle) -> None:
     between = visitor("d1", logout["event_id"])  # the visitor after A's logout became B
     assert b.merged_contact_ids == [between]
     (shutdown,) = emitted(oracle, "identity.shutdown")
-    assert (shutdown.reason, shutdown.user_id, shutdown.contact_id) == ("logout", "ua", a.contact_id)
+    assert (shutdown.reason, shutdown.user_id, shutdown.contact_id) == (
+        "logout",
+        "ua",
+        a.contact_id,
+    )
     assert shutdown.anonymous_id == "d1" and shutdown.cause_event_id == logout["event_id"]
 
 
@@ -146,7 +156,9 @@ def test_stale_cookie_after_logout_is_a_new_visitor(oracle: Oracle) -> None:
         ev.page_view(WS, "d1", T.format(4)), ev.chat_start(WS, "d1", T.format(5), "conv-x"))  # fmt: skip
     profiles = oracle.profiles()
     after = profiles[visitor("d1", logout["event_id"])]
-    assert after.type == "lead" and after.conversation_ids == ["conv-x"] and after.merged_into is None
+    assert (
+        after.type == "lead" and after.conversation_ids == ["conv-x"] and after.merged_into is None
+    )
     assert profiles[user("ua")].conversation_ids == []
 
 
@@ -168,7 +180,11 @@ def test_user_switch_without_logout(oracle: Oracle) -> None:
     run(oracle, ev.login(WS, "d1", T.format(1), "ua", SECRET), switch,
         ev.chat_start(WS, "d1", T.format(3), "conv-b"))  # fmt: skip
     (shutdown,) = emitted(oracle, "identity.shutdown")
-    assert (shutdown.reason, shutdown.user_id, shutdown.contact_id) == ("user_switch", "ua", user("ua"))
+    assert (shutdown.reason, shutdown.user_id, shutdown.contact_id) == (
+        "user_switch",
+        "ua",
+        user("ua"),
+    )
     assert shutdown.cause_event_id == switch["event_id"]
     profiles = oracle.profiles()
     assert profiles[user("ub")].conversation_ids == ["conv-b"]
@@ -193,16 +209,41 @@ def test_logout_for_another_user_is_refused_and_ends_nothing(oracle: Oracle) -> 
     ("proof", "reason"),
     [
         ({"user_hash": "0" * 64}, "unverified_identity"),
-        ({"identity_token": ev.jwt_hs256("other-secret", {"user_id": "u1", "exp": 1795600000})}, "unverified_identity"),
-        ({"identity_token": ev.jwt_hs256(SECRET, {"user_id": "u1", "exp": 1795600000}, header={"alg": "none"})}, "invalid_token"),
-        ({"identity_token": ev.jwt_hs256(SECRET, {"user_id": "u1", "exp": 1795600000}, header={"alg": "HS512"})}, "invalid_token"),
-        ({"identity_token": ev.jwt_hs256(SECRET, {"user_id": "u1", "exp": 1795500000})}, "expired_token"),
+        (
+            {"identity_token": ev.jwt_hs256("other-secret", {"user_id": "u1", "exp": 1795600000})},
+            "unverified_identity",
+        ),
+        (
+            {
+                "identity_token": ev.jwt_hs256(
+                    SECRET, {"user_id": "u1", "exp": 1795600000}, header={"alg": "none"}
+                )
+            },
+            "invalid_token",
+        ),
+        (
+            {
+                "identity_token": ev.jwt_hs256(
+                    SECRET, {"user_id": "u1", "exp": 1795600000}, header={"alg": "HS512"}
+                )
+            },
+            "invalid_token",
+        ),
+        (
+            {"identity_token": ev.jwt_hs256(SECRET, {"user_id": "u1", "exp": 1795500000})},
+            "expired_token",
+        ),
         ({"identity_token": ev.jwt_hs256(SECRET, {"user_id": "u1"})}, "invalid_token"),
-        ({"identity_token": ev.jwt_hs256(SECRET, {"user_id": "u2", "exp": 1795600000})}, "unverified_identity"),
+        (
+            {"identity_token": ev.jwt_hs256(SECRET, {"user_id": "u2", "exp": 1795600000})},
+            "unverified_identity",
+        ),
         ({"identity_token": "not.a.jwt"}, "invalid_token"),
     ],
 )
-def test_unverifiable_claims_are_refused_and_change_nothing(oracle: Oracle, proof: dict, reason: str) -> None:
+def test_unverifiable_claims_are_refused_and_change_nothing(
+    oracle: Oracle, proof: dict, reason: str
+) -> None:
     # 1795514400 is 2026-11-24T10:00:00Z; exp 1795500000 is four hours before the event.
     event = {**ev.login(WS, "d1", T.format(0), "u1", SECRET), **proof}
     if "identity_token" in proof:

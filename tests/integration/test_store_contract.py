@@ -1,0 +1,77 @@
+"""One contract for both stores: the in-memory one (pure tests) and Redis (the real one)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pipeline.state.base import Commit, Record, Store
+from pipeline.state.memory import MemoryStore
+from pipeline.state.redis_store import RedisStore
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, servers: tuple[str, str]) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    redis_store = RedisStore.from_url(servers[1], marker_ttl_s=3600)
+    yield redis_store
+    await redis_store.close()
+
+
+@pytest.fixture
+def key() -> str:
+    return f"contract:{{ws-{uuid.uuid4().hex}}}:dev:"
+
+
+async def test_absent_records_read_as_version_zero(store: Store, key: str) -> None:
+    assert await store.read([key + "a", key + "b"]) == [Record(0, None), Record(0, None)]
+
+
+async def test_a_commit_writes_and_bumps_versions(store: Store, key: str) -> None:
+    ok = await store.commit([Commit(checks={key + "a": 0}, writes={key + "a": b"one"})])
+    assert ok == [True]
+    assert await store.read([key + "a"]) == [Record(1, b"one")]
+    ok = await store.commit([Commit(checks={key + "a": 1}, writes={key + "a": b"two"})])
+    assert ok == [True]
+    assert await store.read([key + "a"]) == [Record(2, b"two")]
+
+
+async def test_a_stale_read_loses_and_changes_nothing(store: Store, key: str) -> None:
+    await store.commit([Commit(checks={key + "a": 0}, writes={key + "a": b"one"})])
+    stale = Commit(checks={key + "a": 0, key + "b": 0}, writes={key + "a": b"x", key + "b": b"y"})
+    assert await store.commit([stale]) == [False]
+    assert await store.read([key + "a", key + "b"]) == [Record(1, b"one"), Record(0, None)]
+
+
+async def test_a_checked_but_unwritten_record_guards_the_commit(store: Store, key: str) -> None:
+    await store.commit([Commit(checks={key + "a": 0}, writes={key + "a": b"one"})])
+    guarded = Commit(checks={key + "a": 0}, writes={key + "b": b"depends on a"})
+    assert await store.commit([guarded]) == [False]
+    assert await store.read([key + "b"]) == [Record(0, None)]
+
+
+async def test_commits_of_one_batch_are_independent(store: Store, key: str) -> None:
+    results = await store.commit([
+        Commit(checks={key + "a": 5}, writes={key + "a": b"loses"}),
+        Commit(checks={key + "b": 0}, writes={key + "b": b"wins"}),
+    ])  # fmt: skip
+    assert results == [False, True]
+    assert await store.read([key + "a", key + "b"]) == [Record(0, None), Record(1, b"wins")]
+
+
+async def test_redis_markers_expire(servers: tuple[str, str], key: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore.from_url(servers[1], marker_ttl_s=120)
+    commit = Commit(checks={key + "m": 0}, writes={key + "m": b"d", key + "r": b"r"})
+    commit.expiring.add(key + "m")
+    assert await store.commit([commit]) == [True]
+    client = aioredis.Redis.from_url(servers[1])
+    assert 0 < await client.ttl(key + "m") <= 120
+    assert await client.ttl(key + "r") == -1  # records do not expire
+    await client.aclose()
+    await store.close()
