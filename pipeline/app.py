@@ -35,20 +35,26 @@ def core_config(settings: Settings) -> CoreConfig:
     return CoreConfig(secrets=secrets)
 
 
-def create_app(settings: Settings) -> faust.App:
-    """Build the Faust app and its agent for these settings."""
-    app = faust.App(
-        settings.app_id,
+def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
+    """A Faust app with the pipeline's settings (shared with the benchmark's bare agent)."""
+    return faust.App(
+        app_id or settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
         web_enabled=False,
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
+        broker_commit_interval=settings.commit_interval_s,
         producer_linger_ms=5,
         key_serializer="raw",
         value_serializer="raw",
     )
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app and its agent for these settings."""
+    app = faust_app(settings)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
     outputs = {name: app.topic(settings.topic(name), value_type=bytes) for name in OUTPUT_TOPICS}
     logical = {settings.topic(name): name for name in INPUT_TOPICS}

@@ -113,6 +113,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo.run(settings, records, timeout=args.timeout))
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure throughput against a bare Faust agent, and latency at half the peak."""
+    from pipeline import bench
+
+    if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
+        return 1
+    settings = _settings(args)
+    asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
+                          seed=args.seed))  # fmt: skip
+    return 0
+
+
+def cmd_bench_bare(args: argparse.Namespace) -> int:
+    """The benchmark's baseline: a Faust agent that only iterates the input topics."""
+    from pipeline import bench
+
+    bench.run_bare_worker(_settings(args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `idp`."""
     parser = argparse.ArgumentParser(prog="idp", description=__doc__)
@@ -136,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--seed", type=int, default=7)
     demo_parser.add_argument("--timeout", type=float, default=300.0)
     demo_parser.set_defaults(func=cmd_demo)
+    bench_parser = sub.add_parser("bench", help="throughput and latency through the real stack")
+    bench_parser.add_argument("--events", type=int, default=100_000)
+    bench_parser.add_argument("--latency-seconds", type=float, default=10.0)
+    bench_parser.add_argument("--seed", type=int, default=1)
+    bench_parser.set_defaults(func=cmd_bench)
+    sub.add_parser("bench-bare", help=argparse.SUPPRESS).set_defaults(func=cmd_bench_bare)
     return parser
 
 

@@ -160,7 +160,16 @@ class Processor:
             workings = [
                 await self._decide(ws, group, prefetch.get(ws, {})) for ws, group in pending.items()
             ]
-            results = await self.store.commit([w.commit for w in workings])
+            # A group that wrote nothing needs no commit: its decisions changed no state.
+            writing = [w for w in workings if w.commit.writes]
+            outcomes = dict(
+                zip(
+                    map(id, writing),
+                    await self.store.commit([w.commit for w in writing]),
+                    strict=True,
+                )
+            )
+            results = [outcomes.get(id(w), True) for w in workings]
             retry: dict[str, list[Item]] = {}
             for working, committed in zip(workings, results, strict=True):
                 if committed:

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, validation_alias="IDP_PARTITIONS")
     batch_size: int = Field(500, ge=1, validation_alias="IDP_BATCH_SIZE")
     batch_within_s: float = Field(0.005, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
+    commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
 

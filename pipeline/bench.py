@@ -1,0 +1,320 @@
+"""`idp bench`: the worker's throughput and latency through the real broker and Redis.
+
+One run, on fresh topics, consumer groups and Redis namespace:
+
+1. produce N events of a realistic journey (see `pipeline.journey` for the mix);
+2. a bare Faust agent, with the worker's Faust settings, only iterates them: its events/s;
+3. the worker processes the same N events: its sustained events/s;
+4. with the worker caught up, a new journey is offered at half the worker's rate for a fixed
+   time, and each output is matched to the input that caused it: latency percentiles.
+
+Throughput is read from the broker: the consumer group's committed offsets (committed every
+0.2 s here), from the first commit seen to the last, so start-up time is not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import journey
+from pipeline.admin import ensure_topics
+from pipeline.core import ids
+from pipeline.demo import end_offsets
+from pipeline.settings import Settings
+from pipeline.stack import PROJECT_ROOT
+from pipeline.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, SHUTDOWN, topic_specs
+
+COMMIT_INTERVAL_S = "0.2"
+BENCH_SECRETS = {
+    "acme": "bench-secret-acme-0123456789abcdef",
+    "globex": "bench-secret-globex-0123456789abc",
+}
+
+
+def run_bare_worker(settings: Settings) -> None:
+    """A Faust worker whose agent only iterates the input topics (the benchmark's baseline)."""
+    import faust
+
+    from pipeline.app import faust_app
+
+    app = faust_app(settings)
+    inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
+
+    @app.agent(inputs, name="drain")
+    async def drain(stream: faust.Stream) -> None:
+        async for _ in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+            pass
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Events consumed and the time they took."""
+
+    events: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        """Sustained events per second."""
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+async def produce(bootstrap: str, prefix: str, records: list[journey.Record]) -> None:
+    """Produce as fast as the client allows."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=262144)
+    await producer.start()
+    try:
+        for record in records:
+            value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
+            await producer.send(prefix + record.topic, value, key=record.key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def measure(
+    bootstrap: str, group: str, total: int, *, timeout: float, process: subprocess.Popen
+) -> Rate:
+    """Poll the group's committed offsets until they reach `total`."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    first: tuple[float, int] | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                message = f"the measured process exited with {process.returncode}"
+                raise RuntimeError(message)
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+            except KafkaError:
+                offsets = {}
+            done = sum(max(meta.offset, 0) for meta in offsets.values())
+            now = time.monotonic()
+            if done > 0 and first is None:
+                first = (now, done)
+            if done >= total and first is not None:
+                return Rate(total - first[1], now - first[0])
+            await asyncio.sleep(0.05)
+    finally:
+        await admin.close()
+    message = f"group {group} did not finish {total} events within {timeout:.0f}s"
+    raise TimeoutError(message)
+
+
+def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Run `idp <command>` in the background."""
+    return subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "pipeline.cli", command],
+        cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def latency(
+    bootstrap: str, prefix: str, records: list[journey.Record], rate: float
+) -> tuple[list[float], list[float]]:
+    """Offer `records` at `rate` events/s; return latencies in ms (record time, receive time)."""
+    outputs = [prefix + name for name in OUTPUT_TOPICS]
+    start_offsets = await end_offsets(bootstrap, outputs)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    consumer.assign(list(start_offsets))
+    for tp, offset in start_offsets.items():
+        consumer.seek(tp, offset)
+    sent: dict[str, int] = {}  # cause key -> input record timestamp (ms)
+    by_record: list[float] = []
+    by_receipt: list[float] = []
+
+    def cause_of(topic: str, key: bytes, value: dict) -> str | None:
+        if topic in (MERGED, SHUTDOWN):
+            return value["cause_event_id"]
+        if topic == PROFILES and value is not None:
+            return value["contact_id"]  # a new visitor's profile, caused by its first event
+        return None
+
+    async def read() -> None:
+        async for message in consumer:
+            value = orjson.loads(message.value) if message.value else None
+            cause = cause_of(message.topic.removeprefix(prefix), message.key, value)
+            sent_at = sent.pop(cause, None) if cause else None
+            if sent_at is not None:
+                by_record.append(message.timestamp - sent_at)
+                by_receipt.append(time.time() * 1000 - sent_at)
+
+    reader = asyncio.create_task(read())
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
+    await producer.start()
+    seen_devices: set[tuple[str, str]] = set()
+    try:
+        started = time.monotonic()
+        for index, record in enumerate(records):
+            due = started + index / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            value = record.value
+            if isinstance(value, bytes):
+                continue
+            future = await producer.send(
+                prefix + record.topic, orjson.dumps(value), key=record.key.encode()
+            )
+            meta = await future if index % 64 == 0 else None
+            stamp = meta.timestamp if meta else int(time.time() * 1000)
+            device = (value["workspace_id"], value["anonymous_id"])
+            if record.topic in ("telemetry.login", "telemetry.signup", "telemetry.logout"):
+                sent[value["event_id"]] = stamp
+            elif device not in seen_devices:
+                sent[ids.visitor_contact_id(*device, "origin")] = stamp
+            seen_devices.add(device)
+        await producer.flush()
+        deadline = time.monotonic() + 10
+        while sent and time.monotonic() < deadline and len(by_record) < len(records):
+            await asyncio.sleep(0.1)
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return by_record, by_receipt
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100)."""
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=1000, method="inclusive")[max(0, int(q * 10) - 1)]
+
+
+async def run(settings: Settings, *, events: int, latency_seconds: float, seed: int) -> dict:
+    """The whole benchmark; prints a table and returns the figures."""
+    console = Console()
+    run_id = uuid.uuid4().hex[:8]
+    prefix, namespace = f"bench{run_id}.", f"bench{run_id}"
+    bootstrap = settings.kafka_bootstrap_servers
+    workdir = Path(tempfile.mkdtemp(prefix="idp-bench-"))
+    secrets_file = workdir / "secrets.json"
+    secrets_file.write_bytes(orjson.dumps(BENCH_SECRETS))
+    await ensure_topics(bootstrap, topic_specs(prefix, settings.partitions))
+    people = max(10, events // 9)
+    records = journey.generate(BENCH_SECRETS, people=people, seed=seed)
+    while len(records) < events:
+        people = int(people * 1.2) + 10
+        records = journey.generate(BENCH_SECRETS, people=people, seed=seed)
+    records = records[:events]
+    mix = {topic: sum(r.topic == topic for r in records) for topic in INPUT_TOPICS}
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": prefix,
+           "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets_file),
+           "IDP_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S, "IDP_LOG_LEVEL": "warning"}  # fmt: skip
+    console.print(f"producing {len(records)} events to {prefix}* ...")
+    await produce(bootstrap, prefix, records)
+    worker: subprocess.Popen | None = None
+    try:
+        console.print("bare Faust agent draining them ...")
+        bare = spawn("bench-bare", {**env, "IDP_APP_ID": f"bare-{run_id}"}, workdir / "bare.log")
+        try:
+            bare_rate = await measure(
+                bootstrap, f"bare-{run_id}", len(records), timeout=600, process=bare
+            )
+        finally:
+            stop(bare)
+        console.print("the worker processing them ...")
+        worker = spawn("worker", {**env, "IDP_APP_ID": f"worker-{run_id}"}, workdir / "worker.log")
+        worker_rate = await measure(
+            bootstrap, f"worker-{run_id}", len(records), timeout=600, process=worker
+        )
+        offered = worker_rate.per_second / 2
+        count = int(offered * latency_seconds)
+        later = journey.generate(BENCH_SECRETS, people=max(10, count // 9), seed=seed + 1)[:count]
+        console.print(f"offering {len(later)} new events at {offered:.0f}/s for latency ...")
+        by_record, by_receipt = await latency(bootstrap, prefix, later, offered)
+    finally:
+        if worker is not None:
+            stop(worker)
+        await _cleanup(settings, prefix, namespace)
+    figures = {
+        "events": len(records),
+        "mix": mix,
+        "bare_events_per_s": round(bare_rate.per_second),
+        "worker_events_per_s": round(worker_rate.per_second),
+        "ratio": round(worker_rate.per_second / bare_rate.per_second, 3),
+        "offered_events_per_s": round(offered),
+        "latency_samples": len(by_record),
+        "latency_ms_record": {q: round(percentile(by_record, q), 1) for q in (50, 90, 99)},
+        "latency_ms_received": {q: round(percentile(by_receipt, q), 1) for q in (50, 90, 99)},
+        "cpus": os.cpu_count(),
+    }
+    table = Table(title=f"idp bench: {len(records)} events, {os.cpu_count()} CPUs")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("bare Faust agent", f"{figures['bare_events_per_s']:,} events/s")
+    table.add_row("worker, sustained", f"{figures['worker_events_per_s']:,} events/s")
+    table.add_row("worker / bare", f"{figures['ratio']:.0%}")
+    table.add_row("latency offered rate", f"{figures['offered_events_per_s']:,} events/s")
+    for q in (50, 90, 99):
+        table.add_row(
+            f"latency p{q} (record → output record)", f"{figures['latency_ms_record'][q]} ms"
+        )
+    for q in (50, 90, 99):
+        table.add_row(
+            f"latency p{q} (record → received downstream)",
+            f"{figures['latency_ms_received'][q]} ms",
+        )
+    table.add_row("latency samples", str(len(by_record)))
+    console.print(table)
+    console.print("mix: " + ", ".join(f"{k.split('.')[1]} {v}" for k, v in mix.items()))
+    print(orjson.dumps(figures, option=orjson.OPT_NON_STR_KEYS).decode())
+    return figures
+
+
+async def _cleanup(settings: Settings, prefix: str, namespace: str) -> None:
+    """Delete the benchmark's topics and Redis keys."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        names = [spec.name for spec in topic_specs(prefix, settings.partitions)]
+        await admin.delete_topics(names)
+    except KafkaError:
+        pass
+    finally:
+        await admin.close()
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        batch = []
+        async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
