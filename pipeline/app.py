@@ -56,17 +56,46 @@ def create_app(settings: Settings) -> faust.App:
     """Build the Faust app and its agent for these settings."""
     app = faust_app(settings)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
-    outputs = {name: app.topic(settings.topic(name), value_type=bytes) for name in OUTPUT_TOPICS}
+    outputs = {name: settings.topic(name) for name in OUTPUT_TOPICS}
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
     processor = Processor(store, Keys(settings.state_namespace), core_config(settings))
     totals = Tally()
     seen: Counter[str] = Counter()
 
-    async def emit(emit: Emit) -> None:
-        key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
-        value = None if emit.value is None else encode(emit.value)
-        await outputs[emit.topic].send(key=key, value=value)
+    pending: set[asyncio.Task] = set()
+
+    async def emit_all(stream: faust.Stream, events: list, emits: list[Emit]) -> None:
+        """Send outputs now; let the batch's offsets be committed only once they are delivered.
+
+        Faust's attached sends wait for the next offset commit (seconds), which is latency;
+        sending directly is not, but then the events must not be acked before delivery, or a
+        crash in between would lose outputs. Each event holds one extra reference that is
+        released when the batch's outputs are acknowledged by the broker (at-least-once).
+        """
+        if not emits:
+            return
+        for event in events:
+            event.message.incref()
+        futures = []
+        for emit in emits:
+            key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
+            value = None if emit.value is None else encode(emit.value)
+            futures.append(await app.producer.send(
+                outputs[emit.topic], key, value, partition=None, timestamp=None, headers=None
+            ))  # fmt: skip
+        task = asyncio.ensure_future(release(stream, events, futures))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    async def release(stream: faust.Stream, events: list, futures: list) -> None:
+        try:
+            await asyncio.gather(*futures)
+        except Exception:
+            logger.exception("output delivery failed; the batch's offsets stay uncommitted")
+            raise
+        for event in events:
+            await stream.ack(event)
 
     async def process_with_retry(items: list[Item]) -> tuple[list[Emit], Tally]:
         """Block (and so stop consuming) while Redis is unreachable; resume when it is back."""
@@ -103,8 +132,7 @@ def create_app(settings: Settings) -> faust.App:
                 seen[source.topic] += 1
             emits, tally = await process_with_retry(items)
             totals.add(tally)
-            for output in (*rejected, *emits):
-                await emit(output)
+            await emit_all(stream, events, [*rejected, *emits])
 
     @app.on_partitions_assigned.connect
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:

@@ -62,7 +62,9 @@ def run_bare_worker(settings: Settings) -> None:
         async for _ in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             pass
 
-    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    worker.spinner = None  # as for `idp worker`: the same conditions for both
+    worker.execute_from_commandline()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,12 +226,7 @@ async def run(settings: Settings, *, events: int, latency_seconds: float, seed: 
     secrets_file = workdir / "secrets.json"
     secrets_file.write_bytes(orjson.dumps(BENCH_SECRETS))
     await ensure_topics(bootstrap, topic_specs(prefix, settings.partitions))
-    people = max(10, events // 9)
-    records = journey.generate(BENCH_SECRETS, people=people, seed=seed)
-    while len(records) < events:
-        people = int(people * 1.2) + 10
-        records = journey.generate(BENCH_SECRETS, people=people, seed=seed)
-    records = records[:events]
+    records = journey.steady(BENCH_SECRETS, events=events, seed=seed)
     mix = {topic: sum(r.topic == topic for r in records) for topic in INPUT_TOPICS}
     env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": prefix,
            "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets_file),
@@ -253,7 +250,7 @@ async def run(settings: Settings, *, events: int, latency_seconds: float, seed: 
         )
         offered = worker_rate.per_second / 2
         count = int(offered * latency_seconds)
-        later = journey.generate(BENCH_SECRETS, people=max(10, count // 9), seed=seed + 1)[:count]
+        later = journey.steady(BENCH_SECRETS, events=count, seed=seed + 1)
         console.print(f"offering {len(later)} new events at {offered:.0f}/s for latency ...")
         by_record, by_receipt = await latency(bootstrap, prefix, later, offered)
     finally:

@@ -50,6 +50,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
                            workspace_id, MIN_SECRET_BYTES)  # fmt: skip
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    # Faust's terminal spinner sets the root logger to DEBUG while it spins (~15% slower).
+    worker.spinner = None
     worker.execute_from_commandline()
     return 0
 

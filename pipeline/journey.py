@@ -95,3 +95,55 @@ def generate(
             timed.append((at, counter, Record(PAGE_VIEW, device, b'{"event_id": "broken')))
     timed.sort(key=lambda row: (row[0], row[1]))
     return [record for _, _, record in timed]
+
+
+# The benchmark's steady-state mix: a population of returning devices, each seen about 40
+# times, so about 2.5% of page views come from a device seen for the first time.
+STEADY_MIX = {
+    PAGE_VIEW: 0.965,
+    CHAT_START: 0.010,
+    SIGNUP: 0.005,
+    LOGIN: 0.015,
+    LOGOUT: 0.005,
+}
+EVENTS_PER_DEVICE = 40
+
+
+def steady(secrets: dict[str, str], *, events: int, seed: int = 1) -> list[Record]:
+    """`events` events from a population of returning devices, in the `STEADY_MIX` proportions."""
+    rng = random.Random(seed)
+    workspaces = sorted(secrets)
+    devices = [
+        (rng.choice(workspaces), f"dev-{seed}-{i}")
+        for i in range(max(10, events // EVENTS_PER_DEVICE))
+    ]
+    linked: dict[tuple[str, str], str] = {}
+    owners = {device: f"user-{seed}-{i // 2}" for i, device in enumerate(devices)}  # 2 devices each
+    topics, weights = zip(*STEADY_MIX.items(), strict=True)
+    at = START
+    records: list[Record] = []
+    for _ in range(events):
+        at += timedelta(milliseconds=rng.randint(1, 40))
+        workspace, device = key = rng.choice(devices)
+        topic = rng.choices(topics, weights)[0]
+        fields = {
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "workspace_id": workspace,
+            "anonymous_id": device,
+            "timestamp": format_timestamp(at),
+        }
+        if topic == PAGE_VIEW:
+            fields["url"] = f"https://example.com/p/{rng.randint(1, 40)}"
+        elif topic == CHAT_START:
+            fields["conversation_id"] = f"conv-{fields['event_id'][:8]}"
+            if rng.random() < 0.5:
+                fields["email"] = f"{owners[key]}@example.com"
+        elif topic in (SIGNUP, LOGIN):
+            user_id = owners[key]
+            linked[key] = user_id
+            fields["user_id"] = user_id
+            fields["user_hash"] = user_hash(secrets[workspace], user_id)
+        else:
+            fields["user_id"] = linked.pop(key, owners[key])
+        records.append(Record(topic, device, fields))
+    return records

@@ -15,8 +15,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import orjson
-
 from pipeline.codec import Item, rejection
 from pipeline.core.facts import Device, EmailEntry, User
 from pipeline.core.model import (
@@ -36,6 +34,7 @@ from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
+SPECULATION_ROUNDS = 4
 
 
 class ConflictError(RuntimeError):
@@ -58,10 +57,12 @@ class Tally:
 
 
 def content_digest(item: Item) -> bytes:
-    """What an event_id stands for: its topic and validated content (unknown fields excluded)."""
-    body = orjson.dumps(
-        [item.source.topic, item.event.model_dump(mode="json")], option=orjson.OPT_SORT_KEYS
-    )
+    """What an event_id stands for: its topic and its bytes as received.
+
+    A replay of the same record has the same digest; the same event_id with other content is
+    a reuse, refused as `event_id_reused`.
+    """
+    body = item.source.topic.encode() + b"\0" + (item.source.value or b"")
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
@@ -85,6 +86,8 @@ class _Working:
         self.commit = Commit()
         self.emits: list[Emit] = []
         self.tally = Tally()
+        self.written: set[tuple[str, str]] = set()  # (table, key) written by this batch
+        self.ahead: dict[int, Transition] = {}  # decisions made while speculating, by item
 
     def key(self, kind: KeyKind, ident: str) -> str:
         return self.keys.of(self.workspace_id, kind, ident)
@@ -116,6 +119,13 @@ class _Working:
 
     def absorb(self, transition: Transition) -> None:
         view, writes = self.view, self.commit.writes
+        for table, records in (
+            ("devices", transition.devices),
+            ("users", transition.users),
+            ("emails", transition.emails),
+            ("contacts", transition.contacts),
+        ):
+            self.written.update((table, key) for key in records)  # fmt: skip
         for anonymous_id, device in transition.devices.items():
             view.devices[anonymous_id] = device
             writes[self.key("dev", anonymous_id)] = device.to_bytes()
@@ -157,9 +167,14 @@ class Processor:
         pending = groups
         for attempt in range(MAX_ATTEMPTS):
             prefetch = await self._prefetch(pending)
-            workings = [
-                await self._decide(ws, group, prefetch.get(ws, {})) for ws, group in pending.items()
-            ]
+            prepared = []
+            for ws, group in pending.items():
+                working = _Working(ws, self.keys)
+                for key, record in prefetch.get(ws, {}).items():
+                    working.learn(key, record)
+                prepared.append((working, group))
+            await self._speculate(prepared)
+            workings = [await self._decide(working, group) for working, group in prepared]
             # A group that wrote nothing needs no commit: its decisions changed no state.
             writing = [w for w in workings if w.commit.writes]
             outcomes = dict(
@@ -185,26 +200,55 @@ class Processor:
         raise ConflictError(message)
 
     async def _prefetch(self, groups: dict[str, list[Item]]) -> dict[str, dict[str, Record]]:
-        """Read, in one round trip, each event's device and processed-event marker."""
+        """Read, in one round trip, the device of every event: most events need nothing else."""
         wanted: list[tuple[str, str]] = []
         for workspace_id, group in groups.items():
             for item in group:
-                event = item.event
-                device = event.anonymous_id.strip()
+                device = item.event.anonymous_id.strip()
                 wanted.append((workspace_id, self.keys.of(workspace_id, "dev", device)))
-                wanted.append((workspace_id, self.keys.of(workspace_id, "evt", event.event_id)))
         records = await self.store.read([key for _, key in wanted])
         prefetched: dict[str, dict[str, Record]] = {}
         for (workspace_id, key), record in zip(wanted, records, strict=True):
             prefetched.setdefault(workspace_id, {})[key] = record
         return prefetched
 
-    async def _decide(
-        self, workspace_id: str, group: list[Item], prefetched: dict[str, Record]
-    ) -> _Working:
-        working = _Working(workspace_id, self.keys)
-        for key, record in prefetched.items():
-            working.learn(key, record)
+    async def _speculate(self, workings: list[tuple[_Working, list[Item]]]) -> None:
+        """Load what the batch's events will ask for, a few rounds of one round trip each.
+
+        The core is pure, so running it ahead over the whole batch (without keeping the
+        results) tells which records each event needs; loading them for all events at once
+        spares a round trip per event. Events whose needs depend on an earlier event of the
+        same batch still get them one by one later.
+        """
+        unsettled = [(working, list(group)) for working, group in workings]
+        for _ in range(SPECULATION_ROUNDS):
+            wanted: list[tuple[_Working, str]] = []
+            still: list[tuple[_Working, list[Item]]] = []
+            for working, group in unsettled:
+                keys: set[str] = set()
+                waiting = []
+                for item in group:
+                    result = apply(item.event, working.view, self.config,
+                                   record_ms=item.source.timestamp_ms)  # fmt: skip
+                    if isinstance(result, NeedMore):
+                        keys.update(working.missing(result))
+                        waiting.append(item)
+                        continue
+                    working.ahead[id(item)] = result
+                    if result.writes and item.event.event_id not in working.markers:
+                        keys.add(working.marker_key(item.event.event_id))
+                wanted += [(working, key) for key in sorted(keys)]
+                if waiting:
+                    still.append((working, waiting))
+            if not wanted:
+                return
+            records = await self.store.read([key for _, key in wanted])
+            for (working, key), record in zip(wanted, records, strict=True):
+                working.learn(key, record)
+            unsettled = still
+
+    async def _decide(self, working: _Working, group: list[Item]) -> _Working:
+        workspace_id = working.workspace_id
         for item in group:
             outcome = await self._decide_one(working, item)
             if isinstance(outcome, Refusal):
@@ -225,16 +269,9 @@ class Processor:
         return working
 
     async def _decide_one(self, working: _Working, item: Item) -> Applied | Unchanged | Refusal:
-        event_id = item.event.event_id
-        digest = content_digest(item)
-        if event_id not in working.markers:
-            key = working.marker_key(event_id)
-            working.learn(key, (await self.store.read([key]))[0])
-        seen = working.markers[event_id]
-        if seen is not None:
-            if seen == digest:
-                return Unchanged()  # a replay: it was applied (or recorded) already
-            return Refusal("event_id_reused", "this event_id was processed with other content")
+        ahead = working.ahead.pop(id(item), None)
+        if ahead is not None and not (ahead.reads & working.written):
+            return await self._settle(working, item, ahead)  # nothing it read has changed since
         while True:
             result = apply(
                 item.event, working.view, self.config, record_ms=item.source.timestamp_ms
@@ -247,7 +284,24 @@ class Processor:
                 raise RuntimeError(message)
             for key, record in zip(keys, await self.store.read(keys), strict=True):
                 working.learn(key, record)
-        if result.writes:
-            working.absorb(result)
-            working.mark_processed(item, digest)
+        return await self._settle(working, item, result)
+
+    async def _settle(
+        self, working: _Working, item: Item, result: Transition
+    ) -> Applied | Unchanged | Refusal:
+        """Keep a decision: refuse a reused event_id, absorb the writes, mark the event."""
+        if not result.writes:
+            return result.outcome  # nothing changes, so a repeat or a reuse can do no harm
+        event_id = item.event.event_id
+        if event_id not in working.markers:
+            key = working.marker_key(event_id)
+            working.learn(key, (await self.store.read([key]))[0])
+        seen = working.markers[event_id]
+        digest = content_digest(item)
+        if seen is not None:
+            if seen == digest:
+                return Unchanged()  # applied before: it changed the state it now finds
+            return Refusal("event_id_reused", "this event_id was processed with other content")
+        working.absorb(result)
+        working.mark_processed(item, digest)
         return result.outcome

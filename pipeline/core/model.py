@@ -100,6 +100,9 @@ class Transition:
     emails: dict[str, EmailEntry] = field(default_factory=dict)
     contacts: dict[str, Profile | None] = field(default_factory=dict)
     emits: tuple[Emit, ...] = ()
+    # The records the decision depended on, as (table, key): the same view entries give the
+    # same transition, which lets a caller reuse a decision made ahead of time.
+    reads: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def writes(self) -> bool:

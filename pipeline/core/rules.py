@@ -74,7 +74,8 @@ def apply(
     if resolver.missing:
         return resolver.need()
     if not (change.devices or change.users or change.emails):
-        return Transition(Unchanged())  # nothing new: a known device browsing, or a replay
+        # Nothing new: a known device browsing, or a replay.
+        return Transition(Unchanged(), reads=frozenset(resolver.reads))
     resolver.new_devices, resolver.new_users, resolver.new_emails = (
         change.devices, change.users, change.emails
     )  # fmt: skip
@@ -163,6 +164,7 @@ class _Resolver:
     def __init__(self, view: View) -> None:
         self.view = view
         self.missing: dict[str, set[str]] = {}
+        self.reads: set[tuple[str, str]] = set()
         self.new_devices: dict[str, Device] = {}
         self.new_users: dict[str, User] = {}
         self.new_emails: dict[str, EmailEntry] = {}
@@ -170,6 +172,7 @@ class _Resolver:
     # -- reading, old (as stored) and new (with this event's facts)
 
     def _get(self, kind: str, table: Mapping, key: str, default: object) -> object:
+        self.reads.add((kind, key))
         if key not in table:
             self.missing.setdefault(kind, set()).add(key)
             return default
@@ -297,6 +300,7 @@ class _Resolver:
             emails=self.new_emails,
             contacts=changed,
             emits=tuple(emits),
+            reads=frozenset(self.reads),
         )
 
     def _shutdowns(self, event: InputEvent, timeline: Timeline) -> list[Emit]:

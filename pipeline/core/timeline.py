@@ -131,7 +131,7 @@ def derive(
             shutdowns.append(
                 DeviceShutdown(fact.at, fact.event_id, "logout", linked, current.contact_id)
             )
-            segments.append(replace(current, end_key=key))
+            segments.append(_ended(current, key, current.merge))
             session = fact.event_id
             current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id,
                               session), key, None, session)  # fmt: skip
@@ -142,16 +142,25 @@ def derive(
         if linked is not None:
             shutdowns.append(DeviceShutdown(fact.at, fact.event_id, "user_switch", linked,
                                             current.contact_id))  # fmt: skip
-            segments.append(replace(current, end_key=key))
+            segments.append(_ended(current, key, None))
         else:
             merge = Merge(into, fact.user_id, fact.kind, fact.event_id, fact.at)  # type: ignore[arg-type]
-            segments.append(replace(current, end_key=key, merge=merge))
+            segments.append(_ended(current, key, merge))
         current = Segment("user", into, key, None, fact.event_id, user_id=fact.user_id)
     segments.append(current)
-    with_chats = [_attach_chats(s, device.chats) for s in segments]
-    split = _email_splits(workspace_id, anonymous_id, with_chats, verified)
+    if device.chats:  # most devices never chat: spare them the work
+        segments = [_attach_chats(s, device.chats) for s in segments]
+        if verified:
+            segments = _email_splits(workspace_id, anonymous_id, segments, verified)
+    split = segments
     return Timeline(anonymous_id, tuple(split), tuple(shutdowns), frozenset(ignored),
                     device.first_activity)  # fmt: skip
+
+
+def _ended(segment: Segment, end_key: int, merge: Merge | None) -> Segment:
+    """The segment closed at `end_key` (built directly: `dataclasses.replace` is slow here)."""
+    return Segment(segment.kind, segment.contact_id, segment.start_key, end_key, segment.session,
+                   segment.user_id, segment.chats, merge)  # fmt: skip
 
 
 def _attach_chats(segment: Segment, chats: tuple[ChatFact, ...]) -> Segment:
