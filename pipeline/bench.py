@@ -127,7 +127,8 @@ def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Run `idp <command>` in the background."""
     return subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "pipeline.cli", command],
-        cwd=PROJECT_ROOT, env={**os.environ, **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=PROJECT_ROOT, env={**os.environ, **env},
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
@@ -216,7 +217,9 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=1000, method="inclusive")[max(0, int(q * 10) - 1)]
 
 
-async def run(settings: Settings, *, events: int, latency_seconds: float, seed: int) -> dict:
+async def run(
+    settings: Settings, *, events: int, latency_seconds: float, seed: int, load: float = 0.5
+) -> dict:
     """The whole benchmark; prints a table and returns the figures."""
     console = Console()
     run_id = uuid.uuid4().hex[:8]
@@ -228,8 +231,9 @@ async def run(settings: Settings, *, events: int, latency_seconds: float, seed: 
     await ensure_topics(bootstrap, topic_specs(prefix, settings.partitions))
     records = journey.steady(BENCH_SECRETS, events=events, seed=seed)
     mix = {topic: sum(r.topic == topic for r in records) for topic in INPUT_TOPICS}
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": prefix,
-           "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets_file),
+    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": settings.redis_url,
+           "IDP_TOPIC_PREFIX": prefix, "IDP_STATE_NAMESPACE": namespace,
+           "IDP_SECRETS_FILE": str(secrets_file),
            "IDP_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S, "IDP_LOG_LEVEL": "warning"}  # fmt: skip
     console.print(f"producing {len(records)} events to {prefix}* ...")
     await produce(bootstrap, prefix, records)
@@ -248,7 +252,7 @@ async def run(settings: Settings, *, events: int, latency_seconds: float, seed: 
         worker_rate = await measure(
             bootstrap, f"worker-{run_id}", len(records), timeout=600, process=worker
         )
-        offered = worker_rate.per_second / 2
+        offered = worker_rate.per_second * load
         count = int(offered * latency_seconds)
         later = journey.steady(BENCH_SECRETS, events=count, seed=seed + 1)
         console.print(f"offering {len(later)} new events at {offered:.0f}/s for latency ...")

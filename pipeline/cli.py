@@ -123,7 +123,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 1
     settings = _settings(args)
     asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
-                          seed=args.seed))  # fmt: skip
+                          seed=args.seed, load=args.load))  # fmt: skip
     return 0
 
 
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--events", type=int, default=100_000)
     bench_parser.add_argument("--latency-seconds", type=float, default=10.0)
     bench_parser.add_argument("--seed", type=int, default=1)
+    bench_parser.add_argument(
+        "--load", type=float, default=0.5, help="fraction of the worker's peak for latency"
+    )
     bench_parser.set_defaults(func=cmd_bench)
     sub.add_parser("bench-bare", help=argparse.SUPPRESS).set_defaults(func=cmd_bench_bare)
     return parser

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from pipeline.state.base import ABSENT, Commit, Record
 
@@ -26,8 +27,7 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis, *, marker_ttl_s: int) -> None:
         self._client = client
         self._marker_ttl_s = marker_ttl_s
-        self._commit = client.register_script(COMMIT_LUA)
-        self._read = client.register_script(READ_LUA)
+        self._shas: dict[str, str] = {}
 
     @classmethod
     def from_url(cls, url: str, *, marker_ttl_s: int) -> RedisStore:
@@ -44,11 +44,10 @@ class RedisStore:
         groups: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
             groups.setdefault(_slot_tag(key), []).append(index)
-        pipe = self._client.pipeline(transaction=False)
-        for indexes in groups.values():
-            await self._read(keys=[keys[i] for i in indexes], client=pipe)
+        calls = [[keys[i] for i in indexes] for indexes in groups.values()]
+        replies = await self._run(READ_LUA, [(call, []) for call in calls])
         records: list[Record] = [ABSENT] * len(keys)
-        for indexes, flat in zip(groups.values(), await pipe.execute(), strict=True):
+        for indexes, flat in zip(groups.values(), replies, strict=True):
             for position, index in enumerate(indexes):
                 version = flat[2 * position]
                 if version is not None:
@@ -59,7 +58,7 @@ class RedisStore:
         """Run the compare-and-set script once per commit, all in one round trip."""
         if not commits:
             return []
-        pipe = self._client.pipeline(transaction=False)
+        calls = []
         for commit in commits:
             keys = list(commit.checks.keys() | commit.writes.keys())
             args: list[bytes | str | int] = [self._marker_ttl_s]
@@ -69,8 +68,31 @@ class RedisStore:
                     args += ["c", b""]
                 else:
                     args += ["x" if key in commit.expiring else "w", commit.writes[key]]
-            await self._commit(keys=keys, args=args, client=pipe)
-        return [bool(result) for result in await pipe.execute()]
+            calls.append((keys, args))
+        return [bool(result) for result in await self._run(COMMIT_LUA, calls)]
+
+    async def _run(self, script: str, calls: list[tuple[list[str], list]]) -> list:
+        """EVALSHA each call in one pipelined round trip.
+
+        redis-py's registered scripts ask SCRIPT EXISTS before every pipeline, a second round
+        trip; instead the script is loaded once and loaded again only if Redis lost it (a
+        restart without persistence of scripts), which the commit script's atomicity allows:
+        a NOSCRIPT reply means that call did nothing.
+        """
+        for attempt in range(2):
+            sha = self._shas.get(script)
+            if sha is None:
+                sha = self._shas[script] = await self._client.script_load(script)
+            pipe = self._client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            try:
+                return await pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+                self._shas.pop(script, None)
+        raise AssertionError("unreachable")
 
     async def ping(self) -> bool:
         """Whether the server answers."""

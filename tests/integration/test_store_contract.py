@@ -75,3 +75,17 @@ async def test_redis_markers_expire(servers: tuple[str, str], key: str) -> None:
     assert await client.ttl(key + "r") == -1  # records do not expire
     await client.aclose()
     await store.close()
+
+
+async def test_redis_store_reloads_its_scripts_after_redis_lost_them(servers: tuple[str, str], key: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisStore.from_url(servers[1], marker_ttl_s=60)
+    assert await store.commit([Commit(checks={key + "a": 0}, writes={key + "a": b"one"})]) == [True]
+    client = aioredis.Redis.from_url(servers[1])
+    await client.script_flush()  # as after a restart: the loaded scripts are gone
+    await client.aclose()
+    assert await store.read([key + "a"]) == [Record(1, b"one")]
+    assert await store.commit([Commit(checks={key + "a": 1}, writes={key + "a": b"two"})]) == [True]
+    assert await store.read([key + "a"]) == [Record(2, b"two")]
+    await store.close()
