@@ -135,6 +135,19 @@ def cmd_bench_bare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print the profile an identifier resolves to, with its history."""
+    from pipeline.inspect import inspect
+
+    lines = asyncio.run(inspect(_settings(args), args.workspace_id, args.identifier))
+    if not lines:
+        print(f"no contact in workspace {args.workspace_id!r} for {args.identifier!r}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `idp`."""
     parser = argparse.ArgumentParser(prog="idp", description=__doc__)
@@ -167,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.set_defaults(func=cmd_bench)
     sub.add_parser("bench-bare", help=argparse.SUPPRESS).set_defaults(func=cmd_bench_bare)
+    inspect_parser = sub.add_parser(
+        "inspect", help="a profile by user_id, e-mail, anonymous_id or contact_id, and its history"
+    )
+    inspect_parser.add_argument("workspace_id")
+    inspect_parser.add_argument("identifier")
+    inspect_parser.set_defaults(func=cmd_inspect)
     return parser
 
 
