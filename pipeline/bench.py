@@ -257,6 +257,7 @@ async def run(
         later = journey.steady(BENCH_SECRETS, events=count, seed=seed + 1)
         console.print(f"offering {len(later)} new events at {offered:.0f}/s for latency ...")
         by_record, by_receipt = await latency(bootstrap, prefix, later, offered)
+        memory = await memory_by_kind(settings.redis_url, namespace)
     finally:
         if worker is not None:
             stop(worker)
@@ -272,7 +273,12 @@ async def run(
         "latency_ms_record": {q: round(percentile(by_record, q), 1) for q in (50, 90, 99)},
         "latency_ms_received": {q: round(percentile(by_receipt, q), 1) for q in (50, 90, 99)},
         "cpus": os.cpu_count(),
+        "redis_keys": {kind: count for kind, (count, _) in memory.items()},
+        "redis_bytes": {kind: total for kind, (_, total) in memory.items()},
     }
+    contacts = memory.get("contact", (0, 0))[0]
+    state_bytes = sum(total for kind, (_, total) in memory.items() if kind != "evt")
+    figures["redis_bytes_per_contact"] = round(state_bytes / contacts) if contacts else None
     table = Table(title=f"idp bench: {len(records)} events, {os.cpu_count()} CPUs")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -290,10 +296,34 @@ async def run(
             f"{figures['latency_ms_received'][q]} ms",
         )
     table.add_row("latency samples", str(len(by_record)))
+    for kind, (count, total) in sorted(memory.items()):
+        table.add_row(f"redis {kind} records", f"{count:,} × {total / max(count, 1):,.0f} B")
+    if figures["redis_bytes_per_contact"]:
+        table.add_row("redis state per contact", f"{figures['redis_bytes_per_contact']:,} B")
     console.print(table)
     console.print("mix: " + ", ".join(f"{k.split('.')[1]} {v}" for k, v in mix.items()))
     print(orjson.dumps(figures, option=orjson.OPT_NON_STR_KEYS).decode())
     return figures
+
+
+async def memory_by_kind(url: str, namespace: str) -> dict[str, tuple[int, int]]:
+    """Per record kind: how many keys and how many bytes (`MEMORY USAGE`, values included)."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}:*", count=1000)]
+        totals: dict[str, tuple[int, int]] = {}
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            pipe = client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.memory_usage(key, samples=0)
+            for key, used in zip(chunk, await pipe.execute(), strict=True):
+                kind = key.decode().split("}:", 1)[1].split(":", 1)[0]
+                count, total = totals.get(kind, (0, 0))
+                totals[kind] = (count + 1, total + (used or 0))
+        return totals
+    finally:
+        await client.aclose()
 
 
 async def _cleanup(settings: Settings, prefix: str, namespace: str) -> None:
