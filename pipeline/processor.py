@@ -66,6 +66,9 @@ def content_digest(item: Item) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
+_KINDS: dict[str, KeyKind] = {
+    "devices": "dev", "users": "user", "emails": "email", "contacts": "contact",
+}  # fmt: skip
 _TABLES = {
     "dev": ("devices", Device.from_bytes),
     "user": ("users", User.from_bytes),
@@ -108,7 +111,6 @@ class _Working:
         if key in self.read_versions:
             return
         self.read_versions[key] = record.version
-        self.commit.checks[key] = record.version
         kind, ident = key.split("}:", 1)[1].split(":", 1)
         data = record.data or None  # b"" is a tombstoned contact: absent
         if kind == "evt":
@@ -118,6 +120,15 @@ class _Working:
         getattr(self.view, table)[ident] = decode(data) if data else None
 
     def absorb(self, transition: Transition) -> None:
+        """Take a writing decision: its writes, and version checks of everything it read.
+
+        Only writing decisions are checked at commit: a decision that changed nothing stays
+        right whatever another worker adds meanwhile, because facts only accumulate.
+        """
+        checks = self.commit.checks
+        for table, ident in transition.reads:
+            key = self.key(_KINDS[table], ident)
+            checks.setdefault(key, self.read_versions.get(key, 0))
         view, writes = self.view, self.commit.writes
         for table, records in (
             ("devices", transition.devices),
@@ -144,6 +155,7 @@ class _Working:
 
     def mark_processed(self, item: Item, digest: bytes) -> None:
         key = self.marker_key(item.event.event_id)
+        self.commit.checks.setdefault(key, self.read_versions.get(key, 0))
         self.markers[item.event.event_id] = digest
         self.commit.writes[key] = digest
         self.commit.expiring.add(key)
