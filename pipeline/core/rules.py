@@ -295,7 +295,7 @@ class _Resolver:
             return self.need()
         changed = {cid: p for cid, p in profiles.items() if p != published[cid]}
 
-        emits = [*self._shutdowns(event, new_timelines[anonymous_id])]
+        emits = self._shutdowns(old_timelines, new_timelines)
         emits += self._merges(old_timelines, new_timelines, user_views)
         emits += [Emit(PROFILES, cid, changed[cid]) for cid in sorted(changed)]
         outcome: Applied | Refusal = Applied()
@@ -314,28 +314,34 @@ class _Resolver:
             reads=frozenset(self.reads),
         )
 
-    def _shutdowns(self, event: InputEvent, timeline: Timeline) -> list[Emit]:
-        """The session this event ended on its device, if any (R8, R10)."""
-        return [
-            Emit(
-                SHUTDOWN,
-                timeline.anonymous_id,
-                Shutdown(
-                    event_id=ids.output_event_id(
-                        "shutdown", s.cause_event_id, timeline.anonymous_id
-                    ),
+    def _shutdowns(self, old: Mapping[str, Timeline], new: Mapping[str, Timeline]) -> list[Emit]:
+        """Sessions the change ended (R8, R10), including corrected ones.
+
+        Usually that is the session this event's logout or login ended. A late event can also
+        change an earlier shutdown: a logout read before the login it follows ended nobody's
+        session when it was processed, and ends the user's once the login arrives. The event_id
+        hashes the shutdown's content, so a correction is a new event and the same shutdown
+        derived again keeps its id (R12).
+        """
+        emits = []
+        for anonymous_id, timeline in new.items():
+            before = set(old[anonymous_id].shutdowns)
+            for s in timeline.shutdowns:
+                if s in before:
+                    continue
+                event_id = ids.output_event_id("shutdown", s.cause_event_id, anonymous_id,
+                                               s.user_id or "", s.contact_id)  # fmt: skip
+                emits.append(Emit(SHUTDOWN, anonymous_id, Shutdown(
+                    event_id=event_id,
                     workspace_id=self.view.workspace_id,
-                    anonymous_id=timeline.anonymous_id,
+                    anonymous_id=anonymous_id,
                     user_id=s.user_id,
                     contact_id=s.contact_id,
                     reason=s.reason,
                     cause_event_id=s.cause_event_id,
                     timestamp=from_epoch_ms(s.at),
-                ),
-            )  # fmt: skip
-            for s in timeline.shutdowns
-            if s.cause_event_id == event.event_id
-        ]
+                )))  # fmt: skip
+        return emits
 
     def _merges(
         self,

@@ -14,9 +14,15 @@ WS = "ws-a"
 
 async def test_inspect_finds_a_user_by_every_identifier(pipeline: Pipeline) -> None:
     pipeline.start_worker()
-    token = ev.jwt_hs256(SECRETS[WS], {"user_id": "ines", "email": "ines@example.com", "exp": 1795600000})
-    chat = ev.chat_start(WS, "ines-phone", "2026-11-24T09:00:00Z", "ines-conv", email="ines@example.com")
-    login = ev.login(WS, "ines-laptop", "2026-11-24T09:05:00Z", "ines", SECRETS[WS], identity_token=token)
+    token = ev.jwt_hs256(
+        SECRETS[WS], {"user_id": "ines", "email": "ines@example.com", "exp": 1795600000}
+    )
+    chat = ev.chat_start(
+        WS, "ines-phone", "2026-11-24T09:00:00Z", "ines-conv", email="ines@example.com"
+    )
+    login = ev.login(
+        WS, "ines-laptop", "2026-11-24T09:05:00Z", "ines", SECRETS[WS], identity_token=token
+    )
     await pipeline.send("telemetry.chat_start", chat)
     await pipeline.send("telemetry.login", login)
     contact = ids.user_contact_id(WS, "ines")
@@ -36,6 +42,8 @@ async def test_inspect_finds_a_user_by_every_identifier(pipeline: Pipeline) -> N
     text = result.stdout
     lead = ids.visitor_contact_id(WS, "ines-phone", "origin")
     assert "email: ines@example.com (verified)" in text
-    assert f"absorbed {lead} from device ines-phone (email_match, event {login['event_id']})" in text
+    assert (
+        f"absorbed {lead} from device ines-phone (email_match, event {login['event_id']})" in text
+    )
     missing = await asyncio.to_thread(run, "nobody")
     assert missing.returncode == 1 and "no contact" in missing.stderr

@@ -77,7 +77,9 @@ async def test_redis_markers_expire(servers: tuple[str, str], key: str) -> None:
     await store.close()
 
 
-async def test_redis_store_reloads_its_scripts_after_redis_lost_them(servers: tuple[str, str], key: str) -> None:
+async def test_redis_store_reloads_its_scripts_after_redis_lost_them(
+    servers: tuple[str, str], key: str
+) -> None:
     import redis.asyncio as aioredis
 
     store = RedisStore.from_url(servers[1], marker_ttl_s=60)

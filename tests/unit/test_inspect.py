@@ -25,8 +25,14 @@ def test_description_of_a_user_after_a_shared_computer() -> None:
     after = ids.visitor_contact_id(WS, "pc", logout["event_id"])
     assert f"contact {profile.contact_id} (user) in workspace ws" in text
     assert "conversations: conv-ann" in text
-    assert f"2026-11-24T10:01:00.000Z  absorbed {visitor} from device pc (login, event {login['event_id']})" in text
+    assert (
+        f"2026-11-24T10:01:00.000Z  absorbed {visitor} from device pc (login, event {login['event_id']})"
+        in text
+    )
     assert "2026-11-24T10:02:00.000Z  started conversation conv-ann on pc" in text
-    assert f"2026-11-24T10:03:00.000Z  session on pc ended (logout, event {logout['event_id']})" in text
+    assert (
+        f"2026-11-24T10:03:00.000Z  session on pc ended (logout, event {logout['event_id']})"
+        in text
+    )
     assert "claimed e-mail ann@example.com (unverified" in text
     assert f"2026-11-24T10:03:00.000Z → now: anonymous visitor (contact {after})" in text

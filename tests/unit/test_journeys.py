@@ -279,3 +279,20 @@ def test_a_late_login_earlier_than_all_activity_removes_the_visitor(oracle: Orac
 def test_unknown_workspace_is_refused(oracle: Oracle) -> None:
     (result,) = run(oracle, ev.page_view("ws-other", "d1", T.format(1)))
     assert result.outcome.reason == "unknown_workspace"
+
+
+def test_a_logout_read_before_its_login_is_corrected_when_the_login_arrives(oracle: Oracle) -> None:
+    login = ev.login(WS, "d1", T.format(1), "ua", SECRET)
+    logout = ev.logout(WS, "d1", T.format(2), "ua")
+    run(oracle, logout)  # read first: the device was linked to nobody yet
+    first = emitted(oracle, "identity.shutdown")
+    assert [(s.user_id, s.contact_id) for s in first] == [(None, visitor("d1"))]
+    run(oracle, login)
+    corrected = emitted(oracle, "identity.shutdown")[1:]
+    assert [(s.user_id, s.contact_id, s.cause_event_id) for s in corrected] == [
+        ("ua", user("ua"), logout["event_id"])
+    ]
+    assert corrected[0].event_id != first[0].event_id  # other content, other event_id
+    again = Oracle(CONFIG)
+    run(again, login, logout)  # in order: the same final shutdown, with the same event_id
+    assert [s.event_id for s in emitted(again, "identity.shutdown")] == [corrected[0].event_id]
