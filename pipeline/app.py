@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.codec import Item, Source, decode, encode
+from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
 from pipeline.core.rules import CoreConfig
 from pipeline.processor import Processor, Tally
@@ -32,7 +33,8 @@ def core_config(settings: Settings) -> CoreConfig:
         workspace_id: tuple(value.get_secret_value().encode() for value in values)
         for workspace_id, values in settings.workspace_secrets.items()
     }
-    return CoreConfig(secrets=secrets)
+    extra = {v.strip().lower() for v in settings.blocked_values.split(",") if v.strip()}
+    return CoreConfig(secrets=secrets, blocked_values=BLOCKED_VALUES | extra)
 
 
 def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from pipeline.core import ids
 from pipeline.core.model import Emit, OutputMessage
-from pipeline.topics import REJECTED
+from pipeline.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, REJECTED, SIGNUP
 from schemas import INPUT_MODELS, InputEvent, Rejected
 
 MAX_MESSAGE_BYTES = 64 * 1024  # larger inputs are refused unparsed (reason `too_large`)
@@ -99,8 +99,30 @@ def decode(source: Source) -> Item | Emit:
         event = model.model_validate(raw)
     except ValidationError as exc:
         reason, detail = _explain(exc)
+        other = _fitting_topic(raw, source.topic)
+        if other is not None:
+            reason, detail = "wrong_topic", f"has the shape of {other}, not of {source.topic}"
         return rejection(source, reason, detail, workspace_id=workspace_id, input_event_id=event_id)
     return Item(event, source)  # type: ignore[arg-type]
+
+
+def _fitting_topic(raw: dict, topic: str) -> str | None:
+    """Another input topic the message belongs to.
+
+    It must fit that topic's schema and carry a field only that topic defines (a
+    `conversation_id` on the login topic, say). A login that merely lacks its proof is not a
+    logout: it stays `missing_field`.
+    """
+    own = set(INPUT_MODELS[topic].model_fields)
+    for other in (SIGNUP, LOGIN, LOGOUT, CHAT_START, PAGE_VIEW):
+        if other == topic or not (raw.keys() & (set(INPUT_MODELS[other].model_fields) - own)):
+            continue
+        try:
+            INPUT_MODELS[other].model_validate(raw)
+        except ValidationError:
+            continue
+        return other
+    return None
 
 
 def _explain(exc: ValidationError) -> tuple[str, str]:

@@ -37,6 +37,19 @@ MAX_ATTEMPTS = 50
 SPECULATION_ROUNDS = 4
 
 
+def decide(item: Item, view: View, config: CoreConfig) -> Transition | NeedMore:
+    """The core's decision; a bug in it refuses this event (recorded) instead of the worker dying.
+
+    The refusal is a recorded failure (`internal_error` on `identity.rejected`, logged with the
+    traceback), never a silent success, and the other events of the batch go on.
+    """
+    try:
+        return apply(item.event, view, config, record_ms=item.source.timestamp_ms)
+    except Exception as exc:
+        logger.exception("the identity core failed on event %s", item.event.event_id)
+        return Transition(Refusal("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
+
+
 class ConflictError(RuntimeError):
     """A workspace's commit kept losing races; the batch is retried by the caller."""
 
@@ -240,8 +253,7 @@ class Processor:
                 keys: set[str] = set()
                 waiting = []
                 for item in group:
-                    result = apply(item.event, working.view, self.config,
-                                   record_ms=item.source.timestamp_ms)  # fmt: skip
+                    result = decide(item, working.view, self.config)
                     if isinstance(result, NeedMore):
                         keys.update(working.missing(result))
                         waiting.append(item)
@@ -285,9 +297,7 @@ class Processor:
         if ahead is not None and not (ahead.reads & working.written):
             return await self._settle(working, item, ahead)  # nothing it read has changed since
         while True:
-            result = apply(
-                item.event, working.view, self.config, record_ms=item.source.timestamp_ms
-            )
+            result = decide(item, working.view, self.config)
             if isinstance(result, Transition):
                 break
             keys = working.missing(result)

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
+    # Extra generic values to refuse as identifiers (R3), comma-separated, case-insensitive.
+    blocked_values: str = Field("", validation_alias="IDP_BLOCKED_VALUES")
 
     def topic(self, logical: str) -> str:
         """The physical name of a topic of SPEC §3 under the configured prefix."""

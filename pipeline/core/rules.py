@@ -45,6 +45,13 @@ class CoreConfig:
     blocked_values: frozenset[str] = BLOCKED_VALUES
 
 
+# Event times outside these bounds are refused as `timestamp_out_of_range`. The future bound is
+# relative to the Kafka record's timestamp (never the wall clock, so a replay decides alike).
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
+LATEST_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+MAX_AHEAD_OF_RECORD_MS = 24 * 3600 * 1000  # a client clock may run ahead, but not by a day
+
+
 _NOT_LOADED = object()
 _UNCHANGED = Unchanged()
 
@@ -71,6 +78,12 @@ def apply(
     anonymous_id = check_identifier(event.anonymous_id, blocked=config.blocked_values)
     if isinstance(anonymous_id, Refused):
         return Transition(Refusal(anonymous_id.reason, f"anonymous_id: {anonymous_id.detail}"))
+    at = to_epoch_ms(event.timestamp)
+    if not EARLIEST_MS <= at < LATEST_MS or (
+        record_ms is not None and at > record_ms + MAX_AHEAD_OF_RECORD_MS
+    ):
+        return Transition(Refusal("timestamp_out_of_range", "before 2000, after 2099, or more "
+                                  "than a day ahead of the Kafka record"))  # fmt: skip
     if isinstance(event, PageView):
         # The commonest event of all: a device seen before browses on. Decided here with the
         # same rule `_facts` applies (activity only moves earlier), without the general path.

@@ -71,3 +71,22 @@ def test_readable_ids_are_kept_on_rejection() -> None:
     result = decode(source(orjson.dumps({**VALID, "timestamp": None})))
     assert isinstance(result, Emit)
     assert result.value.workspace_id == "ws" and result.value.input_event_id == "e1"
+
+
+def test_a_chat_start_on_the_login_topic_is_on_the_wrong_topic() -> None:
+    chat = orjson.dumps({**VALID, "conversation_id": "c1"})
+    result = decode(source(chat, "telemetry.login"))
+    assert isinstance(result, Emit)
+    assert result.value.reason == "wrong_topic"
+    assert "telemetry.chat_start" in result.value.detail
+
+
+def test_a_login_on_the_chat_topic_is_on_the_wrong_topic() -> None:
+    login = orjson.dumps({**VALID, "user_id": "u1", "user_hash": "ab"})
+    assert reason(login, "telemetry.chat_start") == "wrong_topic"
+
+
+def test_a_login_event_on_the_page_view_topic_is_a_page_view() -> None:
+    """Unknown fields are ignored: the user_id of a page view proves nothing and is dropped."""
+    login = orjson.dumps({**VALID, "user_id": "victim"})
+    assert isinstance(decode(source(login, "telemetry.page_view")), Item)
