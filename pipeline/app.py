@@ -14,6 +14,7 @@ import faust
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline import metrics
 from pipeline.codec import Item, Source, decode, encode
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
@@ -22,7 +23,7 @@ from pipeline.processor import Processor, Tally
 from pipeline.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
-from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS
+from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,17 @@ def core_config(settings: Settings) -> CoreConfig:
     }
     extra = {v.strip().lower() for v in settings.blocked_values.split(",") if v.strip()}
     return CoreConfig(secrets=secrets, blocked_values=BLOCKED_VALUES | extra)
+
+
+def _count(tally: Tally, emits: list[Emit], conflicts: int) -> None:
+    """Export a batch's accounting (rejections are counted from what is published)."""
+    metrics.APPLIED.inc(tally.applied)
+    metrics.UNCHANGED.inc(tally.unchanged)
+    metrics.CONFLICTS.inc(conflicts)
+    for emit in emits:
+        metrics.OUTPUTS.labels(emit.topic).inc()
+        if emit.topic == REJECTED:
+            metrics.REJECTED.labels(emit.value.reason).inc()  # type: ignore[union-attr]
 
 
 def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
@@ -63,6 +75,7 @@ def create_app(settings: Settings) -> faust.App:
     store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
     processor = Processor(store, Keys(settings.state_namespace), core_config(settings))
     totals = Tally()
+    metrics.serve(settings.metrics_port)
     seen: Counter[str] = Counter()
 
     pending: set[asyncio.Task] = set()
@@ -132,9 +145,13 @@ def create_app(settings: Settings) -> faust.App:
                     rejected.append(decoded)
                     totals.rejected[decoded.value.reason] += 1  # type: ignore[union-attr]
                 seen[source.topic] += 1
+                metrics.EVENTS_IN.labels(source.topic).inc()
+            conflicts_before = processor.conflicts
             emits, tally = await process_with_retry(items)
             totals.add(tally)
-            await emit_all(stream, events, [*rejected, *emits])
+            outputs_now = [*rejected, *emits]
+            _count(tally, outputs_now, processor.conflicts - conflicts_before)
+            await emit_all(stream, events, outputs_now)
 
     @app.on_partitions_assigned.connect
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:

@@ -181,6 +181,7 @@ class Processor:
         self.store = store
         self.keys = keys
         self.config = config
+        self.conflicts = 0  # workspace commits redone after losing a race
 
     async def process(self, items: Sequence[Item]) -> tuple[list[Emit], Tally]:
         """Apply `items` (in order per workspace); return the outputs to emit and the tally."""
@@ -217,6 +218,7 @@ class Processor:
                     tally.add(working.tally)
                 else:
                     retry[working.workspace_id] = pending[working.workspace_id]
+            self.conflicts += len(retry)
             if not retry:
                 return emits, tally
             logger.debug("commit conflict on %d workspace(s), attempt %d", len(retry), attempt)

@@ -99,12 +99,12 @@ class Pipeline:
                        message.partition, message.offset)
             )  # fmt: skip
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         index = len(self.workers)
         log = (self.log_dir / f"worker-{index}.log").open("wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "worker"], cwd=PROJECT_ROOT,
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            env={**self.env, **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.workers.append(process)
         return process
@@ -122,6 +122,13 @@ class Pipeline:
             value = orjson.dumps(value)
         await self._producer.send_and_wait(self.prefix + topic, value,
                                            key=key.encode() if key is not None else None)  # fmt: skip
+
+    async def send_many(self, messages: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Produce (topic, value, key) messages in order, then wait until all are written."""
+        assert self._producer is not None
+        for topic, value, key in messages:
+            await self._producer.send(self.prefix + topic, value, key=key)
+        await self._producer.flush()
 
     async def wait_for(self, condition: Callable[[OutputLog], bool], *, timeout: float = 30.0,
                        what: str = "outputs") -> None:  # fmt: skip

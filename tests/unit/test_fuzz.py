@@ -24,8 +24,14 @@ SECRET = "fuzz-secret-0123456789abcdef0123456"
 CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)})
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False) | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=12,
 )
 identifiers = st.sampled_from(["d1", " d1 ", "undefined", "NULL", '"null"', "0", "--", "", "ab\x00c",
@@ -44,14 +50,22 @@ def near_valid(draw: st.DrawFn) -> tuple[str, dict]:
     optional = {
         "user_id": user,
         "user_hash": draw(st.sampled_from([ev.user_hash(SECRET, user), "0" * 64, "zz"])),
-        "identity_token": draw(st.sampled_from([
-            ev.jwt_hs256(SECRET, {"user_id": user, "exp": 1795600000, "email": "a@b.co"}),
-            ev.jwt_hs256(SECRET, {"user_id": user, "exp": "soon"}),
-            ev.jwt_hs256(SECRET, {"user_id": [user], "exp": 1795600000}),
-            ev.jwt_hs256(SECRET, {"user_id": user, "exp": 1795600000}, header={"alg": "none"}),
-            ev.jwt_hs256(SECRET, {"user_id": user, "exp": 1795600000}, header={}),
-            "a.b.c", "", "....",
-        ])),
+        "identity_token": draw(
+            st.sampled_from(
+                [
+                    ev.jwt_hs256(SECRET, {"user_id": user, "exp": 1795600000, "email": "a@b.co"}),
+                    ev.jwt_hs256(SECRET, {"user_id": user, "exp": "soon"}),
+                    ev.jwt_hs256(SECRET, {"user_id": [user], "exp": 1795600000}),
+                    ev.jwt_hs256(
+                        SECRET, {"user_id": user, "exp": 1795600000}, header={"alg": "none"}
+                    ),
+                    ev.jwt_hs256(SECRET, {"user_id": user, "exp": 1795600000}, header={}),
+                    "a.b.c",
+                    "",
+                    "....",
+                ]
+            )
+        ),
         "conversation_id": draw(identifiers),
         "email": draw(st.sampled_from(["a@b.co", "A@B.CO ", "not-an-email", "email", "", "x@y"])),
         "name": draw(st.text(max_size=10)),
@@ -94,7 +108,9 @@ def test_arbitrary_json_is_rejected_or_applied(topic: str, value: object) -> Non
 
 @FUZZ
 @given(st.lists(near_valid(), min_size=1, max_size=8), st.none() | st.integers(0, 2**45))
-def test_near_valid_events_always_end_in_a_recorded_outcome(events: list, record_ms: int | None) -> None:
+def test_near_valid_events_always_end_in_a_recorded_outcome(
+    events: list, record_ms: int | None
+) -> None:
     oracle = Oracle(CONFIG)
     for offset, (topic, event) in enumerate(events):
         source = Source(topic, 0, offset, None, orjson.dumps(event), record_ms)

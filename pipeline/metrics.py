@@ -1,0 +1,22 @@
+"""The worker's counters, exported for Prometheus (`IDP_METRICS_PORT`).
+
+Every input ends in exactly one of applied, unchanged or rejected, so at any quiet moment
+`events_in = applied + unchanged + rejected` (the accounting identity the soak test checks).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, start_http_server
+
+EVENTS_IN = Counter("idp_events_in", "Input records read", ["topic"])
+APPLIED = Counter("idp_events_applied", "Valid events that changed the identity state")
+UNCHANGED = Counter("idp_events_unchanged", "Valid events that changed nothing (known, or replays)")
+REJECTED = Counter("idp_events_rejected", "Inputs recorded on identity.rejected", ["reason"])
+OUTPUTS = Counter("idp_outputs", "Records published", ["topic"])
+CONFLICTS = Counter("idp_commit_conflicts", "Workspace commits that lost a race and were redone")
+
+
+def serve(port: int) -> None:
+    """Expose /metrics on 127.0.0.1:`port` (0 means: do not)."""
+    if port:
+        start_http_server(port, addr="127.0.0.1")
