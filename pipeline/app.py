@@ -35,7 +35,12 @@ def core_config(settings: Settings) -> CoreConfig:
         for workspace_id, values in settings.workspace_secrets.items()
     }
     extra = {v.strip().lower() for v in settings.blocked_values.split(",") if v.strip()}
-    return CoreConfig(secrets=secrets, blocked_values=BLOCKED_VALUES | extra)
+    return CoreConfig(
+        secrets=secrets,
+        blocked_values=BLOCKED_VALUES | extra,
+        shared_device_limit=settings.shared_device_limit,
+        shared_window_ms=settings.shared_window_s * 1000,
+    )
 
 
 def _count(tally: Tally, emits: list[Emit], conflicts: int) -> None:

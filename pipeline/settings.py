@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
+    shared_device_limit: int = Field(10, ge=1, validation_alias="IDP_SHARED_DEVICE_LIMIT")
+    shared_window_s: int = Field(86400, ge=1, validation_alias="IDP_SHARED_WINDOW_S")
     metrics_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_METRICS_PORT")
     # Extra generic values to refuse as identifiers (R3), comma-separated, case-insensitive.
     blocked_values: str = Field("", validation_alias="IDP_BLOCKED_VALUES")

@@ -18,6 +18,7 @@ from schemas import Profile
 from schemas.time import from_epoch_ms
 
 POSSIBLE_DUPLICATE = "possible_duplicate"
+SHARED_IDENTIFIER = "shared_identifier"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ class UserView:
     timelines: Mapping[str, Timeline]  # the user's devices
     email_leads: tuple[Lead, ...]  # leads (on any device) carrying one of the user's e-mails
     emails: Mapping[str, EmailEntry]  # the user's e-mails
+    refused: frozenset[str] = frozenset()  # links refused by the shared-identifier guard
 
 
 def user_segments(view: UserView) -> list[tuple[Segment, Timeline]]:
@@ -169,7 +171,8 @@ def user_profile(workspace_id: str, view: UserView) -> Profile | None:
         merged_contact_ids=sorted(merged_ids),
         conversation_ids=_conversations(chats),
         possible_duplicates=sorted(duplicates),
-        flags=[POSSIBLE_DUPLICATE] if duplicates else [],
+        flags=sorted({POSSIBLE_DUPLICATE} if duplicates else set())
+        + ([SHARED_IDENTIFIER] if view.refused else []),
         created_at=from_epoch_ms(min(created)),
         updated_at=from_epoch_ms(max(updated)),
     )

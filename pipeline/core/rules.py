@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from pipeline.core import ids
 from pipeline.core.facts import ChatFact, Device, EmailClaim, EmailEntry, SessionFact, User
+from pipeline.core.guard import DEFAULT_DEVICE_LIMIT, DEFAULT_WINDOW_MS, refused_links
 from pipeline.core.identifiers import BLOCKED_VALUES, Refused, check_email, check_identifier
 from pipeline.core.model import (
     Applied,
@@ -43,6 +44,9 @@ class CoreConfig:
     # Workspace id -> accepted verification secrets (two during a rotation).
     secrets: Mapping[str, tuple[bytes, ...]] = field(default_factory=dict)
     blocked_values: frozenset[str] = BLOCKED_VALUES
+    # The shared-identifier guard (R4): at most this many devices per user within the window.
+    shared_device_limit: int = DEFAULT_DEVICE_LIMIT
+    shared_window_ms: int = DEFAULT_WINDOW_MS
 
 
 # Event times outside these bounds are refused as `timestamp_out_of_range`. The future bound is
@@ -91,7 +95,7 @@ def apply(
         if isinstance(device, Device) and device.first_activity is not None:
             if device.first_activity <= to_epoch_ms(event.timestamp):
                 return Transition(_UNCHANGED, reads=frozenset({("devices", anonymous_id)}))
-    resolver = _Resolver(view)
+    resolver = _Resolver(view, config)
     change = _facts(event, anonymous_id, resolver, config, secrets, record_ms)
     if isinstance(change, Refused):
         return Transition(Refusal(change.reason, change.detail))
@@ -185,8 +189,9 @@ def _optional_email(value: str | None, blocked: frozenset[str]) -> str | None:
 class _Resolver:
     """Reads the view (recording what is missing) and derives timelines and profiles."""
 
-    def __init__(self, view: View) -> None:
+    def __init__(self, view: View, config: CoreConfig) -> None:
         self.view = view
+        self.config = config
         self.missing: dict[str, set[str]] = {}
         self.reads: set[tuple[str, str]] = set()
         self.new_devices: dict[str, Device] = {}
@@ -219,8 +224,24 @@ class _Resolver:
             return self.new_devices[anonymous_id]
         return self.old_device(anonymous_id)
 
-    def user(self, user_id: str) -> User:
-        return self.new_users.get(user_id) or self.old_user(user_id)
+    def user(self, user_id: str, *, new: bool = True) -> User:
+        if new and user_id in self.new_users:
+            return self.new_users[user_id]
+        return self.old_user(user_id)
+
+    def refused(self, user_id: str, *, new: bool) -> frozenset[str]:
+        """The user's links refused by the shared-identifier guard (R4)."""
+        user = self.user(user_id, new=new)
+        if len(user.devices) <= self.config.shared_device_limit:
+            return frozenset()  # too few devices for any refusal: spare the loads
+        links = [
+            (fact.at, fact.event_id, anonymous_id)
+            for anonymous_id in user.devices
+            for fact in self.device(anonymous_id, new=new).sessions
+            if fact.user_id == user_id and fact.kind != "logout"
+        ]
+        return refused_links(links, limit=self.config.shared_device_limit,
+                             window_ms=self.config.shared_window_ms)  # fmt: skip
 
     def email(self, email: str, *, new: bool) -> EmailEntry:
         if new and email in self.new_emails:
@@ -245,7 +266,9 @@ class _Resolver:
             for chat in device.chats
             if chat.email is not None
         }
-        return derive(self.view.workspace_id, anonymous_id, device, verified)
+        linked = {f.user_id for f in device.sessions if f.kind != "logout"}
+        refused = frozenset().union(*(self.refused(u, new=new) for u in sorted(linked)))
+        return derive(self.view.workspace_id, anonymous_id, device, verified, refused)
 
     def user_view(self, user_id: str) -> UserView:
         user = self.user(user_id)
@@ -256,7 +279,8 @@ class _Resolver:
             for anonymous_id in entry.lead_devices:
                 timeline = timelines.get(anonymous_id) or self.timeline(anonymous_id, new=True)
                 leads += [Lead(s, timeline) for s in timeline.segments if s.kind == "visitor"]
-        return UserView(user_id, user, timelines, tuple(leads), emails)
+        refused = self.refused(user_id, new=True)
+        return UserView(user_id, user, timelines, tuple(leads), emails, refused)
 
     # -- consequences of a change
 
@@ -266,6 +290,11 @@ class _Resolver:
         """Re-derive what the change can affect; emit what differs from what was published."""
         scope = {anonymous_id}
         touched_users = set(change.users)
+        for user_id in change.users:  # a link can move the guard's verdicts on its other devices
+            for new in (False, True):
+                user = self.user(user_id, new=new)
+                if len(user.devices) > self.config.shared_device_limit:
+                    scope.update(user.devices)
         for email, entry in change.emails.items():
             old = self.email(email, new=False)
             scope.update(entry.lead_devices, old.lead_devices)
@@ -312,6 +341,12 @@ class _Resolver:
         emits += self._merges(old_timelines, new_timelines, user_views)
         emits += [Emit(PROFILES, cid, changed[cid]) for cid in sorted(changed)]
         outcome: Applied | Refusal = Applied()
+        if not isinstance(event, Logout) and change.users:
+            user_id = next(iter(change.users))
+            if event.event_id in self.refused(user_id, new=True):
+                limit = self.config.shared_device_limit
+                detail = f"user_id linked from more than {limit} devices within the window"
+                outcome = Refusal("shared_identifier", detail)
         if (
             isinstance(event, Logout)
             and event.event_id in new_timelines[anonymous_id].ignored_logouts

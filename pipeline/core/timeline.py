@@ -110,11 +110,13 @@ def derive(
     anonymous_id: str,
     device: Device,
     verified: Mapping[str, Mapping[str, tuple[int, str]]],
+    refused: frozenset[str] = frozenset(),
 ) -> Timeline:
     """Cut the device's history into segments.
 
     `verified` maps each e-mail of the device's chats to the users who verified it (with their
-    first verification), which decides e-mail matches (R7).
+    first verification), which decides e-mail matches (R7). `refused` names the links the
+    shared-identifier guard refused (R4): they are kept as facts but link nothing.
     """
     segments: list[Segment] = []
     shutdowns: list[DeviceShutdown] = []
@@ -122,6 +124,8 @@ def derive(
     current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id, ORIGIN),
                       None, None, ORIGIN)  # fmt: skip
     for fact in device.sessions:
+        if fact.event_id in refused:
+            continue
         key = 2 * fact.at
         linked = current.user_id
         if fact.kind == "logout":

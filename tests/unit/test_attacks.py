@@ -55,7 +55,9 @@ def token(claims: dict, *, secret: str = SECRET, header: dict | None = None) -> 
         (token({"user_id": "mal"}), "unverified_identity"),  # issued for someone else
     ],
 )
-def test_forged_or_stale_tokens_cannot_claim_the_victim(world: Oracle, identity_token: str, reason: str) -> None:
+def test_forged_or_stale_tokens_cannot_claim_the_victim(
+    world: Oracle, identity_token: str, reason: str
+) -> None:
     before = victim(world)
     attack = ev.login(WS, "mal-laptop", T.format(3), "vic", SECRET, identity_token=identity_token)
     result = world.apply(ev.model(attack))
@@ -66,29 +68,42 @@ def test_forged_or_stale_tokens_cannot_claim_the_victim(world: Oracle, identity_
 
 def test_a_forged_user_hash_cannot_claim_the_victim(world: Oracle) -> None:
     before = victim(world)
-    attack = {**ev.login(WS, "mal-laptop", T.format(3), "vic", SECRET), "user_hash": ev.user_hash("guess", "vic")}
+    attack = {
+        **ev.login(WS, "mal-laptop", T.format(3), "vic", SECRET),
+        "user_hash": ev.user_hash("guess", "vic"),
+    }
     result = world.apply(ev.model(attack))
     assert result.outcome.reason == "unverified_identity"
     assert victim(world) == before
 
 
-def test_attackers_own_login_with_the_victims_email_unverified_merges_nothing(world: Oracle) -> None:
+def test_attackers_own_login_with_the_victims_email_unverified_merges_nothing(
+    world: Oracle,
+) -> None:
     lead_id = ids.visitor_contact_id(WS, "vic-phone", "origin")
     before = world.profiles()[lead_id]
-    world.apply(ev.model(ev.login(WS, "mal-laptop", T.format(3), "mal", SECRET, email="VIC@example.com")))
+    world.apply(
+        ev.model(ev.login(WS, "mal-laptop", T.format(3), "mal", SECRET, email="VIC@example.com"))
+    )
     lead = world.profiles()[lead_id]
     mal = world.profiles()[ids.user_contact_id(WS, "mal")]
     assert lead.merged_into is None and lead.conversation_ids == before.conversation_ids
-    assert mal.conversation_ids == [] and mal.merged_contact_ids == [ids.visitor_contact_id(WS, "mal-laptop", "origin")]
+    assert mal.conversation_ids == [] and mal.merged_contact_ids == [
+        ids.visitor_contact_id(WS, "mal-laptop", "origin")
+    ]
     assert mal.email == "vic@example.com" and mal.email_verified is False
     assert lead.possible_duplicates == [mal.contact_id]  # recorded, never merged (R7)
 
 
 def test_replaying_the_victims_login_after_its_token_expired_is_refused(world: Oracle) -> None:
     issued = token({"exp": NOW + 600})  # valid for ten minutes after 10:00
-    world.apply(ev.model(ev.login(WS, "vic-laptop", T.format(5), "vic", SECRET, identity_token=issued)))
+    world.apply(
+        ev.model(ev.login(WS, "vic-laptop", T.format(5), "vic", SECRET, identity_token=issued))
+    )
     before = victim(world)
-    replay = ev.login(WS, "mal-laptop", "2026-11-24T12:00:00Z", "vic", SECRET, identity_token=issued)
+    replay = ev.login(
+        WS, "mal-laptop", "2026-11-24T12:00:00Z", "vic", SECRET, identity_token=issued
+    )
     result = world.apply(ev.model(replay), record_ms=(NOW + 7200) * 1000)
     assert result.outcome.reason == "expired_token"
     assert victim(world) == before
@@ -103,7 +118,9 @@ def test_a_page_view_carrying_the_victims_user_id_is_just_a_page_view(world: Ora
     assert tablet.type == "visitor" and tablet.user_id is None
 
 
-def test_a_logout_for_the_victim_on_the_attackers_device_changes_nothing_of_hers(world: Oracle) -> None:
+def test_a_logout_for_the_victim_on_the_attackers_device_changes_nothing_of_hers(
+    world: Oracle,
+) -> None:
     before = victim(world)
     world.apply(ev.model(ev.logout(WS, "mal-laptop", T.format(4), "vic")))
     assert victim(world) == before

@@ -62,8 +62,10 @@ def journeys(workspaces: list[str] = ["w1"]) -> st.SearchStrategy[list[dict]]:  
     return st.lists(an_event(workspaces), min_size=1, max_size=14).map(_renumber)
 
 
-def final_profiles(events: list[dict], workspace: str | None = None) -> dict:
-    oracle = Oracle(CONFIG)
+def final_profiles(
+    events: list[dict], workspace: str | None = None, *, config: CoreConfig = CONFIG
+) -> dict:
+    oracle = Oracle(config)
     for event in events:
         oracle.apply(ev.model(event))
     return {cid: p.model_dump() for cid, p in oracle.profiles(workspace).items()}

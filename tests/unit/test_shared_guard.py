@@ -1,0 +1,69 @@
+"""The shared-identifier guard (R4), worked out by hand with a limit of 2 devices per hour."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.core import ids
+from pipeline.core.guard import refused_links
+from pipeline.core.oracle import Oracle
+from pipeline.core.rules import CoreConfig
+from tests.support import events as ev
+from tests.unit.test_identity_laws import LAW, SECRETS, final_profiles, journeys
+
+HOUR = 3600 * 1000
+WS = "w1"
+SECRET = SECRETS[WS]
+TIGHT = CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()},
+                   shared_device_limit=2, shared_window_ms=HOUR)  # fmt: skip
+
+
+def test_the_third_device_within_the_window_is_refused() -> None:
+    links = [(0, "a", "d1"), (10, "b", "d2"), (20, "c", "d3"), (30, "d", "d1")]
+    assert refused_links(links, limit=2, window_ms=HOUR) == {"c"}  # d1 again is fine
+
+
+def test_devices_linked_before_the_window_do_not_count() -> None:
+    links = [(0, "a", "d1"), (10, "b", "d2"), (HOUR + 5, "c", "d3")]
+    assert refused_links(links, limit=2, window_ms=HOUR) == frozenset()
+
+
+def test_refused_links_do_not_count_against_later_ones() -> None:
+    links = [(0, "a", "d1"), (1, "b", "d2"), (2, "c", "d3"), (3, "d", "d4")]
+    assert refused_links(links, limit=2, window_ms=HOUR) == {"c", "d"}
+
+
+def test_a_shared_user_id_is_refused_reported_and_flagged() -> None:
+    oracle = Oracle(TIGHT)
+    logins = [
+        ev.login(WS, f"d{i}", f"2026-11-24T10:0{i}:00Z", "admin", SECRET) for i in range(1, 4)
+    ]
+    results = [oracle.apply(ev.model(e)) for e in logins]
+    assert [r.outcome.kind for r in results] == ["applied", "applied", "refused"]
+    assert results[2].outcome.reason == "shared_identifier"
+    profile = oracle.profiles()[ids.user_contact_id(WS, "admin")]
+    assert profile.anonymous_ids == ["d1", "d2"]  # the third device is not linked
+    assert "shared_identifier" in profile.flags
+    later = oracle.apply(ev.model(ev.login(WS, "d3", "2026-11-24T11:05:00Z", "admin", SECRET)))
+    assert later.outcome.kind == "applied"  # an hour later d1 and d2 no longer count
+
+
+def test_a_late_earlier_link_moves_the_verdict_and_the_profiles_follow() -> None:
+    late_first = ev.login(WS, "d0", "2026-11-24T09:59:00Z", "admin", SECRET)
+    logins = [ev.login(WS, f"d{i}", f"2026-11-24T10:0{i}:00Z", "admin", SECRET) for i in (1, 2)]
+    in_order, late = Oracle(TIGHT), Oracle(TIGHT)
+    for event in (late_first, *logins):
+        in_order.apply(ev.model(event))
+    for event in (*logins, late_first):
+        late.apply(ev.model(event))
+    assert in_order.profiles() == late.profiles()
+    assert late.profiles()[ids.user_contact_id(WS, "admin")].anonymous_ids == ["d0", "d1"]
+
+
+@LAW
+@given(st.data())
+def test_order_independence_holds_with_the_guard_biting(data: st.DataObject) -> None:
+    events = data.draw(journeys())
+    shuffled = data.draw(st.permutations(events))
+    assert final_profiles(shuffled, config=TIGHT) == final_profiles(events, config=TIGHT)
