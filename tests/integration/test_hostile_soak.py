@@ -8,6 +8,7 @@ worked out here by hand for each kind. The worker keeps running throughout.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import socket
 import urllib.request
@@ -23,7 +24,8 @@ from tests.support.kafka import Pipeline
 
 WS = "ws-a"
 SECRET = SECRETS[WS]
-REPEATS = 10
+REPEATS = int(os.environ.get("IDP_SOAK_REPEATS", "10"))  # hostile messages of each kind
+PEOPLE = int(os.environ.get("IDP_SOAK_PEOPLE", "300"))  # valid journeys (about 10 events each)
 
 
 def free_port() -> int:
@@ -79,7 +81,7 @@ def total(values: dict[str, float], name: str) -> float:
 async def test_mixed_valid_and_hostile_input_is_all_accounted_for(pipeline: Pipeline) -> None:
     port = free_port()
     worker = pipeline.start_worker({"IDP_METRICS_PORT": str(port)})
-    valid = journey.generate({WS: SECRET}, people=300, seed=5, junk_ratio=0)
+    valid = journey.generate({WS: SECRET}, people=PEOPLE, seed=5, junk_ratio=0)
     messages = [(r.topic, orjson.dumps(r.value), r.key.encode()) for r in valid]
     expected: Counter[str] = Counter()
     for i in range(REPEATS):
@@ -103,7 +105,7 @@ async def test_mixed_valid_and_hostile_input_is_all_accounted_for(pipeline: Pipe
     await pipeline.send_many(messages)
 
     async def accounted() -> dict[str, float]:
-        for _ in range(1200):
+        for _ in range(max(1200, len(messages) // 10)):
             try:
                 values = await asyncio.to_thread(scrape, port)
             except OSError:
@@ -118,6 +120,9 @@ async def test_mixed_valid_and_hostile_input_is_all_accounted_for(pipeline: Pipe
         raise AssertionError(f"not all accounted for: {values}\n{pipeline.worker_log()}")
 
     values = await accounted()
+    print(
+        f"soak: {len(messages)} in; valid {valid_count}; rejected {sum(expected.values())}: {dict(expected)}"
+    )
     rejected = {
         k.split(":", 1)[1]: int(v)
         for k, v in values.items()

@@ -34,7 +34,9 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.topic_prefix == ""
 
 
-@pytest.mark.parametrize("content", [b"not json", b"[]", b'{"ws": ""}', b'{"ws": 5}', b'{"ws": []}'])
+@pytest.mark.parametrize(
+    "content", [b"not json", b"[]", b'{"ws": ""}', b'{"ws": 5}', b'{"ws": []}']
+)
 def test_a_malformed_secrets_file_is_a_clear_error(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "s.json"
     path.write_bytes(content)
