@@ -41,4 +41,4 @@ def test_a_malformed_secrets_file_is_a_clear_error(tmp_path: Path, content: byte
     path = tmp_path / "s.json"
     path.write_bytes(content)
     with pytest.raises(SecretsFileError, match=str(path)):
-        Settings(secrets_file=path).workspace_secrets
+        _ = Settings(secrets_file=path).workspace_secrets
