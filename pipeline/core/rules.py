@@ -33,7 +33,17 @@ from pipeline.core.profiles import Lead, UserView, first_link, user_profile, vis
 from pipeline.core.timeline import Merge, Timeline, derive
 from pipeline.core.verify import verify
 from pipeline.topics import MERGED, PROFILES, SHUTDOWN
-from schemas import ChatStart, InputEvent, Login, Logout, Merged, PageView, Profile, Shutdown
+from schemas import (
+    ChatStart,
+    InputEvent,
+    Login,
+    Logout,
+    Merged,
+    PageView,
+    Profile,
+    Shutdown,
+    Signup,
+)
 from schemas.time import from_epoch_ms, to_epoch_ms
 
 
@@ -290,7 +300,15 @@ class _Resolver:
         """Re-derive what the change can affect; emit what differs from what was published."""
         scope = {anonymous_id}
         touched_users = set(change.users)
-        for user_id in change.users:  # a link can move the guard's verdicts on its other devices
+        # A link can move the guard's verdicts (R4) on the user's other devices, even when the
+        # user's record does not change (a second login from a device it already has).
+        linkers = {
+            fact.user_id
+            for anonymous_id, device in change.devices.items()
+            for fact in (*device.sessions, *self.device(anonymous_id, new=False).sessions)
+            if fact.kind != "logout"
+        }
+        for user_id in sorted(linkers):
             for new in (False, True):
                 user = self.user(user_id, new=new)
                 if len(user.devices) > self.config.shared_device_limit:
@@ -341,9 +359,8 @@ class _Resolver:
         emits += self._merges(old_timelines, new_timelines, user_views)
         emits += [Emit(PROFILES, cid, changed[cid]) for cid in sorted(changed)]
         outcome: Applied | Refusal = Applied()
-        if not isinstance(event, Logout) and change.users:
-            user_id = next(iter(change.users))
-            if event.event_id in self.refused(user_id, new=True):
+        if isinstance(event, Signup | Login):
+            if event.event_id in self.refused(event.user_id.strip(), new=True):
                 limit = self.config.shared_device_limit
                 detail = f"user_id linked from more than {limit} devices within the window"
                 outcome = Refusal("shared_identifier", detail)

@@ -8,6 +8,7 @@ test run: these tests never skip.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +24,9 @@ from tests.support.kafka import Pipeline
 
 pytestmark = pytest.mark.integration
 
+# Tokens are checked against the Kafka record's timestamp too, which is the wall clock when a
+# test produces: a token sent through the broker must expire after now, not on a fixed date.
+TOKEN_EXP = int(time.time()) + 24 * 3600
 SECRETS = {
     "ws-a": "secret-a-0123456789abcdef0123456789",
     "ws-b": "secret-b-9876543210fedcba9876543210",

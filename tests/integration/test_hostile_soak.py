@@ -18,7 +18,7 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline import journey
-from tests.integration.conftest import SECRETS
+from tests.integration.conftest import SECRETS, TOKEN_EXP
 from tests.support import events as ev
 from tests.support.kafka import Pipeline
 
@@ -57,7 +57,7 @@ def hostile(i: int) -> list[tuple[str, str, bytes]]:
         ("wrong_topic", "telemetry.login", j(ev.chat_start(WS, f"h-dev-{i}", ts, "c"))),
         ("unverified_identity", "telemetry.login", j({**ev.login(WS, f"h-dev-{i}", ts, "victim", SECRET), "user_hash": "0" * 64})),
         ("invalid_token", "telemetry.login", j(ev.login(WS, f"h-dev-{i}", ts, "victim", SECRET, identity_token=ev.jwt_hs256(
-            SECRET, {"user_id": "victim", "exp": 1795600000}, header={"alg": "none"})))),
+            SECRET, {"user_id": "victim", "exp": TOKEN_EXP}, header={"alg": "none"})))),
         ("expired_token", "telemetry.signup", j(ev.signup(WS, f"h-dev-{i}", ts, "victim", SECRET, identity_token=ev.jwt_hs256(
             SECRET, {"user_id": "victim", "exp": 1700000000})))),
     ]  # fmt: skip

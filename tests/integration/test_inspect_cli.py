@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from pipeline.core import ids
-from tests.integration.conftest import SECRETS
+from tests.integration.conftest import SECRETS, TOKEN_EXP
 from tests.support import events as ev
 from tests.support.kafka import PROJECT_ROOT, Pipeline
 
@@ -15,7 +15,7 @@ WS = "ws-a"
 async def test_inspect_finds_a_user_by_every_identifier(pipeline: Pipeline) -> None:
     pipeline.start_worker()
     token = ev.jwt_hs256(
-        SECRETS[WS], {"user_id": "ines", "email": "ines@example.com", "exp": 1795600000}
+        SECRETS[WS], {"user_id": "ines", "email": "ines@example.com", "exp": TOKEN_EXP}
     )
     chat = ev.chat_start(
         WS, "ines-phone", "2026-11-24T09:00:00Z", "ines-conv", email="ines@example.com"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.core import ids
-from tests.integration.conftest import SECRETS
+from tests.integration.conftest import SECRETS, TOKEN_EXP
 from tests.support import events as ev
 from tests.support.kafka import OutputLog, Pipeline
 
@@ -70,7 +70,7 @@ async def test_lead_email_matches_a_verified_login_or_only_flags_an_unverified_o
     pipeline: Pipeline,
 ) -> None:
     pipeline.start_worker()
-    token = ev.jwt_hs256(SECRET, {"user_id": "b-user", "email": "B@Example.com", "exp": 1795600000})
+    token = ev.jwt_hs256(SECRET, {"user_id": "b-user", "email": "B@Example.com", "exp": TOKEN_EXP})
     await pipeline.send(CHAT, ev.chat_start(WS, "b-dev1", t(1), "b-conv", email="b@example.com"))
     await pipeline.send(LOGIN, ev.login(WS, "b-dev2", t(5), "b-user", SECRET, identity_token=token))
     # The same story with an unverified e-mail, for another person.
@@ -169,9 +169,9 @@ async def test_forged_claims_are_rejected_and_change_nothing(pipeline: Pipeline)
     attacks = {
         "forged-hash": {**ev.login(WS, "evil-1", t(2), "victim", SECRET), "user_hash": "f" * 64},
         "other-secret": ev.login(WS, "evil-2", t(2), "victim", SECRET, identity_token=ev.jwt_hs256(
-            SECRETS["ws-b"], {"user_id": "victim", "exp": 1795600000})),
+            SECRETS["ws-b"], {"user_id": "victim", "exp": TOKEN_EXP})),
         "alg-none": ev.login(WS, "evil-3", t(2), "victim", SECRET, identity_token=ev.jwt_hs256(
-            SECRET, {"user_id": "victim", "exp": 1795600000}, header={"alg": "none"})),
+            SECRET, {"user_id": "victim", "exp": TOKEN_EXP}, header={"alg": "none"})),
         "expired": ev.login(WS, "evil-4", t(2), "victim", SECRET, identity_token=ev.jwt_hs256(
             SECRET, {"user_id": "victim", "exp": 1795500000})),
     }  # fmt: skip

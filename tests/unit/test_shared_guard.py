@@ -67,3 +67,27 @@ def test_order_independence_holds_with_the_guard_biting(data: st.DataObject) -> 
     events = data.draw(journeys())
     shuffled = data.draw(st.permutations(events))
     assert final_profiles(shuffled, config=TIGHT) == final_profiles(events, config=TIGHT)
+
+
+def test_a_repeated_login_that_flips_the_verdict_on_another_device_is_followed() -> None:
+    """Found by Hypothesis: login-10 (d2 again) changes no user record, yet sorts before
+    login-8 and so refuses d1's link; d1 must fall back to its own visitor in every order."""
+    ts = "2026-11-24T10:00:00Z"
+
+    def login(n: int, device: str) -> dict:
+        return {**ev.login(WS, device, ts, "u3", SECRET), "event_id": f"login-{n}"}
+
+    events = [{**ev.page_view(WS, "d1", ts), "event_id": "pv-0"}, login(11, "d3"), login(8, "d1"),
+              login(9, "d2"), login(10, "d2")]  # fmt: skip
+    import itertools
+
+    results = set()
+    for order in itertools.permutations(events):
+        oracle = Oracle(TIGHT)
+        for event in order:
+            oracle.apply(ev.model(event))
+        profiles = oracle.profiles()
+        visitor = profiles[ids.visitor_contact_id(WS, "d1", "origin")]
+        assert visitor.merged_into is None  # login-8 is refused: d1 stays its own visitor
+        results.add(tuple(sorted((k, p.model_dump_json()) for k, p in profiles.items())))
+    assert len(results) == 1
