@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from tests.support import events as ev
 
 EXAMPLES = int(os.environ.get("IDP_FUZZ_EXAMPLES", "1000"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+pytestmark = pytest.mark.timeout(max(300, EXAMPLES // 20))  # a big run with the flag takes long
 SECRET = "fuzz-secret-0123456789abcdef0123456"
 CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)})
 
