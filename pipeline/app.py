@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from collections import Counter
 
 import faust
@@ -19,13 +21,15 @@ from pipeline.codec import Item, Source, decode, encode
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
 from pipeline.core.rules import CoreConfig
-from pipeline.processor import Processor, Tally
+from pipeline.processor import Processed, Processor, Tally, outbox_records
 from pipeline.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
 from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED
 
 logger = logging.getLogger(__name__)
+
+OUTBOX_SWEEP_S = 15.0  # how often, and after how long, undelivered outputs are sent again
 
 
 def core_config(settings: Settings) -> CoreConfig:
@@ -65,6 +69,7 @@ def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
         producer_linger_ms=5,
         key_serializer="raw",
         value_serializer="raw",
@@ -84,8 +89,11 @@ def create_app(settings: Settings) -> faust.App:
     seen: Counter[str] = Counter()
 
     pending: set[asyncio.Task] = set()
+    commits_with_outputs = [0]  # for the fault-injection switch of the fault tests
 
-    async def emit_all(stream: faust.Stream, events: list, emits: list[Emit]) -> None:
+    async def emit_all(
+        stream: faust.Stream, events: list, emits: list[Emit], outbox: list[str]
+    ) -> None:
         """Send outputs now; let the batch's offsets be committed only once they are delivered.
 
         Faust's attached sends wait for the next offset commit (seconds), which is latency;
@@ -104,11 +112,11 @@ def create_app(settings: Settings) -> faust.App:
             futures.append(await app.producer.send(
                 outputs[emit.topic], key, value, partition=None, timestamp=None, headers=None
             ))  # fmt: skip
-        task = asyncio.ensure_future(release(stream, events, futures))
+        task = asyncio.ensure_future(release(stream, events, futures, outbox))
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    async def release(stream: faust.Stream, events: list, futures: list) -> None:
+    async def release(stream: faust.Stream, events: list, futures: list, outbox: list[str]) -> None:
         try:
             await asyncio.gather(*futures)
         except Exception:
@@ -116,8 +124,41 @@ def create_app(settings: Settings) -> faust.App:
             raise
         for event in events:
             await stream.ack(event)
+        if outbox:
+            await store.delete(outbox)  # delivered: nothing to send again
 
-    async def process_with_retry(items: list[Item]) -> tuple[list[Emit], Tally]:
+    async def drain_outbox(min_age_s: float) -> int:
+        """Send again the outputs of committed batches that were never delivered (a crash).
+
+        Entries younger than `min_age_s` may belong to a live worker's batch in flight; older
+        ones are sent (event_ids are deterministic, so a duplicate is harmless) and deleted.
+        """
+        keys = await store.scan(Keys(settings.state_namespace).pattern("outbox"))
+        sent = 0
+        for key, record in zip(keys, await store.read(keys), strict=True):
+            if record.data is None:
+                continue
+            created, records = outbox_records(record.data)
+            if time.time() - created < min_age_s:
+                continue
+            futures = [
+                await app.producer.send(
+                    outputs[topic], key_, value, partition=None, timestamp=None, headers=None
+                )  # fmt: skip
+                for topic, key_, value in records
+            ]
+            await asyncio.gather(*futures)
+            await store.delete([key])
+            sent += len(records)
+        if sent:
+            logger.warning("re-sent %d undelivered outputs from the outbox", sent)
+        return sent
+
+    @app.timer(interval=OUTBOX_SWEEP_S)
+    async def sweep_outbox() -> None:
+        await drain_outbox(OUTBOX_SWEEP_S)
+
+    async def process_with_retry(items: list[Item]) -> Processed:
         """Block (and so stop consuming) while Redis is unreachable; resume when it is back."""
         delay = 0.1
         while True:
@@ -152,11 +193,22 @@ def create_app(settings: Settings) -> faust.App:
                 seen[source.topic] += 1
                 metrics.EVENTS_IN.labels(source.topic).inc()
             conflicts_before = processor.conflicts
-            emits, tally = await process_with_retry(items)
-            totals.add(tally)
-            outputs_now = [*rejected, *emits]
-            _count(tally, outputs_now, processor.conflicts - conflicts_before)
-            await emit_all(stream, events, outputs_now)
+            processed = await process_with_retry(items)
+            totals.add(processed.tally)
+            outputs_now = [*rejected, *processed.emits]
+            _count(processed.tally, outputs_now, processor.conflicts - conflicts_before)
+            if processed.outbox and settings.fault_exit_after_commits:
+                commits_with_outputs[0] += 1
+                if commits_with_outputs[0] >= settings.fault_exit_after_commits:
+                    logger.warning("fault injection: exiting after a commit, before its outputs")
+                    os._exit(86)
+            await emit_all(stream, events, outputs_now, processed.outbox)
+
+    @app.task
+    async def drain_at_start() -> None:
+        # A worker that died left its undelivered outputs; a live worker's batch in flight
+        # is rarely a second old (if it is, it is sent twice: duplicates are harmless).
+        await drain_outbox(1.0)
 
     @app.on_partitions_assigned.connect
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:

@@ -9,13 +9,18 @@ returned only for committed changes, so nothing is emitted for a decision that d
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
+import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.codec import Item, rejection
+import orjson
+
+from pipeline.codec import Item, encode, rejection
 from pipeline.core.facts import Device, EmailEntry, User
 from pipeline.core.model import (
     Applied,
@@ -67,6 +72,42 @@ class Tally:
         self.applied += other.applied
         self.unchanged += other.unchanged
         self.rejected.update(other.rejected)
+
+
+@dataclass(slots=True)
+class Processed:
+    """A batch's result: outputs to send, accounting, and the outbox records holding them."""
+
+    emits: list[Emit]
+    tally: Tally
+    outbox: list[str]  # delete these once `emits` are delivered
+
+
+def outbox_blob(emits: Sequence[Emit], created_s: float) -> bytes:
+    """The outputs of a committed batch, kept with its state until they are delivered."""
+    return orjson.dumps(
+        {
+            "created": created_s,
+            "emits": [
+                [e.topic, base64.b64encode(_key_bytes(e.key)).decode(),
+                 None if e.value is None else encode(e.value).decode()]
+                for e in emits
+            ],
+        }
+    )  # fmt: skip
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    return key if isinstance(key, bytes) else key.encode()
+
+
+def outbox_records(blob: bytes) -> tuple[float, list[tuple[str, bytes, bytes | None]]]:
+    """(created, [(topic, key, value)]) of an outbox record."""
+    raw = orjson.loads(blob)
+    return raw["created"], [
+        (topic, base64.b64decode(key), None if value is None else value.encode())
+        for topic, key, value in raw["emits"]
+    ]
 
 
 def content_digest(item: Item) -> bytes:
@@ -183,13 +224,20 @@ class Processor:
         self.config = config
         self.conflicts = 0  # workspace commits redone after losing a race
 
-    async def process(self, items: Sequence[Item]) -> tuple[list[Emit], Tally]:
-        """Apply `items` (in order per workspace); return the outputs to emit and the tally."""
+    async def process(self, items: Sequence[Item]) -> Processed:
+        """Apply `items` (in order per workspace); return the outputs to emit and the tally.
+
+        The outputs of every workspace that commits are written in the same commit as an
+        outbox record (`<ns>:{ws}:outbox:<id>`): if the worker dies before they are delivered,
+        the state is already applied, so a replay would emit nothing; the outbox is what a
+        worker sends again (`drain_outbox`).
+        """
         groups: dict[str, list[Item]] = {}
         for item in items:
             groups.setdefault(item.event.workspace_id, []).append(item)
         emits: list[Emit] = []
         tally = Tally()
+        outbox: list[str] = []
         pending = groups
         for attempt in range(MAX_ATTEMPTS):
             prefetch = await self._prefetch(pending)
@@ -201,6 +249,11 @@ class Processor:
                 prepared.append((working, group))
             await self._speculate(prepared)
             workings = [await self._decide(working, group) for working, group in prepared]
+            for working in workings:
+                if working.commit.writes and working.emits:
+                    key = working.key("outbox", uuid.uuid4().hex)
+                    working.commit.checks[key] = 0
+                    working.commit.writes[key] = outbox_blob(working.emits, time.time())
             # A group that wrote nothing needs no commit: its decisions changed no state.
             writing = [w for w in workings if w.commit.writes]
             outcomes = dict(
@@ -216,11 +269,12 @@ class Processor:
                 if committed:
                     emits.extend(working.emits)
                     tally.add(working.tally)
+                    outbox += [k for k in working.commit.writes if ":outbox:" in k]
                 else:
                     retry[working.workspace_id] = pending[working.workspace_id]
             self.conflicts += len(retry)
             if not retry:
-                return emits, tally
+                return Processed(emits, tally, outbox)
             logger.debug("commit conflict on %d workspace(s), attempt %d", len(retry), attempt)
             pending = retry
         message = f"workspaces {sorted(pending)} kept conflicting after {MAX_ATTEMPTS} attempts"

@@ -31,11 +31,15 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, validation_alias="IDP_PARTITIONS")
     batch_size: int = Field(500, ge=1, validation_alias="IDP_BATCH_SIZE")
     batch_within_s: float = Field(0.005, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
+    session_timeout_s: float = Field(60.0, ge=6, validation_alias="IDP_SESSION_TIMEOUT_S")
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
     shared_device_limit: int = Field(10, ge=1, validation_alias="IDP_SHARED_DEVICE_LIMIT")
     shared_window_s: int = Field(86400, ge=1, validation_alias="IDP_SHARED_WINDOW_S")
+    # Fault injection for the fault tests only: exit right after the N-th commit that has
+    # outputs, before sending them (0: never).
+    fault_exit_after_commits: int = Field(0, ge=0, validation_alias="IDP_FAULT_EXIT_AFTER_COMMITS")
     metrics_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_METRICS_PORT")
     # Extra generic values to refuse as identifiers (R3), comma-separated, case-insensitive.
     blocked_values: str = Field("", validation_alias="IDP_BLOCKED_VALUES")

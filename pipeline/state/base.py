@@ -48,12 +48,20 @@ class Store(Protocol):
         """Apply each commit atomically if its checks hold; one round trip for all."""
         ...
 
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Remove records (delivered outbox entries)."""
+        ...
+
+    async def scan(self, pattern: str) -> list[str]:
+        """Keys matching a glob pattern (to find outbox entries left by a crash)."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
 
 
-KeyKind = Literal["dev", "contact", "evt"]
+KeyKind = Literal["dev", "user", "email", "contact", "evt", "outbox"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +77,7 @@ class Keys:
     def of(self, workspace_id: str, kind: KeyKind, ident: str) -> str:
         """The key of one record."""
         return f"{self.namespace}:{{{workspace_id}}}:{kind}:{ident}"
+
+    def pattern(self, kind: KeyKind) -> str:
+        """A glob matching every record of a kind, in every workspace."""
+        return f"{self.namespace}:{{*}}:{kind}:*"

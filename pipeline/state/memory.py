@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Sequence
 
 from pipeline.state.base import ABSENT, Commit, Record
@@ -28,6 +29,15 @@ class MemoryStore:
                     self.records[key] = Record(version + 1, data)
             results.append(ok)
         return results
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """Remove records."""
+        for key in keys:
+            self.records.pop(key, None)
+
+    async def scan(self, pattern: str) -> list[str]:
+        """Keys matching a glob pattern."""
+        return sorted(key for key in self.records if fnmatch.fnmatchcase(key, pattern))
 
     async def close(self) -> None:
         """Nothing to release."""

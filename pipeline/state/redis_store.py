@@ -94,6 +94,23 @@ class RedisStore:
                 self._shas.pop(script, None)
         raise AssertionError("unreachable")
 
+    async def delete(self, keys: Sequence[str]) -> None:
+        """UNLINK the keys (one command per workspace, for Redis Cluster)."""
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            groups.setdefault(_slot_tag(key), []).append(key)
+        if groups:
+            pipe = self._client.pipeline(transaction=False)
+            for group in groups.values():
+                pipe.unlink(*group)
+            await pipe.execute()
+
+    async def scan(self, pattern: str) -> list[str]:
+        """SCAN for keys matching `pattern`."""
+        return sorted(
+            [key.decode() async for key in self._client.scan_iter(match=pattern, count=1000)]
+        )
+
     async def ping(self) -> bool:
         """Whether the server answers."""
         return bool(await self._client.ping())

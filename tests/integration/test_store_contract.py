@@ -91,3 +91,14 @@ async def test_redis_store_reloads_its_scripts_after_redis_lost_them(
     assert await store.commit([Commit(checks={key + "a": 1}, writes={key + "a": b"two"})]) == [True]
     assert await store.read([key + "a"]) == [Record(2, b"two")]
     await store.close()
+
+
+async def test_delete_and_scan(store: Store, key: str) -> None:
+    await store.commit(
+        [Commit(checks={key + "a": 0, key + "b": 0}, writes={key + "a": b"1", key + "b": b"2"})]
+    )
+    prefix = key.split("{")[0]
+    found = await store.scan(prefix + "{*}:dev:*")
+    assert {key + "a", key + "b"} <= set(found)
+    await store.delete([key + "a"])
+    assert await store.read([key + "a", key + "b"]) == [Record(0, None), Record(1, b"2")]

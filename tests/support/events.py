@@ -69,3 +69,10 @@ def model(event: dict[str, Any]):
 
     topic = TOPIC_OF[event["event_id"].split("-")[0]]
     return INPUT_MODELS[topic].model_validate(event)
+
+
+def model_of(topic: str, value: dict[str, Any]):
+    """The pydantic input model of an event of `topic`."""
+    from schemas import INPUT_MODELS
+
+    return INPUT_MODELS[topic].model_validate(value)

@@ -62,6 +62,7 @@ class Pipeline:
         self.log_dir = log_dir
         self.outputs = OutputLog()
         self.workers: list[subprocess.Popen] = []
+        self.expected_exits: set[int] = set()  # pids of workers a test kills or makes exit
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task | None = None
@@ -138,6 +139,8 @@ class Pipeline:
             if condition(self.outputs):
                 return
             for index, worker in enumerate(self.workers):
+                if worker.pid in self.expected_exits:
+                    continue
                 if worker.poll() is not None and worker.returncode not in (
                     0,
                     -signal.SIGTERM,

@@ -27,11 +27,17 @@ async def test_a_replayed_batch_changes_nothing_and_emits_nothing() -> None:
     proc = Processor(MemoryStore(), Keys("t"), CONFIG)
     batch = [item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z")),
              item(ev.login("ws", "d1", "2026-11-24T10:01:00Z", "u1", SECRET), 1, "telemetry.login")]  # fmt: skip
-    emits, tally = await proc.process(batch)
-    assert tally.applied == 2 and len(emits) == 4  # visitor, merged, visitor merged away, user
+    first = await proc.process(batch)
+    assert (
+        first.tally.applied == 2 and len(first.emits) == 4
+    )  # visitor, merged, visitor merged away, user
+    (outbox,) = first.outbox  # the outputs are kept with the state until delivered
+    _, kept = processor_module.outbox_records(proc.store.records[outbox].data)
+    assert [topic for topic, _, _ in kept] == [e.topic for e in first.emits]
+    await proc.store.delete([outbox])
     records = dict(proc.store.records)
-    emits, tally = await proc.process(batch)
-    assert (tally.applied, tally.unchanged, emits) == (0, 2, [])
+    again = await proc.process(batch)
+    assert (again.tally.applied, again.tally.unchanged, again.emits, again.outbox) == (0, 2, [], [])
     assert proc.store.records == records
 
 
@@ -39,9 +45,9 @@ async def test_an_event_id_reused_with_other_content_is_refused() -> None:
     proc = Processor(MemoryStore(), Keys("t"), CONFIG)
     first = ev.page_view("ws", "d1", "2026-11-24T10:00:00Z")
     await proc.process([item(first)])
-    emits, tally = await proc.process([item({**first, "anonymous_id": "d2"}, 1)])
-    assert tally.rejected == {"event_id_reused": 1}
-    assert [e.value.reason for e in emits] == ["event_id_reused"]
+    result = await proc.process([item({**first, "anonymous_id": "d2"}, 1)])
+    assert result.tally.rejected == {"event_id_reused": 1}
+    assert [e.value.reason for e in result.emits] == ["event_id_reused"]
 
 
 async def test_a_failing_core_refuses_that_event_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +60,7 @@ async def test_a_failing_core_refuses_that_event_only(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(processor_module, "apply", flaky)
     proc = Processor(MemoryStore(), Keys("t"), CONFIG)
-    emits, tally = await proc.process([item(ev.page_view("ws", "poison", "2026-11-24T10:00:00Z")),
-                                       item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"), 1)])  # fmt: skip
-    assert tally.rejected == {"internal_error": 1} and tally.applied == 1
-    assert {e.topic for e in emits} == {"identity.rejected", "identity.profiles"}
+    result = await proc.process([item(ev.page_view("ws", "poison", "2026-11-24T10:00:00Z")),
+                                 item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"), 1)])  # fmt: skip
+    assert result.tally.rejected == {"internal_error": 1} and result.tally.applied == 1
+    assert {e.topic for e in result.emits} == {"identity.rejected", "identity.profiles"}

@@ -1,0 +1,139 @@
+"""Faults through the real broker and Redis: the same identities come out (issue: faults).
+
+The oracle is the pure core applied in memory to the same input: after each fault the final
+published profiles must equal its final profiles, every merge they imply must have been
+announced on identity.merged, and every logout must have produced a shutdown. Duplicates
+(the same output event_id more than once) are allowed (at-least-once) and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections import Counter
+
+import orjson
+import pytest
+
+from pipeline import journey, stack
+from pipeline.core.oracle import Oracle
+from pipeline.core.rules import CoreConfig
+from tests.integration.conftest import SECRETS
+from tests.support import events as ev
+from tests.support.kafka import OutputLog, Pipeline
+
+WS = "ws-a"
+PEOPLE = 300
+SLOW = {"IDP_BATCH_SIZE": "40", "IDP_COMMIT_INTERVAL_S": "0.5", "IDP_SESSION_TIMEOUT_S": "6"}
+
+
+def scenario(seed: int) -> tuple[list[tuple[str, bytes, bytes]], dict, set, set]:
+    """Input messages, and what a fault-free run gives: profiles, merges, logout ids."""
+    records = journey.generate({WS: SECRETS[WS]}, people=PEOPLE, seed=seed, junk_ratio=0)
+    oracle = Oracle(CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}))
+    for record in records:
+        oracle.apply(ev.model_of(record.topic, record.value))
+    profiles = {
+        cid: orjson.loads(orjson.dumps(p.model_dump(mode="json")))
+        for cid, p in oracle.profiles().items()
+    }
+    merges = {(cid, p["merged_into"]) for cid, p in profiles.items() if p["merged_into"]}
+    logouts = {r.value["event_id"] for r in records if r.topic == "telemetry.logout"}
+    messages = [(r.topic, orjson.dumps(r.value), r.key.encode()) for r in records]
+    return messages, profiles, merges, logouts
+
+
+def report(name: str, out: OutputLog) -> None:
+    ids = Counter(
+        r.value["event_id"] for r in out.records if r.value and r.topic != "identity.profiles"
+    )
+    duplicates = sum(n - 1 for n in ids.values() if n > 1)
+    print(f"\n{name}: {len(out.records)} output records, {duplicates} duplicated event_ids")
+
+
+async def settle(pipeline: Pipeline, profiles: dict, merges: set, logouts: set, name: str) -> None:
+    try:
+        await pipeline.wait_for(lambda out: out.latest_profiles() == profiles, timeout=120,
+                                what="the final profiles of a fault-free run")  # fmt: skip
+    except AssertionError:
+        got = pipeline.outputs.latest_profiles()
+        differing = {
+            c: (got.get(c), profiles.get(c))
+            for c in set(got) | set(profiles)
+            if got.get(c) != profiles.get(c)
+        }
+        logs = "\n".join(pipeline.worker_log(i)[-3000:] for i in range(len(pipeline.workers)))
+        raise AssertionError(
+            f"{len(differing)} contacts differ, e.g. {list(differing.items())[:3]}\n{logs}"
+        ) from None
+    announced = {
+        (m["from_contact_id"], m["into_contact_id"])
+        for m in pipeline.outputs.values("identity.merged")
+    }
+    assert merges <= announced, merges - announced  # no merge lost
+    causes = {s["cause_event_id"] for s in pipeline.outputs.values("identity.shutdown")}
+    assert logouts <= causes, logouts - causes  # no shutdown lost
+    report(name, pipeline.outputs)
+
+
+async def until(condition, *, timeout: float, what: str) -> None:
+    for _ in range(int(timeout * 20)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("run", [1, 2])
+async def test_worker_dies_between_commit_and_delivery(pipeline: Pipeline, run: int) -> None:
+    messages, profiles, merges, logouts = scenario(seed=100 + run)
+    crashing = pipeline.start_worker({**SLOW, "IDP_FAULT_EXIT_AFTER_COMMITS": str(2 + run)})
+    pipeline.expected_exits.add(crashing.pid)
+    await pipeline.send_many(messages)
+    await until(lambda: crashing.poll() is not None, timeout=60, what="the injected exit")
+    assert crashing.returncode == 86  # it died with committed state and undelivered outputs
+    pipeline.start_worker(SLOW)
+    await settle(pipeline, profiles, merges, logouts, f"exit after commit, run {run}")
+
+
+@pytest.mark.parametrize("run", [1, 2])
+async def test_sigkill_mid_stream_and_restart(pipeline: Pipeline, run: int) -> None:
+    messages, profiles, merges, logouts = scenario(seed=200 + run)
+    victim = pipeline.start_worker(SLOW)
+    await pipeline.send_many(messages)
+    await pipeline.wait_for(lambda out: len(out.latest_profiles()) >= len(profiles) // (2 + run),
+                            timeout=60, what="some progress")  # fmt: skip
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    pipeline.start_worker(SLOW)
+    await settle(pipeline, profiles, merges, logouts, f"SIGKILL, run {run}")
+
+
+async def test_two_workers_one_killed(pipeline: Pipeline) -> None:
+    messages, profiles, merges, logouts = scenario(seed=300)
+    survivor = pipeline.start_worker(SLOW)
+    victim = pipeline.start_worker(SLOW)
+    await pipeline.send_many(messages)
+    await pipeline.wait_for(lambda out: len(out.latest_profiles()) >= len(profiles) // 3,
+                            timeout=60, what="some progress")  # fmt: skip
+    victim.send_signal(signal.SIGKILL)
+    await settle(pipeline, profiles, merges, logouts, "two workers, one killed")
+    assert survivor.poll() is None
+
+
+async def test_redis_restarted_mid_stream(pipeline: Pipeline, servers: tuple[str, str]) -> None:
+    if "REDIS_URL" in os.environ:
+        pytest.fail("this test restarts the project's own Redis; unset REDIS_URL to run it")
+    messages, profiles, merges, logouts = scenario(seed=400)
+    worker = pipeline.start_worker(SLOW)
+    half = len(messages) // 2
+    await pipeline.send_many(messages[:half])
+    await pipeline.wait_for(
+        lambda out: len(out.latest_profiles()) >= 10, timeout=60, what="some progress"
+    )
+    assert stack.stop_redis()  # SIGTERM: Redis writes its AOF and exits
+    await pipeline.send_many(messages[half:])  # the worker stops consuming while Redis is gone
+    stack.start_redis(servers[1])
+    await settle(pipeline, profiles, merges, logouts, "Redis restarted")
+    assert worker.poll() is None
