@@ -25,11 +25,12 @@ from pipeline.processor import Processed, Processor, Tally, outbox_records
 from pipeline.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
-from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED
+from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, PROFILES, REJECTED
 
 logger = logging.getLogger(__name__)
 
 OUTBOX_SWEEP_S = 15.0  # how often, and after how long, undelivered outputs are sent again
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def core_config(settings: Settings) -> CoreConfig:
@@ -119,36 +120,65 @@ def create_app(settings: Settings) -> faust.App:
     async def release(stream: faust.Stream, events: list, futures: list, outbox: list[str]) -> None:
         try:
             await asyncio.gather(*futures)
-        except Exception:
+        except Exception:  # noqa: BLE001 - the batch stays unacked: it will be processed again
             logger.exception("output delivery failed; the batch's offsets stay uncommitted")
-            raise
+            return
         for event in events:
             await stream.ack(event)
         if outbox:
-            await store.delete(outbox)  # delivered: nothing to send again
+            try:
+                await store.delete(outbox)  # delivered: nothing to send again
+            except REDIS_DOWN as exc:  # the sweep will send them again: duplicates, no loss
+                logger.warning("could not clear delivered outbox entries (%s)", exc)
 
     async def drain_outbox(min_age_s: float) -> int:
         """Send again the outputs of committed batches that were never delivered (a crash).
 
         Entries younger than `min_age_s` may belong to a live worker's batch in flight; older
-        ones are sent (event_ids are deterministic, so a duplicate is harmless) and deleted.
+        ones are sent and deleted. Events (merges, shutdowns, rejections) are sent as they
+        were; a profile is sent as it is *now* in Redis, never an older version, so a late
+        re-send cannot overwrite a newer profile on the compacted topic.
         """
-        keys = await store.scan(Keys(settings.state_namespace).pattern("outbox"))
+        try:
+            return await _drain_outbox(min_age_s)
+        except REDIS_DOWN as exc:
+            logger.warning("outbox sweep skipped: Redis unavailable (%s)", exc)
+            return 0
+
+    async def _drain_outbox(min_age_s: float) -> int:
+        keys = Keys(settings.state_namespace)
+        entries = await store.scan(keys.pattern("outbox"))
         sent = 0
-        for key, record in zip(keys, await store.read(keys), strict=True):
+        for entry, record in zip(entries, await store.read(entries), strict=True):
             if record.data is None:
                 continue
             created, records = outbox_records(record.data)
             if time.time() - created < min_age_s:
                 continue
+            workspace_id = entry.split("{", 1)[1].split("}", 1)[0]
+            contacts = sorted({k.decode() for topic, k, _ in records if topic == PROFILES})
+            events = [(t, k, v) for t, k, v in records if t != PROFILES]
             futures = [
                 await app.producer.send(
-                    outputs[topic], key_, value, partition=None, timestamp=None, headers=None
-                )  # fmt: skip
-                for topic, key_, value in records
+                    outputs[t], k, v, partition=None, timestamp=None, headers=None
+                )
+                for t, k, v in events
             ]
+            contact_keys = [keys.of(workspace_id, "contact", c) for c in contacts]
+            versions: list[int] = []
+            while True:  # resend until no profile changed under us
+                current = await store.read(contact_keys)
+                if [r.version for r in current] == versions:
+                    break
+                versions = [r.version for r in current]
+                futures += [
+                    await app.producer.send(outputs[PROFILES], c.encode(), r.data or None,
+                                            partition=None, timestamp=None, headers=None)
+                    for c, r in zip(contacts, current, strict=True)
+                ]  # fmt: skip
+                await asyncio.gather(*futures)
             await asyncio.gather(*futures)
-            await store.delete([key])
+            await store.delete([entry])
             sent += len(records)
         if sent:
             logger.warning("re-sent %d undelivered outputs from the outbox", sent)
@@ -164,7 +194,7 @@ def create_app(settings: Settings) -> faust.App:
         while True:
             try:
                 return await processor.process(items)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            except REDIS_DOWN as exc:
                 logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
