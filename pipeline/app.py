@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> faust.App:
     """Build the Faust app and its agent for these settings."""
     app = faust_app(settings)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
-    outputs = {name: settings.topic(name) for name in OUTPUT_TOPICS}
+    outputs = {name: settings.output_topic(name) for name in OUTPUT_TOPICS}
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
     processor = Processor(store, Keys(settings.state_namespace), core_config(settings))

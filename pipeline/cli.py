@@ -148,6 +148,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay the input topics into separate state and output topics."""
+    from pipeline import replay
+
+    settings = _settings(args)
+    since = replay.parse_since(args.since) if args.since else None
+    to_prefix = args.to_prefix or f"replay.{args.name}."
+    return asyncio.run(replay.run(settings, name=args.name, to_prefix=to_prefix, since=since,
+                                  timeout=args.timeout))  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `idp`."""
     parser = argparse.ArgumentParser(prog="idp", description=__doc__)
@@ -186,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_parser.add_argument("workspace_id")
     inspect_parser.add_argument("identifier")
     inspect_parser.set_defaults(func=cmd_inspect)
+    replay_parser = sub.add_parser(
+        "replay", help="replay the inputs into separate state and topics"
+    )
+    replay_parser.add_argument("name", help="names the replay's consumer group and Redis namespace")
+    replay_parser.add_argument("--to-prefix", help="output topic prefix (default replay.NAME.)")
+    replay_parser.add_argument("--from", dest="since", help="start at this RFC 3339 time")
+    replay_parser.add_argument("--timeout", type=float, default=3600.0)
+    replay_parser.set_defaults(func=cmd_replay)
     return parser
 
 

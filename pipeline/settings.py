@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://localhost:6379/0", validation_alias="REDIS_URL")
     secrets_file: Path | None = Field(None, validation_alias="IDP_SECRETS_FILE")
     topic_prefix: str = Field("", validation_alias="IDP_TOPIC_PREFIX")
+    # Output topics under another prefix than the inputs (`idp replay` writes beside the live
+    # outputs); None means the same prefix as the inputs.
+    output_topic_prefix: str | None = Field(None, validation_alias="IDP_OUTPUT_TOPIC_PREFIX")
     # Everything below is internal to the process and may change between releases.
     app_id: str = Field("identity-pipeline", validation_alias="IDP_APP_ID")
     state_namespace: str = Field("idp", validation_alias="IDP_STATE_NAMESPACE")
@@ -47,6 +50,11 @@ class Settings(BaseSettings):
     def topic(self, logical: str) -> str:
         """The physical name of a topic of SPEC §3 under the configured prefix."""
         return f"{self.topic_prefix}{logical}"
+
+    def output_topic(self, logical: str) -> str:
+        """The physical name of an output topic (under the output prefix, when one is set)."""
+        prefix = self.topic_prefix if self.output_topic_prefix is None else self.output_topic_prefix
+        return f"{prefix}{logical}"
 
     @cached_property
     def workspace_secrets(self) -> dict[str, tuple[SecretStr, ...]]:

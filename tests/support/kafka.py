@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
@@ -178,3 +178,34 @@ class Pipeline:
 
 
 INPUTS = INPUT_TOPICS
+
+
+async def read_topics(bootstrap: str, topics: list[str], prefix: str) -> OutputLog:
+    """Everything the topics hold now, from the beginning to their current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    log = OutputLog()
+    try:
+        partitions = []
+        for topic in topics:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions += [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+        ends = await consumer.end_offsets(partitions)
+        wanted = {tp: end for tp, end in ends.items() if end > 0}
+        consumer.assign(list(wanted))
+        await consumer.seek_to_beginning(*wanted)
+        while wanted:
+            batch = await consumer.getmany(timeout_ms=1000)
+            for tp, messages in batch.items():
+                for message in messages:
+                    if message.offset < wanted.get(tp, -1):
+                        value = None if message.value is None else orjson.loads(message.value)
+                        log.records.append(Output(message.topic.removeprefix(prefix), message.key, value,
+                                                  message.partition, message.offset))  # fmt: skip
+                if messages and messages[-1].offset + 1 >= wanted.get(tp, 0):
+                    wanted.pop(tp, None)
+        return log
+    finally:
+        await consumer.stop()

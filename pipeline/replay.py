@@ -1,0 +1,95 @@
+"""`idp replay`: the input topics again, into separate state and outputs, for analytics.
+
+The replay runs a worker under its own consumer group and Redis namespace, reading the live
+input topics from the beginning (or from a time) and writing to output topics under another
+prefix, so live state and live outputs are never touched. It shows progress and stops when it
+has caught up with the end of the input topics as they were when it started.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import OffsetAndMetadata
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline import bench, demo
+from pipeline.admin import ensure_topics
+from pipeline.settings import Settings
+from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, topic_specs
+
+
+async def start_from(settings: Settings, group: str, since: datetime) -> None:
+    """Commit the group's offsets at the first record stamped at or after `since`."""
+    inputs = [settings.topic(name) for name in INPUT_TOPICS]
+    ends = await demo.end_offsets(settings.kafka_bootstrap_servers, inputs)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group,
+                                enable_auto_commit=False)  # fmt: skip
+    await consumer.start()
+    try:
+        consumer.assign(list(ends))
+        found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in ends})
+        offsets = {tp: OffsetAndMetadata(found[tp].offset if found[tp] else ends[tp], "")
+                   for tp in ends}  # fmt: skip
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+async def run(
+    settings: Settings, *, name: str, to_prefix: str, since: datetime | None, timeout: float
+) -> int:
+    """Replay into `to_prefix`* topics and the `replay-<name>` namespace; 0 once caught up."""
+    console = Console()
+    group, namespace = f"{settings.app_id}-replay-{name}", f"replay-{name}"
+    if to_prefix == settings.topic_prefix:
+        console.print("[red]the replay's output prefix must differ from the live topics'[/red]")
+        return 2
+    specs = [s for s in topic_specs(to_prefix, settings.partitions)
+             if s.name.removeprefix(to_prefix) in OUTPUT_TOPICS]  # fmt: skip
+    await ensure_topics(settings.kafka_bootstrap_servers, specs)
+    if since is not None:
+        await start_from(settings, group, since)
+    inputs = [settings.topic(name) for name in INPUT_TOPICS]
+    targets = await demo.end_offsets(settings.kafka_bootstrap_servers, inputs)
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": settings.topic_prefix,
+        "IDP_OUTPUT_TOPIC_PREFIX": to_prefix,
+        "IDP_APP_ID": group, "IDP_STATE_NAMESPACE": namespace,
+        "IDP_SECRETS_FILE": str(settings.secrets_file or ""), "IDP_COMMIT_INTERVAL_S": "0.5",
+    }  # fmt: skip
+    log = Path(os.environ.get("IDP_RUN_DIR", ".run")) / f"replay-{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    worker = bench.spawn("worker", env, log)
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    try:
+        with Progress(*columns, console=console) as progress:
+            caught_up = await demo.wait_processed(
+                settings.model_copy(update={"app_id": group}), targets, progress, timeout=timeout
+            )
+    finally:
+        bench.stop(worker)
+    if not caught_up:
+        console.print(f"[red]the replay did not catch up within {timeout:.0f}s; see {log}[/red]")
+        return 1
+    console.print(f"caught up: {sum(targets.values()):,} input records replayed into {to_prefix}* "
+                  f"(state in Redis namespace {namespace!r}, log {log})")  # fmt: skip
+    return 0
+
+
+def parse_since(value: str) -> datetime:
+    """An RFC 3339 time for --from."""
+    from schemas.time import parse_timestamp
+
+    try:
+        return parse_timestamp(value)
+    except ValueError as exc:
+        print(f"idp replay: --from: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
