@@ -30,4 +30,4 @@ test: setup
 	$(VENV)/bin/pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline schemas tests
+	$(VENV)/bin/ruff check pipeline schemas tests scripts

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import bench, journey
@@ -22,6 +23,7 @@ from pipeline.topics import topic_specs
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -29,20 +31,24 @@ def rss_mb(pid: int) -> float:
 
 
 async def main(events: int) -> None:
+    """Produce, process, sample, report."""
     settings = Settings()
     run = uuid.uuid4().hex[:8]
     prefix, namespace = f"mem{run}.", f"mem{run}"
     await ensure_topics(settings.kafka_bootstrap_servers, topic_specs(prefix, settings.partitions))
     secrets = Path(f"/tmp/mem-{run}.json")
-    secrets.write_text('{"acme": "%s", "globex": "%s"}' % tuple(bench.BENCH_SECRETS.values()))
+    secrets.write_bytes(orjson.dumps(bench.BENCH_SECRETS))
     chunk = 100_000
     for start in range(0, events, chunk):
-        records = journey.steady(bench.BENCH_SECRETS, events=min(chunk, events - start), seed=start + 1)
+        size = min(chunk, events - start)
+        records = journey.steady(bench.BENCH_SECRETS, events=size, seed=start + 1)
         await bench.produce(settings.kafka_bootstrap_servers, prefix, records)
         print(f"produced {start + len(records):,}", flush=True)
-    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers, "REDIS_URL": settings.redis_url,
-           "IDP_TOPIC_PREFIX": prefix, "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets),
-           "IDP_COMMIT_INTERVAL_S": "0.5", "IDP_LOG_LEVEL": "warning", "IDP_APP_ID": f"mem-{run}"}  # fmt: skip
+    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": prefix,
+           "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets),
+           "IDP_COMMIT_INTERVAL_S": "0.5", "IDP_LOG_LEVEL": "warning",
+           "IDP_APP_ID": f"mem-{run}"}  # fmt: skip
     worker = bench.spawn("worker", env, Path(f"/tmp/mem-{run}.log"))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
@@ -58,7 +64,11 @@ async def main(events: int) -> None:
             done = sum(max(m.offset, 0) for m in offsets.values())
             if done >= next_mark * events:
                 samples.append((done, rss_mb(worker.pid)))
-                print(f"{done:>9,} events  RSS {samples[-1][1]:7.1f} MB  ({time.monotonic() - started:.0f}s)", flush=True)
+                print(
+                    f"{done:>9,} events  RSS {samples[-1][1]:7.1f} MB  "
+                    f"({time.monotonic() - started:.0f}s)",
+                    flush=True,
+                )
                 next_mark += 0.05
             if done >= events:
                 break
@@ -68,7 +78,10 @@ async def main(events: int) -> None:
         bench.stop(worker)
         await bench._cleanup(settings, prefix, namespace)  # noqa: SLF001
     warm = next(rss for done, rss in samples if done >= 0.2 * events)
-    print(f"RSS after 20%: {warm:.1f} MB; at the end: {samples[-1][1]:.1f} MB; growth {samples[-1][1] - warm:+.1f} MB")
+    print(
+        f"RSS after 20%: {warm:.1f} MB; at the end: {samples[-1][1]:.1f} MB; "
+        f"growth {samples[-1][1] - warm:+.1f} MB"
+    )
 
 
 if __name__ == "__main__":
