@@ -93,11 +93,20 @@ def _read_pid(pid_file: Path) -> int | None:
     except (OSError, ValueError):
         return None
     try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child and has exited
+    except ChildProcessError:
+        pass
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
     except PermissionError:
         return pid
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return None
+    except (OSError, IndexError):
+        pass
     return pid
 
 
@@ -238,9 +247,15 @@ def start_kafka(bootstrap: str) -> str:
     return f"kafka {KAFKA_VERSION} started on {broker.host}:{broker.port} (log {log})"
 
 
-def stop_kafka() -> bool:
+def stop_kafka(bootstrap: str = "127.0.0.1:9092") -> bool:
     """Stop the broker started by `start_kafka`; False if it was not running."""
-    return _stop(run_dir() / "kafka" / "kafka.pid", "Kafka")
+    stopped = _stop(run_dir() / "kafka" / "kafka.pid", "Kafka")
+    broker = kafka_endpoint(bootstrap)
+    for endpoint in (broker, Endpoint(broker.host, broker.port + 1)):
+        wait_until(
+            lambda e=endpoint: not port_open(e), timeout=30, what=f"port {endpoint.port} to close"
+        )
+    return stopped
 
 
 # --------------------------------------------------------------------------- Redis
