@@ -138,3 +138,40 @@ async def test_redis_restarted_mid_stream(pipeline: Pipeline, servers: tuple[str
     await settle(pipeline, profiles, merges, logouts, "Redis restarted")
     assert worker.poll() is None
 
+
+async def test_broker_restarted_mid_stream(
+    servers: tuple[str, str], secrets_file, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a broker of its own (the shared one holds thousands of partitions and restarts slowly)."""
+    import uuid
+
+    from pipeline.admin import ensure_topics
+    from pipeline.topics import topic_specs
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / f"kafka-{stack.KAFKA_VERSION}").symlink_to(stack.kafka_lib().parent)  # the jars
+    monkeypatch.setenv("IDP_RUN_DIR", str(run_dir))
+    bootstrap = "127.0.0.1:19092"
+    await asyncio.to_thread(stack.start_kafka, bootstrap)
+    run = uuid.uuid4().hex[:10]
+    pipe = Pipeline(bootstrap=bootstrap, redis_url=servers[1], prefix=f"t{run}.", app_id=f"idp-{run}",
+                    namespace=f"t{run}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
+    try:
+        await ensure_topics(bootstrap, topic_specs(pipe.prefix, 4))
+        await pipe.start()
+        messages, profiles, merges, logouts = scenario(seed=500)
+        worker = pipe.start_worker(SLOW)
+        half = len(messages) // 2
+        await pipe.send_many(messages[:half])
+        await pipe.wait_for(
+            lambda out: len(out.latest_profiles()) >= 10, timeout=60, what="some progress"
+        )
+        assert await asyncio.to_thread(stack.stop_kafka, bootstrap)  # data stays on disk
+        await asyncio.to_thread(stack.start_kafka, bootstrap)
+        await pipe.send_many(messages[half:])
+        await settle(pipe, profiles, merges, logouts, "broker restarted")
+        assert worker.poll() is None
+    finally:
+        await pipe.close()
+        await asyncio.to_thread(stack.stop_kafka, bootstrap)
