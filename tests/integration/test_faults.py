@@ -54,7 +54,7 @@ def report(name: str, out: OutputLog) -> None:
 
 async def settle(pipeline: Pipeline, profiles: dict, merges: set, logouts: set, name: str) -> None:
     try:
-        await pipeline.wait_for(lambda out: out.latest_profiles() == profiles, timeout=120,
+        await pipeline.wait_for(lambda out: out.latest_profiles() == profiles, timeout=180,
                                 what="the final profiles of a fault-free run")  # fmt: skip
     except AssertionError:
         got = pipeline.outputs.latest_profiles()
