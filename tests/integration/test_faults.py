@@ -110,22 +110,26 @@ async def test_sigkill_mid_stream_and_restart(pipeline: Pipeline, run: int) -> N
     await settle(pipeline, profiles, merges, logouts, f"SIGKILL, run {run}")
 
 
-async def test_two_workers_one_killed(pipeline: Pipeline) -> None:
-    messages, profiles, merges, logouts = scenario(seed=300)
+@pytest.mark.parametrize("run", [1, 2])
+async def test_two_workers_one_killed(pipeline: Pipeline, run: int) -> None:
+    messages, profiles, merges, logouts = scenario(seed=300 + run)
     survivor = pipeline.start_worker(SLOW)
     victim = pipeline.start_worker(SLOW)
     await pipeline.send_many(messages)
     await pipeline.wait_for(lambda out: len(out.latest_profiles()) >= len(profiles) // 3,
                             timeout=60, what="some progress")  # fmt: skip
     victim.send_signal(signal.SIGKILL)
-    await settle(pipeline, profiles, merges, logouts, "two workers, one killed")
+    await settle(pipeline, profiles, merges, logouts, f"two workers, one killed, run {run}")
     assert survivor.poll() is None
 
 
-async def test_redis_restarted_mid_stream(pipeline: Pipeline, servers: tuple[str, str]) -> None:
+@pytest.mark.parametrize("run", [1, 2])
+async def test_redis_restarted_mid_stream(
+    pipeline: Pipeline, servers: tuple[str, str], run: int
+) -> None:
     if "REDIS_URL" in os.environ:
         pytest.fail("this test restarts the project's own Redis; unset REDIS_URL to run it")
-    messages, profiles, merges, logouts = scenario(seed=400)
+    messages, profiles, merges, logouts = scenario(seed=400 + run)
     worker = pipeline.start_worker(SLOW)
     half = len(messages) // 2
     await pipeline.send_many(messages[:half])
@@ -135,12 +139,13 @@ async def test_redis_restarted_mid_stream(pipeline: Pipeline, servers: tuple[str
     assert stack.stop_redis()  # SIGTERM: Redis writes its AOF and exits
     await pipeline.send_many(messages[half:])  # the worker stops consuming while Redis is gone
     stack.start_redis(servers[1])
-    await settle(pipeline, profiles, merges, logouts, "Redis restarted")
+    await settle(pipeline, profiles, merges, logouts, f"Redis restarted, run {run}")
     assert worker.poll() is None
 
 
+@pytest.mark.parametrize("run", [1, 2])
 async def test_broker_restarted_mid_stream(
-    servers: tuple[str, str], secrets_file, tmp_path, monkeypatch: pytest.MonkeyPatch
+    servers: tuple[str, str], secrets_file, tmp_path, monkeypatch: pytest.MonkeyPatch, run: int
 ) -> None:
     """On a broker of its own (the shared one holds thousands of partitions and restarts slowly)."""
     import uuid
@@ -160,7 +165,7 @@ async def test_broker_restarted_mid_stream(
     try:
         await ensure_topics(bootstrap, topic_specs(pipe.prefix, 4))
         await pipe.start()
-        messages, profiles, merges, logouts = scenario(seed=500)
+        messages, profiles, merges, logouts = scenario(seed=500 + run)
         worker = pipe.start_worker(SLOW)
         half = len(messages) // 2
         await pipe.send_many(messages[:half])
@@ -170,7 +175,7 @@ async def test_broker_restarted_mid_stream(
         assert await asyncio.to_thread(stack.stop_kafka, bootstrap)  # data stays on disk
         await asyncio.to_thread(stack.start_kafka, bootstrap)
         await pipe.send_many(messages[half:])
-        await settle(pipe, profiles, merges, logouts, "broker restarted")
+        await settle(pipe, profiles, merges, logouts, f"broker restarted, run {run}")
         assert worker.poll() is None
     finally:
         await pipe.close()

@@ -54,3 +54,38 @@ async def test_replay_reproduces_the_live_profiles_and_merges(
     # The live state was not touched: same keys, and the replay's state is elsewhere.
     assert set(await redis_client.keys(f"{pipeline.namespace}:*")) == set(live_keys)
     assert await redis_client.keys(f"replay-{name}:*")
+
+
+async def test_replay_from_a_time_starts_there(pipeline: Pipeline) -> None:
+    import time
+
+    from pipeline.core import ids
+    from schemas.time import format_timestamp, from_epoch_ms
+    from tests.support import events as ev
+
+    pipeline.start_worker()
+    early = [ev.page_view(WS, f"early-{i}", "2026-11-24T10:00:00Z") for i in range(5)]
+    for event in early:
+        await pipeline.send("telemetry.page_view", event)
+    cut = int(time.time() * 1000) + 1  # every record produced so far is stamped before this
+    while time.time() * 1000 <= cut:
+        await asyncio.sleep(0.005)
+    late = [ev.page_view(WS, f"late-{i}", "2026-11-24T10:00:00Z") for i in range(5)]
+    for event in late:
+        await pipeline.send("telemetry.page_view", event)
+    await pipeline.wait_for(lambda out: len(out.latest_profiles()) == 10, what="ten visitors live")
+
+    name = uuid.uuid4().hex[:8]
+    to_prefix = f"{pipeline.prefix}since."
+    since = format_timestamp(from_epoch_ms(cut))
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pipeline.cli", "replay", name, "--to-prefix", to_prefix, "--from", since],
+        cwd=PROJECT_ROOT, env=pipeline.env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    replayed = await read_topics(
+        pipeline.bootstrap, [to_prefix + t for t in OUTPUT_TOPICS], to_prefix
+    )
+    expected = {ids.visitor_contact_id(WS, f"late-{i}", "origin") for i in range(5)}
+    assert set(replayed.latest_profiles()) == expected
