@@ -159,9 +159,9 @@ async def test_broker_restarted_mid_stream(
     monkeypatch.setenv("IDP_RUN_DIR", str(run_dir))
     bootstrap = "127.0.0.1:19092"
     await asyncio.to_thread(stack.start_kafka, bootstrap)
-    run = uuid.uuid4().hex[:10]
-    pipe = Pipeline(bootstrap=bootstrap, redis_url=servers[1], prefix=f"t{run}.", app_id=f"idp-{run}",
-                    namespace=f"t{run}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
+    tag = uuid.uuid4().hex[:10]
+    pipe = Pipeline(bootstrap=bootstrap, redis_url=servers[1], prefix=f"t{tag}.", app_id=f"idp-{tag}",
+                    namespace=f"t{tag}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
     try:
         await ensure_topics(bootstrap, topic_specs(pipe.prefix, 4))
         await pipe.start()
