@@ -29,7 +29,7 @@ SLOW = {"IDP_BATCH_SIZE": "40", "IDP_COMMIT_INTERVAL_S": "0.5", "IDP_SESSION_TIM
 
 
 def scenario(seed: int) -> tuple[list[tuple[str, bytes, bytes]], dict, set, set]:
-    """Input messages, and what a fault-free run gives: profiles, merges, logout ids."""
+    """Input messages, and what a fault-free run gives: profiles, merge and shutdown event_ids."""
     records = journey.generate({WS: SECRETS[WS]}, people=PEOPLE, seed=seed, junk_ratio=0)
     oracle = Oracle(CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}))
     for record in records:
@@ -38,10 +38,15 @@ def scenario(seed: int) -> tuple[list[tuple[str, bytes, bytes]], dict, set, set]
         cid: orjson.loads(orjson.dumps(p.model_dump(mode="json")))
         for cid, p in oracle.profiles().items()
     }
-    merges = {(cid, p["merged_into"]) for cid, p in profiles.items() if p["merged_into"]}
-    logouts = {r.value["event_id"] for r in records if r.topic == "telemetry.logout"}
+    final = {(cid, p["merged_into"]) for cid, p in profiles.items() if p["merged_into"]}
+    # The event_ids a fault-free run announces for the final state: every merge the final
+    # profiles imply, and every shutdown. They are deterministic, so a faulty run must have them.
+    merges = {e.value.event_id for e in oracle.emitted if e.topic == "identity.merged"
+              and (e.value.from_contact_id, e.value.into_contact_id) in final}  # fmt: skip
+    shutdowns = {e.value.event_id for e in oracle.emitted if e.topic == "identity.shutdown"}
+    assert len(merges) == len(final) and shutdowns  # one announcement per merge; some logouts
     messages = [(r.topic, orjson.dumps(r.value), r.key.encode()) for r in records]
-    return messages, profiles, merges, logouts
+    return messages, profiles, merges, shutdowns
 
 
 def report(name: str, out: OutputLog) -> None:
@@ -67,13 +72,10 @@ async def settle(pipeline: Pipeline, profiles: dict, merges: set, logouts: set, 
         raise AssertionError(
             f"{len(differing)} contacts differ, e.g. {list(differing.items())[:3]}\n{logs}"
         ) from None
-    announced = {
-        (m["from_contact_id"], m["into_contact_id"])
-        for m in pipeline.outputs.values("identity.merged")
-    }
-    assert merges <= announced, merges - announced  # no merge lost
-    causes = {s["cause_event_id"] for s in pipeline.outputs.values("identity.shutdown")}
-    assert logouts <= causes, logouts - causes  # no shutdown lost
+    announced = {m["event_id"] for m in pipeline.outputs.values("identity.merged")}
+    assert merges <= announced, merges - announced  # no merge's event_id is missing
+    shut = {s["event_id"] for s in pipeline.outputs.values("identity.shutdown")}
+    assert logouts <= shut, logouts - shut  # no shutdown's event_id is missing
     report(name, pipeline.outputs)
 
 
