@@ -72,12 +72,6 @@ class Device:
             return self
         return replace(self, first_activity=at)
 
-    def has_event(self, event_id: str) -> bool:
-        """Whether a session or chat fact with this event_id is recorded."""
-        return any(f.event_id == event_id for f in self.sessions) or any(
-            f.event_id == event_id for f in self.chats
-        )
-
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
         return orjson.dumps(
