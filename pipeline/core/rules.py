@@ -103,10 +103,10 @@ def apply(
         # same rule `_facts` applies (activity only moves earlier), without the general path.
         device = view.devices.get(anonymous_id, _NOT_LOADED)
         if isinstance(device, Device) and device.first_activity is not None:
-            if device.first_activity <= to_epoch_ms(event.timestamp):
+            if device.first_activity <= at:
                 return Transition(_UNCHANGED, reads=frozenset({("devices", anonymous_id)}))
     resolver = _Resolver(view, config)
-    change = _facts(event, anonymous_id, resolver, config, secrets, record_ms)
+    change = _facts(event, at, anonymous_id, resolver, config, secrets, record_ms)
     if isinstance(change, Refused):
         return Transition(Refusal(change.reason, change.detail))
     if resolver.missing:
@@ -122,14 +122,14 @@ def apply(
 
 def _facts(
     event: InputEvent,
+    at: int,
     anonymous_id: str,
     resolver: _Resolver,
     config: CoreConfig,
     secrets: tuple[bytes, ...],
     record_ms: int | None,
 ) -> _Change | Refused:
-    """The records the event's own facts change."""
-    at = to_epoch_ms(event.timestamp)
+    """The records the event's own facts change (`at`: the event's time in epoch ms)."""
     blocked = config.blocked_values
     device = resolver.old_device(anonymous_id)
     if isinstance(event, PageView):
