@@ -17,7 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline import metrics
-from pipeline.codec import Item, Source, decode, encode
+from pipeline.codec import Item, Source, decode, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
 from pipeline.core.rules import CoreConfig
@@ -108,8 +108,7 @@ def create_app(settings: Settings) -> faust.App:
             event.message.incref()
         futures = []
         for emit in emits:
-            key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
-            value = None if emit.value is None else encode(emit.value)
+            key, value = wire(emit)
             futures.append(await app.producer.send(
                 outputs[emit.topic], key, value, partition=None, timestamp=None, headers=None
             ))  # fmt: skip

@@ -143,3 +143,9 @@ def _explain(exc: ValidationError) -> tuple[str, str]:
 def encode(value: OutputMessage) -> bytes:
     """Wire JSON of an output message."""
     return orjson.dumps(value.model_dump(mode="json"))
+
+
+def wire(emit: Emit) -> tuple[bytes, bytes | None]:
+    """The key and value an output is sent as (a None value is a tombstone)."""
+    key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
+    return key, None if emit.value is None else encode(emit.value)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pipeline.codec import Item, encode, rejection
+from pipeline.codec import Item, rejection, wire
 from pipeline.core.facts import Device, EmailEntry, User
 from pipeline.core.model import (
     Applied,
@@ -85,20 +85,12 @@ class Processed:
 
 def outbox_blob(emits: Sequence[Emit], created_s: float) -> bytes:
     """The outputs of a committed batch, kept with its state until they are delivered."""
-    return orjson.dumps(
-        {
-            "created": created_s,
-            "emits": [
-                [e.topic, base64.b64encode(_key_bytes(e.key)).decode(),
-                 None if e.value is None else encode(e.value).decode()]
-                for e in emits
-            ],
-        }
-    )  # fmt: skip
-
-
-def _key_bytes(key: str | bytes) -> bytes:
-    return key if isinstance(key, bytes) else key.encode()
+    entries = []
+    for emit in emits:
+        key, value = wire(emit)
+        text = None if value is None else value.decode()
+        entries.append([emit.topic, base64.b64encode(key).decode(), text])
+    return orjson.dumps({"created": created_s, "emits": entries})
 
 
 def outbox_records(blob: bytes) -> tuple[float, list[tuple[str, bytes, bytes | None]]]:
