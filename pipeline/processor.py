@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -112,15 +112,15 @@ def content_digest(item: Item) -> bytes:
     return hashlib.blake2b(body, digest_size=16).digest()
 
 
-_KINDS: dict[str, KeyKind] = {
-    "devices": "dev", "users": "user", "emails": "email", "contacts": "contact",
-}  # fmt: skip
-_TABLES = {
-    "dev": ("devices", Device.from_bytes),
-    "user": ("users", User.from_bytes),
-    "email": ("emails", EmailEntry.from_bytes),
-    "contact": ("contacts", profile_from_bytes),
-}
+# The record tables of a View / NeedMore / Transition: (table, key kind, decode, encode).
+_TABLES: tuple[tuple[str, KeyKind, Callable, Callable], ...] = (
+    ("devices", "dev", Device.from_bytes, Device.to_bytes),
+    ("users", "user", User.from_bytes, User.to_bytes),
+    ("emails", "email", EmailEntry.from_bytes, EmailEntry.to_bytes),
+    ("contacts", "contact", profile_from_bytes, profile_to_bytes),
+)
+_KINDS: dict[str, KeyKind] = {table: kind for table, kind, _, _ in _TABLES}
+_BY_KIND = {kind: (table, decode) for table, kind, decode, _ in _TABLES}
 
 
 class _Working:
@@ -145,11 +145,10 @@ class _Working:
         return self.key("evt", event_id)
 
     def missing(self, need: NeedMore) -> list[str]:
-        view = self.view
-        keys = [self.key("dev", d) for d in need.devices if d not in view.devices]
-        keys += [self.key("user", u) for u in need.users if u not in view.users]
-        keys += [self.key("email", e) for e in need.emails if e not in view.emails]
-        keys += [self.key("contact", c) for c in need.contacts if c not in view.contacts]
+        keys = []
+        for table, kind, _, _ in _TABLES:
+            loaded = getattr(self.view, table)
+            keys += [self.key(kind, i) for i in getattr(need, table) if i not in loaded]
         return keys
 
     def learn(self, key: str, record: Record) -> None:
@@ -162,7 +161,7 @@ class _Working:
         if kind == "evt":
             self.markers[ident] = data
             return
-        table, decode = _TABLES[kind]
+        table, decode = _BY_KIND[kind]
         getattr(self.view, table)[ident] = decode(data) if data else None
 
     def absorb(self, transition: Transition) -> None:
@@ -175,28 +174,13 @@ class _Working:
         for table, ident in transition.reads:
             key = self.key(_KINDS[table], ident)
             checks.setdefault(key, self.read_versions.get(key, 0))
-        view, writes = self.view, self.commit.writes
-        for table, records in (
-            ("devices", transition.devices),
-            ("users", transition.users),
-            ("emails", transition.emails),
-            ("contacts", transition.contacts),
-        ):
-            self.written.update((table, key) for key in records)  # fmt: skip
-        for anonymous_id, device in transition.devices.items():
-            view.devices[anonymous_id] = device
-            writes[self.key("dev", anonymous_id)] = device.to_bytes()
-        for user_id, user in transition.users.items():
-            view.users[user_id] = user
-            writes[self.key("user", user_id)] = user.to_bytes()
-        for email, entry in transition.emails.items():
-            view.emails[email] = entry
-            writes[self.key("email", email)] = entry.to_bytes()
-        for contact_id, profile in transition.contacts.items():
-            view.contacts[contact_id] = profile
-            writes[self.key("contact", contact_id)] = (
-                b"" if profile is None else profile_to_bytes(profile)
-            )
+        for table, kind, _, encode in _TABLES:
+            loaded = getattr(self.view, table)
+            for ident, value in getattr(transition, table).items():
+                loaded[ident] = value
+                # A None contact is a tombstone: stored as empty data, read back as absent.
+                self.commit.writes[self.key(kind, ident)] = b"" if value is None else encode(value)
+                self.written.add((table, ident))
         self.emits.extend(transition.emits)
 
     def mark_processed(self, item: Item, digest: bytes) -> None:
