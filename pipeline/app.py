@@ -30,6 +30,7 @@ from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, PROFILES, REJECTED
 logger = logging.getLogger(__name__)
 
 OUTBOX_SWEEP_S = 15.0  # how often, and after how long, undelivered outputs are sent again
+FORGET_FLUSH_S = 1.0  # delivered outbox records wait at most this long for a batch to carry them
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
@@ -124,11 +125,15 @@ def create_app(settings: Settings) -> faust.App:
             return
         for event in events:
             await stream.ack(event)
-        if outbox:
-            try:
-                await store.delete(outbox)  # delivered: nothing to send again
-            except REDIS_DOWN as exc:  # the sweep will send them again: duplicates, no loss
-                logger.warning("could not clear delivered outbox entries (%s)", exc)
+        processor.forget(outbox)  # delivered: nothing to send again
+
+    @app.timer(interval=FORGET_FLUSH_S)
+    async def flush_delivered() -> None:
+        """Delete delivered outbox records that no batch has carried away (an idle worker)."""
+        try:
+            await processor.flush()
+        except REDIS_DOWN as exc:  # kept for the next try; the sweep may send them twice
+            logger.warning("could not clear delivered outbox entries (%s)", exc)
 
     async def drain_outbox(min_age_s: float) -> int:
         """Send again the outputs of committed batches that were never delivered (a crash).

@@ -33,8 +33,9 @@ from pipeline.core.model import (
     profile_from_bytes,
     profile_to_bytes,
 )
-from pipeline.core.rules import CoreConfig, apply
+from pipeline.core.rules import CoreConfig, apply, browsing, likely_needs
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
+from schemas import PageView
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +200,24 @@ class Processor:
         self.keys = keys
         self.config = config
         self.conflicts = 0  # workspace commits redone after losing a race
+        self._discard: list[str] = []  # delivered outbox records, deleted with the next read
+
+    def forget(self, outbox: Sequence[str]) -> None:
+        """These outbox records were delivered: delete them with the next batch's first read.
+
+        That spares a round trip per batch. Until then a crash leaves them to be sent again,
+        which is a duplicate, never a loss; `flush` deletes them when no batch comes.
+        """
+        self._discard += outbox
+
+    async def flush(self) -> None:
+        """Delete now the delivered outbox records still waiting for a batch."""
+        discard, self._discard = self._discard, []
+        try:
+            await self.store.delete(discard)
+        except BaseException:
+            self._discard[:0] = discard
+            raise
 
     async def process(self, items: Sequence[Item]) -> Processed:
         """Apply `items` (in order per workspace); return the outputs to emit and the tally.
@@ -214,13 +233,16 @@ class Processor:
         emits: list[Emit] = []
         tally = Tally()
         outbox: list[str] = []
-        pending = groups
+        pending, prefetch = self._settle_browsing(groups, await self._prefetch(groups), tally)
         for attempt in range(MAX_ATTEMPTS):
-            prefetch = await self._prefetch(pending)
+            if not pending:
+                return Processed(emits, tally, outbox)
+            if attempt:
+                prefetch = await self._prefetch(pending)
             prepared = []
             for ws, group in pending.items():
                 working = _Working(ws, self.keys)
-                for key, record in prefetch.get(ws, {}).items():
+                for key, record in prefetch[ws]:
                     working.learn(key, record)
                 prepared.append((working, group))
             await self._speculate(prepared)
@@ -249,25 +271,87 @@ class Processor:
                 else:
                     retry[working.workspace_id] = pending[working.workspace_id]
             self.conflicts += len(retry)
-            if not retry:
-                return Processed(emits, tally, outbox)
-            logger.debug("commit conflict on %d workspace(s), attempt %d", len(retry), attempt)
+            if retry:
+                logger.debug("commit conflict on %d workspace(s), attempt %d", len(retry), attempt)
             pending = retry
         message = f"workspaces {sorted(pending)} kept conflicting after {MAX_ATTEMPTS} attempts"
         raise ConflictError(message)
 
-    async def _prefetch(self, groups: dict[str, list[Item]]) -> dict[str, dict[str, Record]]:
-        """Read, in one round trip, the device of every event: most events need nothing else."""
-        wanted: list[tuple[str, str]] = []
+    async def _prefetch(self, groups: dict[str, list[Item]]) -> dict[str, list[tuple[str, Record]]]:
+        """Read in one round trip what the events will most likely need.
+
+        Per workspace, (key, record) of each event's device, in the order of its events (most
+        events need nothing else), then of what the core expects its other events to ask for
+        (`rules.likely_needs`) and of their processed-event markers.
+        """
+        of = self.keys.of
+        keys: dict[str, list[str]] = {}
         for workspace_id, group in groups.items():
+            devices = [of(workspace_id, "dev", item.event.anonymous_id.strip()) for item in group]
+            extra: set[str] = set()
             for item in group:
-                device = item.event.anonymous_id.strip()
-                wanted.append((workspace_id, self.keys.of(workspace_id, "dev", device)))
-        records = await self.store.read([key for _, key in wanted])
-        prefetched: dict[str, dict[str, Record]] = {}
-        for (workspace_id, key), record in zip(wanted, records, strict=True):
-            prefetched.setdefault(workspace_id, {})[key] = record
-        return prefetched
+                if not isinstance(item.event, PageView):
+                    extra |= self._likely(workspace_id, item)
+            keys[workspace_id] = devices + sorted(extra)
+        discard, self._discard = self._discard, []
+        try:
+            records = iter(
+                await self.store.read([k for ks in keys.values() for k in ks], discard=discard)
+            )
+        except BaseException:
+            self._discard[:0] = discard
+            raise
+        return {ws: [(key, next(records)) for key in ks] for ws, ks in keys.items()}
+
+    def _likely(self, workspace_id: str, item: Item) -> set[str]:
+        """Keys an event other than a page view will most likely need, besides its device."""
+        of = self.keys.of
+        try:
+            hint = likely_needs(item.event, self.config)
+        except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
+            logger.exception("likely_needs failed on event %s", item.event.event_id)
+            return set()
+        keys = {of(workspace_id, "evt", item.event.event_id)}
+        for table, kind, _, _ in _TABLES:
+            keys.update(of(workspace_id, kind, ident) for ident in getattr(hint, table))
+        return keys
+
+    def _settle_browsing(
+        self,
+        groups: dict[str, list[Item]],
+        prefetch: dict[str, list[tuple[str, Record]]],
+        tally: Tally,
+    ) -> tuple[dict[str, list[Item]], dict[str, list[tuple[str, Record]]]]:
+        """Count page views of devices already active as unchanged; return the other events.
+
+        Most events of a busy site are these. The core decides them from the device's first
+        activity alone (`rules.browsing`) and its answer holds whatever the rest of the batch
+        or another worker does, so they skip the working copy, the checks and the commit.
+        Returned with the other events: the records read for them.
+        """
+        rest: dict[str, list[Item]] = {}
+        rest_records: dict[str, list[tuple[str, Record]]] = {}
+        config = self.config
+        for workspace_id, group in groups.items():
+            read = prefetch[workspace_id]
+            others, records = [], []
+            for item, (key, record) in zip(group, read, strict=False):
+                if record.data and isinstance(item.event, PageView):
+                    try:
+                        first = Device.first_activity_of(record.data)
+                        settled = browsing(item.event, first, config,
+                                           record_ms=item.source.timestamp_ms)  # fmt: skip
+                    except Exception:  # noqa: BLE001 - the general path records the failure
+                        settled = False
+                    if settled:
+                        tally.unchanged += 1
+                        continue
+                others.append(item)
+                records.append((key, record))
+            if others:
+                rest[workspace_id] = others
+                rest_records[workspace_id] = records + read[len(group) :]
+        return rest, rest_records
 
     async def _speculate(self, workings: list[tuple[_Working, list[Item]]]) -> None:
         """Load what the batch's events will ask for, a few rounds of one round trip each.

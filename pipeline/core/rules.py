@@ -13,8 +13,10 @@ and the caller loads them and calls again with a larger view.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+import jwt
 
 from pipeline.core import ids
 from pipeline.core.facts import ChatFact, Device, EmailClaim, EmailEntry, SessionFact, User
@@ -86,21 +88,14 @@ def apply(
 
     `record_ms` is the Kafka record's timestamp, against which identity tokens are checked too.
     """
-    secrets = config.secrets.get(event.workspace_id)
-    if secrets is None:
-        return Transition(Refusal("unknown_workspace", "no secret is configured for it"))
-    anonymous_id = check_identifier(event.anonymous_id, blocked=config.blocked_values)
-    if isinstance(anonymous_id, Refused):
-        return Transition(Refusal(anonymous_id.reason, f"anonymous_id: {anonymous_id.detail}"))
-    at = to_epoch_ms(event.timestamp)
-    if not EARLIEST_MS <= at < LATEST_MS or (
-        record_ms is not None and at > record_ms + MAX_AHEAD_OF_RECORD_MS
-    ):
-        return Transition(Refusal("timestamp_out_of_range", "before 2000, after 2099, or more "
-                                  "than a day ahead of the Kafka record"))  # fmt: skip
+    admitted = admit(event, config, record_ms=record_ms)
+    if isinstance(admitted, Refusal):
+        return Transition(admitted)
+    anonymous_id, at = admitted
+    secrets = config.secrets[event.workspace_id]
     if isinstance(event, PageView):
-        # The commonest event of all: a device seen before browses on. Decided here with the
-        # same rule `_facts` applies (activity only moves earlier), without the general path.
+        # The commonest event of all, decided with the same rule `_facts` applies (activity
+        # only moves earlier), without the general path; see also `browsing`.
         device = view.devices.get(anonymous_id, _NOT_LOADED)
         if isinstance(device, Device) and device.first_activity is not None:
             if device.first_activity <= at:
@@ -118,6 +113,79 @@ def apply(
         change.devices, change.users, change.emails
     )  # fmt: skip
     return resolver.consequences(event, anonymous_id, change)
+
+
+def admit(
+    event: InputEvent, config: CoreConfig, *, record_ms: int | None = None
+) -> tuple[str, int] | Refusal:
+    """The checks that need nothing but the event: (normalised anonymous_id, epoch ms) or why not.
+
+    A known workspace, a usable anonymous_id (R3), a plausible event time.
+    """
+    if event.workspace_id not in config.secrets:
+        return Refusal("unknown_workspace", "no secret is configured for it")
+    anonymous_id = check_identifier(event.anonymous_id, blocked=config.blocked_values)
+    if isinstance(anonymous_id, Refused):
+        return Refusal(anonymous_id.reason, f"anonymous_id: {anonymous_id.detail}")
+    at = to_epoch_ms(event.timestamp)
+    if not EARLIEST_MS <= at < LATEST_MS or (
+        record_ms is not None and at > record_ms + MAX_AHEAD_OF_RECORD_MS
+    ):
+        return Refusal("timestamp_out_of_range", "before 2000, after 2099, or more than a day "
+                       "ahead of the Kafka record")  # fmt: skip
+    return anonymous_id, at
+
+
+def browsing(
+    event: InputEvent, first_activity: int | None, config: CoreConfig, *, record_ms: int | None
+) -> bool:
+    """Whether `event` is a page view of a device active no later than it: it changes nothing.
+
+    `first_activity` is the stored device's earliest activity (None: no device, or none yet).
+    This is `apply`'s own answer for such an event, found from one number instead of the whole
+    device, and it stays true whatever else happens meanwhile: facts only accumulate, so a
+    device's first activity only moves earlier. A caller may therefore settle these events
+    before, after or without the rest of their batch.
+    """
+    if first_activity is None or not isinstance(event, PageView):
+        return False
+    admitted = admit(event, config, record_ms=record_ms)
+    return not isinstance(admitted, Refusal) and first_activity <= admitted[1]
+
+
+def likely_needs(event: InputEvent, config: CoreConfig) -> NeedMore:
+    """What `apply` will most likely ask for besides the event's device, known from the event.
+
+    A caller that loads these together with the device spares itself a round of asking. These
+    are hints, not answers: they use the event's fields unverified (a token's e-mail claim is
+    read without its signature) and `apply` still asks for whatever else it needs.
+    """
+    if not isinstance(event, Signup | Login | ChatStart):
+        return NeedMore()
+    blocked = config.blocked_values
+    emails = [_optional_email(event.email, blocked)]
+    if isinstance(event, ChatStart):
+        return NeedMore(emails=tuple(e for e in emails if e))
+    user_id = check_identifier(event.user_id, blocked=blocked)
+    if isinstance(user_id, Refused):
+        return NeedMore()
+    if event.identity_token is not None:
+        emails.append(_unverified_email(event.identity_token, blocked))
+    return NeedMore(
+        users=(user_id,),
+        emails=tuple(sorted({e for e in emails if e})),
+        contacts=(ids.user_contact_id(event.workspace_id, user_id),),
+    )
+
+
+def _unverified_email(token: str, blocked: frozenset[str]) -> str | None:
+    """The e-mail claim of a token, read without checking it (for `likely_needs` only)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    email = claims.get("email")
+    return _optional_email(email, blocked) if isinstance(email, str) else None
 
 
 def _facts(
@@ -207,6 +275,7 @@ class _Resolver:
         self.new_devices: dict[str, Device] = {}
         self.new_users: dict[str, User] = {}
         self.new_emails: dict[str, EmailEntry] = {}
+        self._timelines: dict[tuple[str, bool], Timeline] = {}
 
     # -- reading, old (as stored) and new (with this event's facts)
 
@@ -228,6 +297,17 @@ class _Resolver:
 
     def published(self, contact_id: str) -> Profile | None:
         return self._get("contacts", self.view.contacts, contact_id, None)  # type: ignore[return-value]
+
+    def want_published(self, contact_ids: Iterable[str]) -> None:
+        """Ask for these contacts now if they are missing, without depending on them yet.
+
+        Their profiles will be compared with what was published; asking early, together with
+        the other missing records, spares the caller a round of loading and deciding again.
+        """
+        contacts = self.view.contacts
+        for contact_id in contact_ids:
+            if contact_id not in contacts:
+                self.missing.setdefault("contacts", set()).add(contact_id)
 
     def device(self, anonymous_id: str, *, new: bool) -> Device:
         if new and anonymous_id in self.new_devices:
@@ -270,6 +350,13 @@ class _Resolver:
     # -- deriving
 
     def timeline(self, anonymous_id: str, *, new: bool) -> Timeline:
+        # Derived once per decision: the view does not change while the resolver decides.
+        memo = self._timelines.get((anonymous_id, new))
+        if memo is None:
+            memo = self._timelines[anonymous_id, new] = self._derive(anonymous_id, new=new)
+        return memo
+
+    def _derive(self, anonymous_id: str, *, new: bool) -> Timeline:
         device = self.device(anonymous_id, new=new)
         verified = {
             chat.email: self.email(chat.email, new=new).verified
@@ -330,6 +417,13 @@ class _Resolver:
                     if chat.email is not None:
                         entry = self.email(chat.email, new=new)
                         touched_users.update(entry.verified, entry.unverified)
+        workspace_id = self.view.workspace_id
+        self.want_published(
+            s.contact_id
+            for timeline in (*old_timelines.values(), *new_timelines.values())
+            for s in timeline.visitors()
+        )
+        self.want_published(ids.user_contact_id(workspace_id, u) for u in touched_users)
         if self.missing:
             return self.need()
         user_views = {u: self.user_view(u) for u in sorted(touched_users)}

@@ -40,8 +40,11 @@ class Commit:
 class Store(Protocol):
     """Versioned records; every key of one commit belongs to one workspace."""
 
-    async def read(self, keys: Sequence[str]) -> list[Record]:
-        """The current record of each key, in one round trip."""
+    async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
+        """The current record of each key, in one round trip; `discard` is deleted meanwhile.
+
+        `discard` must not overlap `keys` (delivered outbox records ride along with a read).
+        """
         ...
 
     async def commit(self, commits: Sequence[Commit]) -> list[bool]:

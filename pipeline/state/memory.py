@@ -14,8 +14,10 @@ class MemoryStore:
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
 
-    async def read(self, keys: Sequence[str]) -> list[Record]:
-        """The current record of each key."""
+    async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
+        """The current record of each key; `discard` is deleted."""
+        for key in discard:
+            self.records.pop(key, None)
         return [self.records.get(key, ABSENT) for key in keys]
 
     async def commit(self, commits: Sequence[Commit]) -> list[bool]:

@@ -21,6 +21,14 @@ def _slot_tag(key: str) -> str:
     return key[start + 1 : end] if start >= 0 and end > start else key
 
 
+def _by_slot(keys: Sequence[str]) -> dict[str, list[str]]:
+    """Keys grouped by hash tag: a multi-key command must stay within one Cluster slot."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(_slot_tag(key), []).append(key)
+    return groups
+
+
 class RedisStore:
     """Versioned records in Redis; reads and commits are pipelined, one round trip each."""
 
@@ -34,18 +42,20 @@ class RedisStore:
         """Connect lazily to the Redis at `url`."""
         return cls(aioredis.Redis.from_url(url), marker_ttl_s=marker_ttl_s)
 
-    async def read(self, keys: Sequence[str]) -> list[Record]:
+    async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
         """Read every key in one round trip: one script call per workspace, pipelined.
 
-        One call with many keys costs far less client time than one HMGET per key.
+        One call with many keys costs far less client time than one HMGET per key; and each
+        round trip costs the client about as much as reading a hundred keys, so `discard` is
+        deleted (UNLINK) in the same round trip.
         """
-        if not keys:
+        if not keys and not discard:
             return []
         groups: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
             groups.setdefault(_slot_tag(key), []).append(index)
         calls = [[keys[i] for i in indexes] for indexes in groups.values()]
-        replies = await self._run(READ_LUA, [(call, []) for call in calls])
+        replies = await self._run(READ_LUA, [(call, []) for call in calls], unlink=discard)
         records: list[Record] = [ABSENT] * len(keys)
         for indexes, flat in zip(groups.values(), replies, strict=True):
             for position, index in enumerate(indexes):
@@ -71,8 +81,10 @@ class RedisStore:
             calls.append((keys, args))
         return [bool(result) for result in await self._run(COMMIT_LUA, calls)]
 
-    async def _run(self, script: str, calls: list[tuple[list[str], list]]) -> list:
-        """EVALSHA each call in one pipelined round trip.
+    async def _run(
+        self, script: str, calls: list[tuple[list[str], list]], *, unlink: Sequence[str] = ()
+    ) -> list:
+        """EVALSHA each call in one pipelined round trip (and UNLINK `unlink` after them).
 
         redis-py's registered scripts ask SCRIPT EXISTS before every pipeline, a second round
         trip; instead the script is loaded once and loaded again only if Redis lost it (a
@@ -86,8 +98,10 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             for keys, args in calls:
                 pipe.evalsha(sha, len(keys), *keys, *args)
+            for group in _by_slot(unlink).values():
+                pipe.unlink(*group)
             try:
-                return await pipe.execute()
+                return (await pipe.execute())[: len(calls)]
             except NoScriptError:
                 if attempt:
                     raise
@@ -96,9 +110,7 @@ class RedisStore:
 
     async def delete(self, keys: Sequence[str]) -> None:
         """UNLINK the keys (one command per workspace, for Redis Cluster)."""
-        groups: dict[str, list[str]] = {}
-        for key in keys:
-            groups.setdefault(_slot_tag(key), []).append(key)
+        groups = _by_slot(keys)
         if groups:
             pipe = self._client.pipeline(transaction=False)
             for group in groups.values():
