@@ -102,3 +102,14 @@ async def test_delete_and_scan(store: Store, key: str) -> None:
     assert {key + "a", key + "b"} <= set(found)
     await store.delete([key + "a"])
     assert await store.read([key + "a", key + "b"]) == [Record(0, None), Record(1, b"2")]
+
+
+async def test_a_read_deletes_what_it_is_told_to_discard(store: Store, key: str) -> None:
+    other = key.replace("{ws-", "{other-ws-")  # another workspace: another Cluster slot
+    await store.commit([Commit(checks={key + "a": 0, key + "b": 0},
+                               writes={key + "a": b"1", key + "b": b"2"})])  # fmt: skip
+    await store.commit([Commit(checks={other + "c": 0}, writes={other + "c": b"3"})])
+    assert await store.read([key + "b"], discard=[key + "a", other + "c"]) == [Record(1, b"2")]
+    assert await store.read([key + "a", other + "c"]) == [Record(0, None), Record(0, None)]
+    assert await store.read([], discard=[key + "b"]) == []
+    assert await store.read([key + "b"]) == [Record(0, None)]

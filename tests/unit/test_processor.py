@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline import processor as processor_module
 from pipeline.codec import Item, Source, decode
+from pipeline.core.model import profile_from_bytes
+from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
 from pipeline.processor import Processor
 from pipeline.state.base import Keys
 from pipeline.state.memory import MemoryStore
 from tests.support import events as ev
+from tests.unit import test_identity_laws as laws
+from tests.unit.test_identity_laws import EXAMPLES
 
 SECRET = "processor-secret-0123456789abcdef0"
 CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)})
@@ -64,3 +70,62 @@ async def test_a_failing_core_refuses_that_event_only(monkeypatch: pytest.Monkey
                                  item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"), 1)])  # fmt: skip
     assert result.tally.rejected == {"internal_error": 1} and result.tally.applied == 1
     assert {e.topic for e in result.emits} == {"identity.rejected", "identity.profiles"}
+
+
+# -- the processor against the reference driver of the core ---------------------------------
+
+TOPICS = {"pv": "telemetry.page_view", "chat": "telemetry.chat_start", "login": "telemetry.login",
+          "signup": "telemetry.signup", "logout": "telemetry.logout"}  # fmt: skip
+
+
+def _contacts(store: MemoryStore) -> dict[str, dict]:
+    """The profiles the processor stored, by contact_id (tombstones left out)."""
+    return {
+        key.rsplit(":", 1)[1]: profile_from_bytes(record.data).model_dump()
+        for key, record in store.records.items()
+        if ":contact:" in key and record.data
+    }
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(laws.journeys(["w1", "w2"]), st.data())
+async def test_batches_give_what_the_core_gives_one_event_at_a_time(
+    events: list[dict], data: st.DataObject
+) -> None:
+    """However the events are cut into batches, the processor's shortcuts (page views settled
+    from the prefetch, records loaded ahead, decisions made ahead) end where the plain core
+    does: the same final profiles, merges and shutdowns."""
+    oracle = Oracle(laws.CONFIG)
+    for event in events:
+        oracle.apply(ev.model(event))
+    # Replay some events: a repeat must be settled as unchanged by every path.
+    repeats = data.draw(st.lists(st.sampled_from(events), max_size=3))
+    stream = [*events, *repeats]
+    items = [item(e, i, TOPICS[e["event_id"].split("-")[0]]) for i, e in enumerate(stream)]
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(items) - 1)), max_size=4)))
+    proc = Processor(MemoryStore(), Keys("t"), laws.CONFIG)
+    emitted = []
+    for start, end in zip([0, *cuts], [*cuts, len(items)], strict=True):
+        result = await proc.process(items[start:end])
+        emitted += result.emits
+    assert _contacts(proc.store) == {cid: p.model_dump() for cid, p in oracle.profiles().items()}
+
+    def announced(emits: list) -> list[str]:
+        topics = ("identity.merged", "identity.shutdown")
+        return sorted(e.value.event_id for e in emits if e.topic in topics)
+
+    assert announced(emitted) == announced(oracle.emitted)
+
+
+async def test_delivered_outbox_records_go_with_the_next_read_or_a_flush() -> None:
+    proc = Processor(MemoryStore(), Keys("t"), CONFIG)
+    first = await proc.process([item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"))])
+    (outbox,) = first.outbox
+    proc.forget(first.outbox)
+    assert outbox in proc.store.records  # not yet: no round trip of its own
+    await proc.process([item(ev.page_view("ws", "d1", "2026-11-24T10:05:00Z"), 1)])
+    assert outbox not in proc.store.records
+    second = await proc.process([item(ev.page_view("ws", "d2", "2026-11-24T10:00:00Z"), 2)])
+    proc.forget(second.outbox)
+    await proc.flush()
+    assert not [key for key in proc.store.records if ":outbox:" in key]

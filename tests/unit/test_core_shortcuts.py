@@ -1,0 +1,68 @@
+"""The core's two answers for callers in a hurry: `browsing` and `likely_needs`."""
+
+from __future__ import annotations
+
+from pipeline.core import ids
+from pipeline.core.facts import Device
+from pipeline.core.model import NeedMore, Transition, Unchanged, View
+from pipeline.core.rules import CoreConfig, apply, browsing, likely_needs
+from tests.support import events as ev
+
+SECRET = "shortcut-secret-0123456789abcdef01"
+CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)})
+TEN = 1_795_514_400_000  # 2026-11-24T10:00:00Z in epoch ms
+
+
+def page_view(at: str = "2026-11-24T10:00:00Z", anon: str = "d1", ws: str = "ws"):
+    return ev.model(ev.page_view(ws, anon, at))
+
+
+def test_a_page_view_no_earlier_than_the_device_s_first_activity_is_browsing() -> None:
+    assert browsing(page_view(), TEN, CONFIG, record_ms=None)
+    assert browsing(page_view("2026-11-24T10:00:01Z"), TEN, CONFIG, record_ms=None)
+
+
+def test_an_earlier_page_view_or_a_new_device_is_not() -> None:
+    # An earlier page view moves the device's first activity, so its visitor's created_at.
+    assert not browsing(page_view("2026-11-24T09:59:59Z"), TEN, CONFIG, record_ms=None)
+    assert not browsing(page_view(), None, CONFIG, record_ms=None)
+
+
+def test_browsing_is_what_apply_decides_for_such_an_event() -> None:
+    view = View("ws", devices={"d1": Device(first_activity=TEN)})
+    result = apply(page_view("2026-11-24T10:30:00Z"), view, CONFIG)
+    assert isinstance(result, Transition) and result.outcome == Unchanged()
+    assert not result.writes and not result.emits
+
+
+def test_other_events_and_refusable_page_views_are_never_browsing() -> None:
+    login = ev.model(ev.login("ws", "d1", "2026-11-24T10:30:00Z", "u1", SECRET))
+    assert not browsing(login, TEN, CONFIG, record_ms=None)
+    # These must reach `apply`, which refuses them with a reason.
+    assert not browsing(page_view(ws="other"), TEN, CONFIG, record_ms=None)
+    assert not browsing(page_view(anon="undefined"), TEN, CONFIG, record_ms=None)
+    assert not browsing(page_view("2030-01-01T00:00:00Z"), TEN, CONFIG, record_ms=TEN)
+
+
+def test_a_login_is_likely_to_need_its_user_its_e_mail_and_the_user_s_contact() -> None:
+    login = ev.model(ev.login("ws", "d1", "2026-11-24T10:00:00Z", " u1 ", SECRET,
+                              email=" Ann@Example.com"))  # fmt: skip
+    assert likely_needs(login, CONFIG) == NeedMore(
+        users=("u1",), emails=("ann@example.com",), contacts=(ids.user_contact_id("ws", "u1"),)
+    )
+
+
+def test_a_token_s_e_mail_claim_is_a_hint_even_before_its_signature_is_checked() -> None:
+    token = ev.jwt_hs256("not-the-workspace-secret-0123456789", {"user_id": "u1", "exp": 1,
+                                                                 "email": "bob@example.com"})  # fmt: skip
+    signup = ev.model(ev.signup("ws", "d1", "2026-11-24T10:00:00Z", "u1", SECRET,
+                                identity_token=token))  # fmt: skip
+    assert likely_needs(signup, CONFIG).emails == ("bob@example.com",)
+
+
+def test_a_chat_is_likely_to_need_its_e_mail_and_a_page_view_nothing() -> None:
+    chat = ev.model(ev.chat_start("ws", "d1", "2026-11-24T10:00:00Z", "c1", email="a@b.io"))
+    assert likely_needs(chat, CONFIG) == NeedMore(emails=("a@b.io",))
+    assert likely_needs(page_view(), CONFIG) == NeedMore()
+    junk = ev.model(ev.login("ws", "d1", "2026-11-24T10:00:00Z", "null", SECRET))
+    assert likely_needs(junk, CONFIG) == NeedMore()  # apply refuses it; nothing to load
