@@ -208,24 +208,23 @@ def create_app(settings: Settings) -> faust.App:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             items: list[Item] = []
             rejected: list[Emit] = []
+            topics: Counter[str] = Counter()
             for event in events:
                 message = event.message
-                source = Source(
-                    topic=logical.get(message.topic, message.topic),
-                    partition=message.partition,
-                    offset=message.offset,
-                    key=message.key,
-                    value=message.value,
-                    timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-                )
+                topic = logical.get(message.topic, message.topic)
+                stamp = int(message.timestamp * 1000) if message.timestamp else None
+                source = Source(topic, message.partition, message.offset, message.key,
+                                message.value, stamp)  # fmt: skip
                 decoded = decode(source)
                 if isinstance(decoded, Item):
                     items.append(decoded)
                 else:
                     rejected.append(decoded)
                     totals.rejected[decoded.value.reason] += 1  # type: ignore[union-attr]
-                seen[source.topic] += 1
-                metrics.EVENTS_IN.labels(source.topic).inc()
+                topics[topic] += 1
+            seen.update(topics)
+            for topic, count in topics.items():
+                metrics.EVENTS_IN.labels(topic).inc(count)
             conflicts_before = processor.conflicts
             processed = await process_with_retry(items)
             totals.add(processed.tally)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from importlib.resources import files
 
 import redis.asyncio as aioredis
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError
 
 from pipeline.state.base import ABSENT, Commit, Record
@@ -19,6 +20,19 @@ def _slot_tag(key: str) -> str:
     start = key.find("{")
     end = key.find("}", start + 1)
     return key[start + 1 : end] if start >= 0 and end > start else key
+
+
+class _HiredisPacking:
+    """Pack commands with hiredis, in C, as redis-py's synchronous connections already do.
+
+    Its asyncio connections pack in Python, about 0.7 µs per argument here, and a batch's
+    read or commit is one command with an argument per record.
+    """
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: object) -> list[bytes]:
+        return self._serializer.pack(*args)
 
 
 def _by_slot(keys: Sequence[str]) -> dict[str, list[str]]:
@@ -40,7 +54,12 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, *, marker_ttl_s: int) -> RedisStore:
         """Connect lazily to the Redis at `url`."""
-        return cls(aioredis.Redis.from_url(url), marker_ttl_s=marker_ttl_s)
+        client = aioredis.Redis.from_url(url)
+        pool = client.connection_pool
+        pool.connection_class = type(  # whichever class the URL chose (TCP, TLS, Unix socket)
+            pool.connection_class.__name__, (_HiredisPacking, pool.connection_class), {}
+        )
+        return cls(client, marker_ttl_s=marker_ttl_s)
 
     async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
         """Read every key in one round trip: one script call per workspace, pipelined.
