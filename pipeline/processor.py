@@ -35,11 +35,12 @@ from pipeline.core.model import (
 )
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_needs
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
-from schemas import PageView
+from schemas import ChatStart, PageView
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
+_MISSING = object()
 SPECULATION_ROUNDS = 4
 
 
@@ -362,13 +363,21 @@ class Processor:
         same batch still get them one by one later.
         """
         unsettled = [(working, list(group)) for working, group in workings]
-        for _ in range(SPECULATION_ROUNDS):
+        for round_ in range(SPECULATION_ROUNDS):
             wanted: list[tuple[_Working, str]] = []
             still: list[tuple[_Working, list[Item]]] = []
             for working, group in unsettled:
                 keys: set[str] = set()
                 waiting = []
                 for item in group:
+                    if round_ == 0:
+                        # A first page view or chat of a device: what it needs is known
+                        # without deciding it twice.
+                        hinted = self._first_visit_needs(working, item)
+                        if hinted:
+                            keys.update(hinted)
+                            waiting.append(item)
+                            continue
                     result = decide(item, working.view, self.config)
                     if isinstance(result, NeedMore):
                         keys.update(working.missing(result))
@@ -386,6 +395,22 @@ class Processor:
             for (working, key), record in zip(wanted, records, strict=True):
                 working.learn(key, record)
             unsettled = still
+
+    def _first_visit_needs(self, working: _Working, item: Item) -> list[str]:
+        """Missing keys a page view or chat on a device without a record will ask for."""
+        event = item.event
+        if not isinstance(event, PageView | ChatStart):
+            return []
+        if working.view.devices.get(event.anonymous_id.strip(), _MISSING) is not None:
+            return []  # the device exists (or was not loaded): no hint
+        try:
+            hint = likely_needs(event, self.config, new_device=True)
+        except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
+            return []
+        keys = working.missing(hint)
+        if keys and event.event_id not in working.markers:
+            keys.append(working.marker_key(event.event_id))
+        return keys
 
     async def _decide(self, working: _Working, group: list[Item]) -> _Working:
         workspace_id = working.workspace_id

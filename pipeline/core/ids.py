@@ -8,6 +8,7 @@ state, in any order, reproduces the same ids. Parts are JSON-encoded before hash
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 import orjson
 
@@ -31,11 +32,19 @@ def _digest(*parts: str, size: int = 12) -> str:
     return hashlib.blake2b(orjson.dumps(parts), digest_size=size).hexdigest()
 
 
+# Contact ids are derived again at every decision that touches their contact; the same few
+# thousand active devices and users come back all the time. Identifiers are at most 256
+# characters (R3), so the caches stay within a few megabytes.
+CACHED_IDS = 16_384
+
+
+@lru_cache(maxsize=CACHED_IDS)
 def user_contact_id(workspace_id: str, user_id: str) -> str:
     """A user's contact_id: from (workspace_id, user_id) alone, so every device agrees (R6)."""
     return _digest("user", workspace_id, user_id)
 
 
+@lru_cache(maxsize=CACHED_IDS)
 def visitor_contact_id(workspace_id: str, anonymous_id: str, session: str) -> str:
     """A device's visitor in one anonymous session (R10).
 

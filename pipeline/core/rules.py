@@ -153,19 +153,26 @@ def browsing(
     return not isinstance(admitted, Refusal) and first_activity <= admitted[1]
 
 
-def likely_needs(event: InputEvent, config: CoreConfig) -> NeedMore:
+def likely_needs(event: InputEvent, config: CoreConfig, *, new_device: bool = False) -> NeedMore:
     """What `apply` will most likely ask for besides the event's device, known from the event.
 
-    A caller that loads these together with the device spares itself a round of asking. These
-    are hints, not answers: they use the event's fields unverified (a token's e-mail claim is
-    read without its signature) and `apply` still asks for whatever else it needs.
+    `new_device`: the device is known to have no record yet, so a page view or a chat begins
+    its first visitor. A caller that loads these together with the device (or before deciding
+    at all) spares itself a round of asking. These are hints, not answers: they use the
+    event's fields unverified (a token's e-mail claim is read without its signature) and
+    `apply` still asks for whatever else it needs.
     """
-    if not isinstance(event, Signup | Login | ChatStart):
-        return NeedMore()
     blocked = config.blocked_values
+    if isinstance(event, PageView | ChatStart):
+        origin: tuple[str, ...] = ()
+        anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
+        if new_device and not isinstance(anonymous_id, Refused):
+            origin = (ids.visitor_contact_id(event.workspace_id, anonymous_id, "origin"),)
+        email = _optional_email(event.email, blocked) if isinstance(event, ChatStart) else None
+        return NeedMore(contacts=origin, emails=(email,) if email else ())
+    if not isinstance(event, Signup | Login):
+        return NeedMore()
     emails = [_optional_email(event.email, blocked)]
-    if isinstance(event, ChatStart):
-        return NeedMore(emails=tuple(e for e in emails if e))
     user_id = check_identifier(event.user_id, blocked=blocked)
     if isinstance(user_id, Refused):
         return NeedMore()

@@ -66,3 +66,13 @@ def test_a_chat_is_likely_to_need_its_e_mail_and_a_page_view_nothing() -> None:
     assert likely_needs(page_view(), CONFIG) == NeedMore()
     junk = ev.model(ev.login("ws", "d1", "2026-11-24T10:00:00Z", "null", SECRET))
     assert likely_needs(junk, CONFIG) == NeedMore()  # apply refuses it; nothing to load
+
+
+def test_a_first_visit_is_likely_to_need_the_device_s_first_visitor() -> None:
+    origin = ids.visitor_contact_id("ws", "d1", "origin")
+    assert likely_needs(page_view(anon=" d1"), CONFIG, new_device=True) == NeedMore(
+        contacts=(origin,)
+    )
+    # ... which is what apply asks for, given the absent device.
+    asked = apply(page_view(anon=" d1"), View("ws", devices={"d1": None}), CONFIG)
+    assert isinstance(asked, NeedMore) and asked.contacts == (origin,)
