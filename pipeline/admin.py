@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline.topics import TopicSpec
+from pipeline.topics import TopicSpec, topic_specs
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +57,31 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         return [spec.name for spec in missing]
     finally:
         await admin.close()
+
+
+async def remove_run(bootstrap: str, redis_url: str, prefix: str, namespace: str) -> None:
+    """Delete a run's topics (`prefix` + the SPEC §3 names) and its Redis keys (`namespace`).
+
+    For the benchmark's and the tests' throw-away runs, so that a long-lived local broker and
+    Redis do not pile up thousands of partitions and keys.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([spec.name for spec in topic_specs(prefix, 1)])
+    except KafkaError as exc:
+        logger.warning("could not delete the topics of %s* (%s)", prefix, exc)
+    finally:
+        await admin.close()
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        batch = []
+        async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await client.unlink(*batch)
+                batch = []
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()

@@ -21,7 +21,7 @@ from pipeline.codec import Item, Source, decode, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
 from pipeline.core.rules import CoreConfig
-from pipeline.processor import Processed, Processor, Tally, outbox_records
+from pipeline.processor import Processed, Processor, Tally, Wire, outbox_records
 from pipeline.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> faust.App:
     commits_with_outputs = [0]  # for the fault-injection switch of the fault tests
 
     async def emit_all(
-        stream: faust.Stream, events: list, emits: list[Emit], outbox: list[str]
+        stream: faust.Stream, events: list, wires: list[Wire], outbox: list[str]
     ) -> None:
         """Send outputs now; let the batch's offsets be committed only once they are delivered.
 
@@ -103,15 +103,14 @@ def create_app(settings: Settings) -> faust.App:
         crash in between would lose outputs. Each event holds one extra reference that is
         released when the batch's outputs are acknowledged by the broker (at-least-once).
         """
-        if not emits:
+        if not wires:
             return
         for event in events:
             event.message.incref()
         futures = []
-        for emit in emits:
-            key, value = wire(emit)
+        for topic, key, value in wires:
             futures.append(await app.producer.send(
-                outputs[emit.topic], key, value, partition=None, timestamp=None, headers=None
+                outputs[topic], key, value, partition=None, timestamp=None, headers=None
             ))  # fmt: skip
         task = asyncio.ensure_future(release(stream, events, futures, outbox))
         pending.add(task)
@@ -235,7 +234,8 @@ def create_app(settings: Settings) -> faust.App:
                 if commits_with_outputs[0] >= settings.fault_exit_after_commits:
                     logger.warning("fault injection: exiting after a commit, before its outputs")
                     os._exit(86)
-            await emit_all(stream, events, outputs_now, processed.outbox)
+            wires = [(e.topic, *wire(e)) for e in rejected] + processed.wires
+            await emit_all(stream, events, wires, processed.outbox)
 
     @app.task
     async def drain_at_start() -> None:

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import journey
-from pipeline.admin import ensure_topics
+from pipeline.admin import ensure_topics, remove_run
 from pipeline.core import ids
 from pipeline.demo import end_offsets
 from pipeline.settings import Settings
@@ -261,7 +261,7 @@ async def run(
     finally:
         if worker is not None:
             stop(worker)
-        await _cleanup(settings, prefix, namespace)
+        await remove_run(settings.kafka_bootstrap_servers, settings.redis_url, prefix, namespace)
     figures = {
         "events": len(records),
         "mix": mix,
@@ -322,30 +322,5 @@ async def memory_by_kind(url: str, namespace: str) -> dict[str, tuple[int, int]]
                 count, total = totals.get(kind, (0, 0))
                 totals[kind] = (count + 1, total + (used or 0))
         return totals
-    finally:
-        await client.aclose()
-
-
-async def _cleanup(settings: Settings, prefix: str, namespace: str) -> None:
-    """Delete the benchmark's topics and Redis keys."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        names = [spec.name for spec in topic_specs(prefix, settings.partitions)]
-        await admin.delete_topics(names)
-    except KafkaError:
-        pass
-    finally:
-        await admin.close()
-    client = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        batch = []
-        async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                await client.unlink(*batch)
-                batch = []
-        if batch:
-            await client.unlink(*batch)
     finally:
         await client.aclose()

@@ -35,6 +35,7 @@ from pipeline.core.model import (
 )
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_needs
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
+from pipeline.topics import PROFILES
 from schemas import ChatStart, PageView
 
 logger = logging.getLogger(__name__)
@@ -83,15 +84,18 @@ class Processed:
     emits: list[Emit]
     tally: Tally
     outbox: list[str]  # delete these once `emits` are delivered
+    wires: list[Wire] = field(default_factory=list)  # `emits` as sent, encoded once
 
 
-def outbox_blob(emits: Sequence[Emit], created_s: float) -> bytes:
+Wire = tuple[str, bytes, bytes | None]  # (logical topic, key, value): an output as sent
+
+
+def outbox_blob(wires: Sequence[Wire], created_s: float) -> bytes:
     """The outputs of a committed batch, kept with its state until they are delivered."""
-    entries = []
-    for emit in emits:
-        key, value = wire(emit)
-        text = None if value is None else value.decode()
-        entries.append([emit.topic, base64.b64encode(key).decode(), text])
+    entries = [
+        [topic, base64.b64encode(key).decode(), None if value is None else value.decode()]
+        for topic, key, value in wires
+    ]
     return orjson.dumps({"created": created_s, "emits": entries})
 
 
@@ -138,6 +142,7 @@ class _Working:
         self.emits: list[Emit] = []
         self.tally = Tally()
         self.written: set[tuple[str, str]] = set()  # (table, key) written by this batch
+        self.encoded: dict[int, bytes] = {}  # id(profile) -> its bytes, written and sent alike
         self.ahead: dict[int, Transition] = {}  # decisions made while speculating, by item
 
     def key(self, kind: KeyKind, ident: str) -> str:
@@ -181,9 +186,24 @@ class _Working:
             for ident, value in getattr(transition, table).items():
                 loaded[ident] = value
                 # A None contact is a tombstone: stored as empty data, read back as absent.
-                self.commit.writes[self.key(kind, ident)] = b"" if value is None else encode(value)
+                data = b"" if value is None else encode(value)
+                self.commit.writes[self.key(kind, ident)] = data
                 self.written.add((table, ident))
+                if table == "contacts" and value is not None:
+                    self.encoded[id(value)] = data
         self.emits.extend(transition.emits)
+
+    def wires(self) -> list[Wire]:
+        """The outputs as sent; a profile is encoded once for its record and its message."""
+        wires = []
+        for emit in self.emits:
+            data = self.encoded.get(id(emit.value)) if emit.topic == PROFILES else None
+            if data is not None:
+                key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
+                wires.append((emit.topic, key, data))
+            else:
+                wires.append((emit.topic, *wire(emit)))
+        return wires
 
     def mark_processed(self, item: Item, digest: bytes) -> None:
         key = self.marker_key(item.event.event_id)
@@ -232,12 +252,13 @@ class Processor:
         for item in items:
             groups.setdefault(item.event.workspace_id, []).append(item)
         emits: list[Emit] = []
+        wires: list[Wire] = []
         tally = Tally()
         outbox: list[str] = []
         pending, prefetch = self._settle_browsing(groups, await self._prefetch(groups), tally)
         for attempt in range(MAX_ATTEMPTS):
             if not pending:
-                return Processed(emits, tally, outbox)
+                return Processed(emits, tally, outbox, wires)
             if attempt:
                 prefetch = await self._prefetch(pending)
             prepared = []
@@ -248,11 +269,12 @@ class Processor:
                 prepared.append((working, group))
             await self._speculate(prepared)
             workings = [await self._decide(working, group) for working, group in prepared]
+            sent = {id(working): working.wires() for working in workings}
             for working in workings:
                 if working.commit.writes and working.emits:
                     key = working.key("outbox", uuid.uuid4().hex)
                     working.commit.checks[key] = 0
-                    working.commit.writes[key] = outbox_blob(working.emits, time.time())
+                    working.commit.writes[key] = outbox_blob(sent[id(working)], time.time())
             # A group that wrote nothing needs no commit: its decisions changed no state.
             writing = [w for w in workings if w.commit.writes]
             outcomes = dict(
@@ -267,6 +289,7 @@ class Processor:
             for working, committed in zip(workings, results, strict=True):
                 if committed:
                     emits.extend(working.emits)
+                    wires.extend(sent[id(working)])
                     tally.add(working.tally)
                     outbox += [k for k in working.commit.writes if ":outbox:" in k]
                 else:

@@ -17,7 +17,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline import bench, journey
-from pipeline.admin import ensure_topics
+from pipeline.admin import ensure_topics, remove_run
 from pipeline.settings import Settings
 from pipeline.topics import topic_specs
 
@@ -76,7 +76,7 @@ async def main(events: int) -> None:
     finally:
         await admin.close()
         bench.stop(worker)
-        await bench._cleanup(settings, prefix, namespace)  # noqa: SLF001
+        await remove_run(settings.kafka_bootstrap_servers, settings.redis_url, prefix, namespace)
     warm = next(rss for done, rss in samples if done >= 0.2 * events)
     print(
         f"RSS after 20%: {warm:.1f} MB; at the end: {samples[-1][1]:.1f} MB; "

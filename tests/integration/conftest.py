@@ -18,7 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from pipeline import stack
-from pipeline.admin import ensure_topics
+from pipeline.admin import ensure_topics, remove_run
 from pipeline.topics import topic_specs
 from tests.support.kafka import Pipeline
 
@@ -77,3 +77,4 @@ async def pipeline(
     await pipe.start()
     yield pipe
     await pipe.close()
+    await remove_run(bootstrap, redis_url, prefix, f"t{run}")
