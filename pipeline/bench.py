@@ -52,7 +52,7 @@ def run_bare_worker(settings: Settings) -> None:
     """A Faust worker whose agent only iterates the input topics (the benchmark's baseline)."""
     import faust
 
-    from pipeline.app import faust_app
+    from pipeline.app import faust_app, settle_heap
 
     app = faust_app(settings)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
@@ -62,6 +62,7 @@ def run_bare_worker(settings: Settings) -> None:
         async for _ in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             pass
 
+    settle_heap()  # as for `idp worker`
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.spinner = None  # as for `idp worker`: the same conditions for both
     worker.execute_from_commandline()

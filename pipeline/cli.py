@@ -31,7 +31,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run the Faust worker in the foreground."""
     import faust
 
-    from pipeline.app import create_app
+    from pipeline.app import create_app, settle_heap
 
     settings = _settings(args)
     try:
@@ -49,6 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             logger.warning("the secret of workspace %s is shorter than %d bytes",
                            workspace_id, MIN_SECRET_BYTES)  # fmt: skip
     app = create_app(settings)
+    settle_heap()
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     # Faust's terminal spinner sets the root logger to DEBUG while it spins (~15% slower).
     worker.spinner = None
