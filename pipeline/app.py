@@ -97,7 +97,8 @@ def create_app(settings: Settings) -> faust.App:
     outputs = {name: settings.output_topic(name) for name in OUTPUT_TOPICS}
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
-    processor = Processor(store, Keys(settings.state_namespace), core_config(settings))
+    processor = Processor(store, Keys(settings.state_namespace), core_config(settings),
+                          known_devices=settings.known_devices)  # fmt: skip
     totals = Tally()
     metrics.serve(settings.metrics_port)
     seen: Counter[str] = Counter()

@@ -34,6 +34,7 @@ from pipeline.core.model import (
     profile_to_bytes,
 )
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_needs
+from pipeline.known import KnownDevices
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
 from pipeline.topics import PROFILES
 from schemas import ChatStart, PageView
@@ -41,6 +42,7 @@ from schemas import ChatStart, PageView
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
+KNOWN_DEVICES = 100_000  # devices whose first activity a processor remembers, by default
 _MISSING = object()
 SPECULATION_ROUNDS = 4
 
@@ -216,10 +218,13 @@ class _Working:
 class Processor:
     """Applies batches of decoded events to the state in a Store."""
 
-    def __init__(self, store: Store, keys: Keys, config: CoreConfig) -> None:
+    def __init__(
+        self, store: Store, keys: Keys, config: CoreConfig, *, known_devices: int = KNOWN_DEVICES
+    ) -> None:
         self.store = store
         self.keys = keys
         self.config = config
+        self.known = KnownDevices(known_devices)
         self.conflicts = 0  # workspace commits redone after losing a race
         self._discard: list[str] = []  # delivered outbox records, deleted with the next read
 
@@ -248,13 +253,13 @@ class Processor:
         the state is already applied, so a replay would emit nothing; the outbox is what a
         worker sends again (`drain_outbox`).
         """
-        groups: dict[str, list[Item]] = {}
-        for item in items:
-            groups.setdefault(item.event.workspace_id, []).append(item)
+        tally = Tally()
+        groups = self._settle_known(items, tally)
         emits: list[Emit] = []
         wires: list[Wire] = []
-        tally = Tally()
         outbox: list[str] = []
+        if not groups:
+            return Processed(emits, tally, outbox, wires)
         pending, prefetch = self._settle_browsing(groups, await self._prefetch(groups), tally)
         for attempt in range(MAX_ATTEMPTS):
             if not pending:
@@ -288,6 +293,7 @@ class Processor:
             retry: dict[str, list[Item]] = {}
             for working, committed in zip(workings, results, strict=True):
                 if committed:
+                    self._learn_devices(working)
                     emits.extend(working.emits)
                     wires.extend(sent[id(working)])
                     tally.add(working.tally)
@@ -300,6 +306,37 @@ class Processor:
             pending = retry
         message = f"workspaces {sorted(pending)} kept conflicting after {MAX_ATTEMPTS} attempts"
         raise ConflictError(message)
+
+    def _settle_known(self, items: Sequence[Item], tally: Tally) -> dict[str, list[Item]]:
+        """Count page views of devices known active as unchanged; group the rest by workspace.
+
+        `rules.browsing` decides them from the first activity this worker learnt earlier, which
+        stays right whatever happened since (see `pipeline.known`): no Redis, no working copy.
+        """
+        groups: dict[str, list[Item]] = {}
+        known, config = self.known, self.config
+        for item in items:
+            event = item.event
+            if type(event) is PageView:
+                first = known.first_activity(event.workspace_id, event.anonymous_id.strip())
+                if first is not None:
+                    try:
+                        settled = browsing(event, first, config, record_ms=item.source.timestamp_ms)
+                    except Exception:  # noqa: BLE001 - the general path records the failure
+                        settled = False
+                    if settled:
+                        tally.unchanged += 1
+                        continue
+            groups.setdefault(event.workspace_id, []).append(item)
+        return groups
+
+    def _learn_devices(self, working: _Working) -> None:
+        """Remember the first activity of the devices a committed change wrote."""
+        devices = working.view.devices
+        for table, ident in working.written:
+            device = devices.get(ident) if table == "devices" else None
+            if device is not None:
+                self.known.learn(working.workspace_id, ident, device.first_activity)
 
     async def _prefetch(self, groups: dict[str, list[Item]]) -> dict[str, list[tuple[str, Record]]]:
         """Read in one round trip what the events will most likely need.
@@ -363,6 +400,7 @@ class Processor:
                 if record.data and isinstance(item.event, PageView):
                     try:
                         first = Device.first_activity_of(record.data)
+                        self.known.learn(workspace_id, item.event.anonymous_id.strip(), first)
                         settled = browsing(item.event, first, config,
                                            record_ms=item.source.timestamp_ms)  # fmt: skip
                     except Exception:  # noqa: BLE001 - the general path records the failure

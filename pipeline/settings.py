@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     batch_within_s: float = Field(0.005, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
     session_timeout_s: float = Field(60.0, ge=6, validation_alias="IDP_SESSION_TIMEOUT_S")
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
+    # Devices whose first activity a worker remembers, to settle their page views without Redis.
+    known_devices: int = Field(100_000, ge=0, validation_alias="IDP_KNOWN_DEVICES")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
     shared_device_limit: int = Field(10, ge=1, validation_alias="IDP_SHARED_DEVICE_LIMIT")

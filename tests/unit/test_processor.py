@@ -123,8 +123,10 @@ async def test_delivered_outbox_records_go_with_the_next_read_or_a_flush() -> No
     (outbox,) = first.outbox
     proc.forget(first.outbox)
     assert outbox in proc.store.records  # not yet: no round trip of its own
-    await proc.process([item(ev.page_view("ws", "d1", "2026-11-24T10:05:00Z"), 1)])
+    # A new device: its batch reads the store (a known device's page view would not).
+    middle = await proc.process([item(ev.page_view("ws", "d3", "2026-11-24T10:05:00Z"), 1)])
     assert outbox not in proc.store.records
+    proc.forget(middle.outbox)
     second = await proc.process([item(ev.page_view("ws", "d2", "2026-11-24T10:00:00Z"), 2)])
     proc.forget(second.outbox)
     await proc.flush()

@@ -1,0 +1,47 @@
+"""Devices this worker knows to be active, so that their page views skip Redis altogether.
+
+Most events of a busy site are page views of devices seen before, and such a page view changes
+nothing (`rules.browsing`): the core decides it from the device's first activity alone. That
+number only ever moves earlier, because facts accumulate and are never retracted, so a value
+learnt once stays an upper bound of the truth, whatever other workers commit later: if it is
+at or before a page view's time, so is the device's real first activity. Values are learnt
+only from records read from the store or committed to it, never from a decision still pending.
+
+The state is never deleted under a running worker (replays use a namespace of their own), so
+nothing here has to be invalidated. Bounded: past `limit` devices the oldest-learnt tenth is
+forgotten, and a forgotten device is read from Redis once more on its next page view.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+
+
+class KnownDevices:
+    """(workspace_id, anonymous_id) -> earliest activity (epoch ms), at most `limit` of them."""
+
+    __slots__ = ("_first", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._first: dict[tuple[str, str], int] = {}
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def first_activity(self, workspace_id: str, anonymous_id: str) -> int | None:
+        """The device's earliest activity as last learnt (an upper bound), or None if unknown."""
+        return self._first.get((workspace_id, anonymous_id))
+
+    def learn(self, workspace_id: str, anonymous_id: str, first_activity: int | None) -> None:
+        """Remember a first activity read from, or committed to, the store."""
+        if first_activity is None or self.limit <= 0:
+            return
+        key = (workspace_id, anonymous_id)
+        known = self._first.get(key)
+        if known is not None and known <= first_activity:
+            return  # an older read: what we know is already as early
+        self._first[key] = first_activity
+        if len(self._first) > self.limit:
+            for old in list(islice(self._first, max(1, self.limit // 10))):
+                del self._first[old]
