@@ -33,7 +33,7 @@ from pipeline.core.model import (
     profile_from_bytes,
     profile_to_bytes,
 )
-from pipeline.core.rules import CoreConfig, apply, browsing, likely_needs
+from pipeline.core.rules import CoreConfig, apply, browsing, likely_more, likely_needs
 from pipeline.known import KnownDevices
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
 from pipeline.topics import PROFILES
@@ -432,9 +432,11 @@ class Processor:
                 waiting = []
                 for item in group:
                     if round_ == 0:
-                        # A first page view or chat of a device: what it needs is known
-                        # without deciding it twice.
-                        hinted = self._first_visit_needs(working, item)
+                        # What it needs is known without deciding it twice: a first page
+                        # view or chat of a device, or what the loaded records point to.
+                        hinted = self._first_visit_needs(working, item) or self._more_needs(
+                            working, item
+                        )
                         if hinted:
                             keys.update(hinted)
                             waiting.append(item)
@@ -472,6 +474,15 @@ class Processor:
         if keys and event.event_id not in working.markers:
             keys.append(working.marker_key(event.event_id))
         return keys
+
+    def _more_needs(self, working: _Working, item: Item) -> list[str]:
+        """Missing keys the records loaded so far say the event will ask for (`likely_more`)."""
+        try:
+            hint = likely_more(item.event, working.view, self.config)
+        except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
+            logger.exception("likely_more failed on event %s", item.event.event_id)
+            return []
+        return working.missing(hint)
 
     async def _decide(self, working: _Working, group: list[Item]) -> _Working:
         workspace_id = working.workspace_id

@@ -185,6 +185,61 @@ def likely_needs(event: InputEvent, config: CoreConfig, *, new_device: bool = Fa
     )
 
 
+def likely_more(event: InputEvent, view: View, config: CoreConfig) -> NeedMore:
+    """What `apply` will most likely ask for next, read off the records already in `view`.
+
+    For an event other than a page view whose device (and `likely_needs`) are loaded: the
+    published profiles of the device's visitors (one per session it may have: the first, one
+    after each logout, one after each e-mail match, and the one this event may begin), the
+    other devices of the event's user, and the users of the e-mails involved with their
+    profiles. Deciding without them would only end in asking for them; like `likely_needs`
+    these are hints, and a few may name records that do not exist.
+    """
+    if isinstance(event, PageView):
+        return NeedMore()
+    blocked = config.blocked_values
+    anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
+    device = view.devices.get(anonymous_id) if isinstance(anonymous_id, str) else None
+    if device is None:
+        return NeedMore()
+    workspace_id = view.workspace_id
+    sessions = ["origin"]
+    sessions += [f.event_id for f in device.sessions if f.kind == "logout"]
+    sessions += [f"email:{c.event_id}" for c in device.chats if c.email is not None]
+    if isinstance(event, Logout):
+        sessions.append(event.event_id)
+    elif isinstance(event, ChatStart) and event.email is not None:
+        sessions.append(f"email:{event.event_id}")
+    contacts = {ids.visitor_contact_id(workspace_id, anonymous_id, s) for s in sessions}
+    users = {f.user_id for f in device.sessions if f.kind != "logout"}
+    devices: set[str] = set()
+    emails = {c.email for c in device.chats if c.email is not None}
+    if not isinstance(event, PageView | ChatStart):
+        user_id = check_identifier(event.user_id, blocked=blocked)
+        if isinstance(user_id, str):
+            users.add(user_id)
+    elif isinstance(event, ChatStart):
+        email = _optional_email(event.email, blocked)
+        if email is not None:
+            emails.add(email)
+    for email in emails:
+        entry = view.emails.get(email)
+        if entry is not None:
+            users.update(entry.verified, entry.unverified)
+    for user_id in users:
+        user = view.users.get(user_id)
+        if user is not None:
+            devices.update(user.devices)
+    contacts.update(ids.user_contact_id(workspace_id, u) for u in users)
+    devices.discard(anonymous_id)
+    return NeedMore(
+        devices=tuple(sorted(devices)),
+        contacts=tuple(sorted(contacts)),
+        users=tuple(sorted(users)),
+        emails=tuple(sorted(emails)),
+    )
+
+
 def _unverified_email(token: str, blocked: frozenset[str]) -> str | None:
     """The e-mail claim of a token, read without checking it (for `likely_needs` only)."""
     try:
@@ -413,6 +468,16 @@ class _Resolver:
             touched_users.update(entry.verified, entry.unverified, old.verified, old.unverified)
         old_timelines = {a: self.timeline(a, new=False) for a in sorted(scope)}
         new_timelines = {a: self.timeline(a, new=True) for a in sorted(scope)}
+        if not (change.users or change.emails) and new_timelines == old_timelines:
+            # The new facts move no segment of any device they can affect and touch no user
+            # or e-mail record (a repeated login of the user already linked there, say):
+            # every profile, merge and shutdown is derived from the same inputs as before, so
+            # nothing differs from what was published. The facts are recorded all the same.
+            return Transition(
+                self._outcome(event, new_timelines[anonymous_id]),
+                devices=self.new_devices,
+                reads=frozenset(self.reads),
+            )
         for timeline in (*old_timelines.values(), *new_timelines.values()):
             touched_users |= timeline.users()
             touched_users |= {s.merge.user_id for s in timeline.segments if s.merge}
@@ -459,19 +524,8 @@ class _Resolver:
         emits = self._shutdowns(old_timelines, new_timelines)
         emits += self._merges(old_timelines, new_timelines, user_views)
         emits += [Emit(PROFILES, cid, changed[cid]) for cid in sorted(changed)]
-        outcome: Applied | Refusal = Applied()
-        if isinstance(event, Signup | Login):
-            if event.event_id in self.refused(event.user_id.strip(), new=True):
-                limit = self.config.shared_device_limit
-                detail = f"user_id linked from more than {limit} devices within the window"
-                outcome = Refusal("shared_identifier", detail)
-        if (
-            isinstance(event, Logout)
-            and event.event_id in new_timelines[anonymous_id].ignored_logouts
-        ):
-            outcome = Refusal("not_logged_in", "that user is not logged in on this device then")
         return Transition(
-            outcome,
+            self._outcome(event, new_timelines[anonymous_id]),
             devices=self.new_devices,
             users=self.new_users,
             emails=self.new_emails,
@@ -479,6 +533,17 @@ class _Resolver:
             emits=tuple(emits),
             reads=frozenset(self.reads),
         )
+
+    def _outcome(self, event: InputEvent, timeline: Timeline) -> Applied | Refusal:
+        """Applied, unless the guard refused the link (R4) or the logout ended no session."""
+        if isinstance(event, Signup | Login):
+            if event.event_id in self.refused(event.user_id.strip(), new=True):
+                limit = self.config.shared_device_limit
+                detail = f"user_id linked from more than {limit} devices within the window"
+                return Refusal("shared_identifier", detail)
+        if isinstance(event, Logout) and event.event_id in timeline.ignored_logouts:
+            return Refusal("not_logged_in", "that user is not logged in on this device then")
+        return Applied()
 
     def _shutdowns(self, old: Mapping[str, Timeline], new: Mapping[str, Timeline]) -> list[Emit]:
         """Sessions the change ended (R8, R10), including corrected ones.

@@ -76,3 +76,54 @@ def test_a_first_visit_is_likely_to_need_the_device_s_first_visitor() -> None:
     # ... which is what apply asks for, given the absent device.
     asked = apply(page_view(anon=" d1"), View("ws", devices={"d1": None}), CONFIG)
     assert isinstance(asked, NeedMore) and asked.contacts == (origin,)
+
+
+def test_a_repeated_login_records_its_fact_and_announces_nothing() -> None:
+    """A second login of the user already logged in on the device moves no session (R6):
+    its fact is kept (for the device guard, R4), but no profile, merge or shutdown differs."""
+    from pipeline.core.oracle import Oracle
+
+    oracle = Oracle(CONFIG)
+    oracle.apply(ev.model(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z")))
+    oracle.apply(ev.model(ev.login("ws", "d1", "2026-11-24T10:01:00Z", "u1", SECRET)))
+    profiles = oracle.profiles()
+    again = oracle.apply(ev.model(ev.login("ws", "d1", "2026-11-24T10:05:00Z", "u1", SECRET)))
+    assert again.outcome.kind == "applied" and again.emits == ()
+    assert [f.at for f in again.devices["d1"].sessions] == [TEN + 60_000, TEN + 300_000]
+    assert oracle.profiles() == profiles
+    # A login of another user on that device is no repeat: U1's session ends there (R8).
+    switch = oracle.apply(ev.model(ev.login("ws", "d1", "2026-11-24T10:06:00Z", "u2", SECRET)))
+    assert [e.value.reason for e in switch.emits if e.topic == "identity.shutdown"] == [
+        "user_switch"
+    ]
+
+
+def test_the_loaded_device_and_user_say_what_a_login_will_ask_for_next() -> None:
+    """The device's possible visitors (first, after a logout, after an e-mail match) and the
+    user's other devices, with the profiles of the users involved."""
+    from pipeline.core.facts import ChatFact, EmailEntry, SessionFact, User
+    from pipeline.core.rules import likely_more
+
+    device = Device(
+        sessions=(SessionFact(TEN, "in-1", "login", "u1"), SessionFact(TEN + 5, "out-1", "logout", "u1")),
+        chats=(ChatFact(TEN + 9, "chat-1", "conv-1", "ann@example.com"),),
+        first_activity=TEN,
+    )
+    view = View("ws", devices={"d1": device}, users={"u1": User(devices=("d1", "d2"))},
+                emails={"ann@example.com": EmailEntry(verified={"u2": (TEN, "in-2")})})  # fmt: skip
+    login = ev.model(ev.login("ws", "d1", "2026-11-24T11:00:00Z", "u1", SECRET))
+    visitors = [ids.visitor_contact_id("ws", "d1", s) for s in ("origin", "out-1", "email:chat-1")]
+    assert likely_more(login, view, CONFIG) == NeedMore(
+        devices=("d2",),
+        contacts=tuple(sorted([*visitors, ids.user_contact_id("ws", "u1"),
+                               ids.user_contact_id("ws", "u2")])),  # fmt: skip
+        users=("u1", "u2"),
+        emails=("ann@example.com",),
+    )
+    # A logout may begin a visitor named by itself; an unloaded device gives no hint.
+    logout = ev.model(ev.logout("ws", "d1", "2026-11-24T11:00:00Z", "u1"))
+    assert ids.visitor_contact_id("ws", "d1", logout.event_id) in likely_more(
+        logout, view, CONFIG
+    ).contacts
+    assert likely_more(login, View("ws"), CONFIG) == NeedMore()
+    assert likely_more(page_view(), view, CONFIG) == NeedMore()
