@@ -7,7 +7,7 @@ nothing (R12). Every record is a set-like value: adding a fact is commutative an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 import orjson
@@ -59,18 +59,18 @@ class Device:
         """Add a session fact (kept sorted by time, then event_id)."""
         if fact in self.sessions:
             return self
-        return replace(self, sessions=tuple(sorted((*self.sessions, fact))))
+        return Device(tuple(sorted((*self.sessions, fact))), self.chats, self.first_activity)
 
     def with_chat(self, fact: ChatFact) -> Device:
         """Add a chat; a chat is activity too."""
         chats = self.chats if fact in self.chats else tuple(sorted((*self.chats, fact)))
-        return replace(self, chats=chats).with_activity(fact.at)
+        return Device(self.sessions, chats, self.first_activity).with_activity(fact.at)
 
     def with_activity(self, at: int) -> Device:
         """Record activity (a page view or a chat) at `at`."""
         if self.first_activity is not None and self.first_activity <= at:
             return self
-        return replace(self, first_activity=at)
+        return Device(self.sessions, self.chats, at)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -113,20 +113,20 @@ class User:
         """Remember a device the user linked on."""
         if anonymous_id in self.devices:
             return self
-        return replace(self, devices=tuple(sorted((*self.devices, anonymous_id))))
+        return User(tuple(sorted((*self.devices, anonymous_id))), self.emails, self.name)
 
     def with_email(self, claim: EmailClaim) -> User:
         """Add an e-mail claim."""
         if claim in self.emails:
             return self
-        return replace(self, emails=tuple(sorted((*self.emails, claim))))
+        return User(self.devices, tuple(sorted((*self.emails, claim))), self.name)
 
     def with_name(self, at: int, event_id: str, name: str) -> User:
         """Keep the name of the latest event."""
         candidate = (at, event_id, name)
         if self.name is not None and self.name >= candidate:
             return self
-        return replace(self, name=candidate)
+        return User(self.devices, self.emails, candidate)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -168,16 +168,18 @@ class EmailEntry:
             current = self.verified.get(user_id)
             if current is not None and current <= first:
                 return self
-            return replace(self, verified={**self.verified, user_id: first})
+            return EmailEntry({**self.verified, user_id: first}, self.unverified, self.lead_devices)
         if user_id in self.unverified:
             return self
-        return replace(self, unverified=tuple(sorted((*self.unverified, user_id))))
+        return EmailEntry(self.verified, tuple(sorted((*self.unverified, user_id))),
+                          self.lead_devices)  # fmt: skip
 
     def with_lead_device(self, anonymous_id: str) -> EmailEntry:
         """Remember a device whose chat carried this e-mail."""
         if anonymous_id in self.lead_devices:
             return self
-        return replace(self, lead_devices=tuple(sorted((*self.lead_devices, anonymous_id))))
+        return EmailEntry(self.verified, self.unverified,
+                          tuple(sorted((*self.lead_devices, anonymous_id))))  # fmt: skip
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""

@@ -168,7 +168,9 @@ def _ended(segment: Segment, end_key: int, merge: Merge | None) -> Segment:
 
 
 def _attach_chats(segment: Segment, chats: tuple[ChatFact, ...]) -> Segment:
-    return replace(segment, chats=tuple(c for c in chats if segment.covers(2 * c.at)))
+    own = tuple(c for c in chats if segment.covers(2 * c.at))
+    return Segment(segment.kind, segment.contact_id, segment.start_key, segment.end_key,
+                   segment.session, segment.user_id, own, segment.merge)  # fmt: skip
 
 
 def _email_splits(
