@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from importlib.resources import files
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import DataError, NoScriptError
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from pipeline.state.base import ABSENT, Commit, Record
 
@@ -55,6 +57,8 @@ class RedisStore:
         self._client = client
         self._marker_ttl_s = marker_ttl_s
         self._shas: dict[str, str] = {}
+        self._connection: AbstractConnection | None = None  # for reads and commits
+        self._lock = asyncio.Lock()
 
     @classmethod
     def from_url(cls, url: str, *, marker_ttl_s: int) -> RedisStore:
@@ -124,18 +128,46 @@ class RedisStore:
             sha = self._shas.get(script)
             if sha is None:
                 sha = self._shas[script] = await self._client.script_load(script)
-            pipe = self._client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(sha, len(keys), *keys, *args)
-            for group in _by_slot(unlink).values():
-                pipe.unlink(*group)
-            try:
-                return (await pipe.execute())[: len(calls)]
-            except NoScriptError:
-                if attempt:
-                    raise
-                self._shas.pop(script, None)
+            commands: list[tuple] = [("EVALSHA", sha, len(keys), *keys, *args)
+                                     for keys, args in calls]  # fmt: skip
+            commands += [("UNLINK", *group) for group in _by_slot(unlink).values()]
+            replies = await self._round_trip(commands)
+            errors = [reply for reply in replies if isinstance(reply, ResponseError)]
+            if not errors:
+                return replies[: len(calls)]
+            if attempt or not all(isinstance(e, NoScriptError) for e in errors):
+                raise errors[0]
+            self._shas.pop(script, None)
         raise AssertionError("unreachable")
+
+    async def _round_trip(self, commands: list[tuple]) -> list:
+        """Write the commands at once and read their replies (an error reply is returned).
+
+        Straight on one connection of the client's pool rather than through a pipeline object:
+        redis-py's asyncio pipeline costs about 120 µs of client CPU per round trip here, its
+        connection alone about 70 µs, and a busy worker makes several round trips per batch.
+        A connection left mid-reply (an error, a cancellation) is closed, so the next call
+        starts on a fresh one.
+        """
+        async with self._lock:
+            connection = self._connection
+            if connection is None:
+                connection = await self._client.connection_pool.get_connection()
+                self._connection = connection
+            try:
+                await connection.send_packed_command(
+                    connection.pack_commands(commands), check_health=False
+                )
+                replies = []
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+            except BaseException:
+                await connection.disconnect()
+                raise
+        return replies
 
     async def delete(self, keys: Sequence[str]) -> None:
         """UNLINK the keys (one command per workspace, for Redis Cluster)."""
@@ -158,4 +190,7 @@ class RedisStore:
 
     async def close(self) -> None:
         """Close the connection pool."""
+        if self._connection is not None:
+            await self._client.connection_pool.release(self._connection)
+            self._connection = None
         await self._client.aclose()

@@ -113,3 +113,38 @@ async def test_a_read_deletes_what_it_is_told_to_discard(store: Store, key: str)
     assert await store.read([key + "a", other + "c"]) == [Record(0, None), Record(0, None)]
     assert await store.read([], discard=[key + "b"]) == []
     assert await store.read([key + "b"]) == [Record(0, None)]
+
+
+async def test_redis_store_reconnects_after_its_connection_is_killed(
+    servers: tuple[str, str], key: str
+) -> None:
+    import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    store = RedisStore.from_url(servers[1], marker_ttl_s=3600)
+    admin = aioredis.Redis.from_url(servers[1])
+    try:
+        await store.commit([Commit(checks={key + "a": 0}, writes={key + "a": b"one"})])
+        (own_id,) = await store._round_trip([("CLIENT", "ID")])  # noqa: SLF001 - the one to kill
+        await admin.client_kill_filter(_id=own_id)
+        try:  # the call on the killed connection may fail; it must not leave the store stuck
+            await store.read([key + "a"])
+        except (RedisConnectionError, OSError):
+            pass
+        assert await store.read([key + "a"]) == [Record(1, b"one")]
+    finally:
+        await admin.aclose()
+        await store.close()
+
+
+async def test_redis_store_raises_an_error_reply(servers: tuple[str, str], key: str) -> None:
+    from redis.exceptions import ResponseError
+
+    store = RedisStore.from_url(servers[1], marker_ttl_s=3600)
+    try:
+        await store._client.set(key + "s", b"not a hash")  # noqa: SLF001 - a broken record
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await store.read([key + "s", key + "a"])
+        assert await store.read([key + "a"]) == [Record(0, None)]  # and it goes on
+    finally:
+        await store.close()
