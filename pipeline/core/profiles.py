@@ -21,7 +21,8 @@ POSSIBLE_DUPLICATE = "possible_duplicate"
 SHARED_IDENTIFIER = "shared_identifier"
 
 
-@dataclass(frozen=True, slots=True)
+# Derived anew at every decision and never mutated; not frozen, as in `timeline`, to be cheap.
+@dataclass(slots=True, unsafe_hash=True)
 class Lead:
     """A visitor segment of some device, with its device's timeline."""
 
@@ -90,7 +91,7 @@ def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEnt
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class UserView:
     """Everything a user's profile depends on."""
 

@@ -18,8 +18,12 @@ from pipeline.core.facts import ChatFact, Device
 MergeReason = Literal["login", "signup", "email_match"]
 ORIGIN = "origin"
 
+# The values below are derived anew at every decision, a few dozen per event, and never
+# mutated; they are not frozen because a frozen dataclass takes three times as long to build.
+# `unsafe_hash` hashes them by value all the same (shutdowns are compared as sets).
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, unsafe_hash=True)
 class Merge:
     """Where a visitor's history went, and why."""
 
@@ -30,7 +34,7 @@ class Merge:
     at: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Segment:
     """A stretch of a device's time during which it was one contact.
 
@@ -59,7 +63,7 @@ class Segment:
         return None if self.start_key is None else self.start_key // 2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class DeviceShutdown:
     """A device session that ended (R8, R10)."""
 
@@ -70,7 +74,7 @@ class DeviceShutdown:
     contact_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Timeline:
     """A device's segments in time order, the shutdowns between them, and ignored logouts."""
 
