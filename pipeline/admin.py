@@ -73,6 +73,11 @@ async def remove_run(bootstrap: str, redis_url: str, prefix: str, namespace: str
         logger.warning("could not delete the topics of %s* (%s)", prefix, exc)
     finally:
         await admin.close()
+    await remove_keys(redis_url, namespace)
+
+
+async def remove_keys(redis_url: str, namespace: str) -> None:
+    """Delete the Redis keys of a state namespace."""
     client = aioredis.Redis.from_url(redis_url)
     try:
         batch = []

@@ -98,7 +98,7 @@ def generate(
 
 
 # The benchmark's steady-state mix: a population of returning devices, each seen about 40
-# times, so about 2.5% of page views come from a device seen for the first time.
+# times, so about 2.5% of events are the first visit of a device.
 STEADY_MIX = {
     PAGE_VIEW: 0.965,
     CHAT_START: 0.010,
@@ -109,41 +109,76 @@ STEADY_MIX = {
 EVENTS_PER_DEVICE = 40
 
 
+class SteadyJourney:
+    """Telemetry of a site in its steady state, in the `STEADY_MIX` proportions, by the chunk.
+
+    The first chunk draws its events from a population of `events / EVENTS_PER_DEVICE`
+    devices (each seen about 40 times, first visits included). Later chunks go on where the
+    previous one ended (same population, later times) while new devices keep arriving: each
+    event is, with probability 1/EVENTS_PER_DEVICE, the first visit of a new device. So a
+    benchmark can process the first chunk as a backlog and offer the next at a fixed rate,
+    with first visits spread evenly instead of bunched at the start.
+    """
+
+    def __init__(self, secrets: dict[str, str], *, seed: int = 1) -> None:
+        self._secrets = secrets
+        self._seed = seed
+        self._rng = random.Random(seed)
+        self._workspaces = sorted(secrets)
+        self._devices: list[tuple[str, str]] = []
+        self._linked: dict[tuple[str, str], str] = {}
+        self._topics, self._weights = zip(*STEADY_MIX.items(), strict=True)
+        self._at = START
+
+    def _new_device(self) -> tuple[str, str]:
+        device = (self._rng.choice(self._workspaces), f"dev-{self._seed}-{len(self._devices)}")
+        self._devices.append(device)
+        return device
+
+    def _owner(self, device: tuple[str, str]) -> str:
+        index = int(device[1].rsplit("-", 1)[1])
+        return f"user-{self._seed}-{index // 2}"  # two devices per user
+
+    def take(self, events: int) -> list[Record]:
+        """The next `events` events."""
+        rng = self._rng
+        arriving = bool(self._devices)
+        if not arriving:
+            for _ in range(max(10, events // EVENTS_PER_DEVICE)):
+                self._new_device()
+        records: list[Record] = []
+        for _ in range(events):
+            self._at += timedelta(milliseconds=rng.randint(1, 40))
+            if arriving and rng.random() < 1 / EVENTS_PER_DEVICE:
+                key = self._new_device()
+                topic = PAGE_VIEW  # a device is first seen browsing
+            else:
+                key = rng.choice(self._devices)
+                topic = rng.choices(self._topics, self._weights)[0]
+            workspace, device = key
+            fields = {
+                "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                "workspace_id": workspace,
+                "anonymous_id": device,
+                "timestamp": format_timestamp(self._at),
+            }
+            if topic == PAGE_VIEW:
+                fields["url"] = f"https://example.com/p/{rng.randint(1, 40)}"
+            elif topic == CHAT_START:
+                fields["conversation_id"] = f"conv-{fields['event_id'][:8]}"
+                if rng.random() < 0.5:
+                    fields["email"] = f"{self._owner(key)}@example.com"
+            elif topic in (SIGNUP, LOGIN):
+                user_id = self._owner(key)
+                self._linked[key] = user_id
+                fields["user_id"] = user_id
+                fields["user_hash"] = user_hash(self._secrets[workspace], user_id)
+            else:
+                fields["user_id"] = self._linked.pop(key, self._owner(key))
+            records.append(Record(topic, device, fields))
+        return records
+
+
 def steady(secrets: dict[str, str], *, events: int, seed: int = 1) -> list[Record]:
-    """`events` events from a population of returning devices, in the `STEADY_MIX` proportions."""
-    rng = random.Random(seed)
-    workspaces = sorted(secrets)
-    devices = [
-        (rng.choice(workspaces), f"dev-{seed}-{i}")
-        for i in range(max(10, events // EVENTS_PER_DEVICE))
-    ]
-    linked: dict[tuple[str, str], str] = {}
-    owners = {device: f"user-{seed}-{i // 2}" for i, device in enumerate(devices)}  # 2 devices each
-    topics, weights = zip(*STEADY_MIX.items(), strict=True)
-    at = START
-    records: list[Record] = []
-    for _ in range(events):
-        at += timedelta(milliseconds=rng.randint(1, 40))
-        workspace, device = key = rng.choice(devices)
-        topic = rng.choices(topics, weights)[0]
-        fields = {
-            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-            "workspace_id": workspace,
-            "anonymous_id": device,
-            "timestamp": format_timestamp(at),
-        }
-        if topic == PAGE_VIEW:
-            fields["url"] = f"https://example.com/p/{rng.randint(1, 40)}"
-        elif topic == CHAT_START:
-            fields["conversation_id"] = f"conv-{fields['event_id'][:8]}"
-            if rng.random() < 0.5:
-                fields["email"] = f"{owners[key]}@example.com"
-        elif topic in (SIGNUP, LOGIN):
-            user_id = owners[key]
-            linked[key] = user_id
-            fields["user_id"] = user_id
-            fields["user_hash"] = user_hash(secrets[workspace], user_id)
-        else:
-            fields["user_id"] = linked.pop(key, owners[key])
-        records.append(Record(topic, device, fields))
-    return records
+    """`events` events: the first chunk of a new `SteadyJourney`."""
+    return SteadyJourney(secrets, seed=seed).take(events)
