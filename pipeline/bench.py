@@ -5,8 +5,8 @@ One run, on fresh topics, consumer groups and Redis namespace:
 1. produce N events of a steady-state journey (see `pipeline.journey` for the mix);
 2. a bare Faust agent, with the worker's Faust settings, only iterates them: its events/s;
 3. the worker processes the same N events into empty state: its sustained events/s;
-4. steps 2 and 3 once more (new consumer groups, new state), because this shared machine's
-   speed drifts by several percent from run to run: each rate is the better of its two passes;
+4. steps 2 and 3 twice more (new consumer groups, new state), because this shared machine's
+   speed drifts by several percent from run to run: each rate is the best of its three passes;
 5. with the last worker caught up, the journey goes on (same population, later times) offered
    at half the worker's rate for a fixed time, and each output is matched to the input that
    caused it: latency percentiles.
@@ -45,7 +45,7 @@ from pipeline.stack import PROJECT_ROOT
 from pipeline.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, SHUTDOWN, topic_specs
 
 COMMIT_INTERVAL_S = "0.2"
-PASSES = 2  # throughput passes of each of the bare agent and the worker
+PASSES = 3  # throughput passes of each of the bare agent and the worker
 BENCH_SECRETS = {
     "acme": "bench-secret-acme-0123456789abcdef",
     "globex": "bench-secret-globex-0123456789abc",
@@ -274,8 +274,6 @@ async def run(
             finally:
                 stop(bare)
             console.print(f"pass {attempt}/{PASSES}: the worker processing them ...")
-            if worker is not None:
-                stop(worker)
             group, state = f"worker-{run_id}-{attempt}", f"{namespace}-{attempt}"
             namespaces.append(state)
             worker = spawn("worker", {**env, "IDP_APP_ID": group, "IDP_STATE_NAMESPACE": state},
@@ -283,6 +281,9 @@ async def run(
             worker_rates.append(
                 await measure(bootstrap, group, len(records), timeout=600, process=worker)
             )
+            if attempt < PASSES:  # the last one stays for the latency phase
+                stop(worker)
+                worker = None
         bare_rate = max(bare_rates, key=lambda r: r.per_second)
         worker_rate = max(worker_rates, key=lambda r: r.per_second)
         offered = worker_rate.per_second * load
