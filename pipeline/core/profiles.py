@@ -82,6 +82,7 @@ def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEnt
         name=name,
         pseudonym=ids.pseudonym(segment.contact_id, city) if is_lead else None,
         anonymous_ids=[lead.timeline.anonymous_id],
+        merged_contact_ids=[],  # given, not defaulted: pydantic deep-copies a mutable default
         conversation_ids=_conversations(chats),
         possible_duplicates=sorted(duplicates),
         flags=[POSSIBLE_DUPLICATE] if duplicates else [],
