@@ -238,7 +238,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def run(
-    settings: Settings, *, events: int, latency_seconds: float, seed: int, load: float = 0.5
+    settings: Settings,
+    *,
+    events: int,
+    latency_seconds: float,
+    seed: int,
+    load: float = 0.5,
+    passes: int = PASSES,
 ) -> dict:
     """The whole benchmark; prints a table and returns the figures."""
     console = Console()
@@ -263,8 +269,8 @@ async def run(
     bare_rates: list[Rate] = []
     worker_rates: list[Rate] = []
     try:
-        for attempt in range(1, PASSES + 1):
-            console.print(f"pass {attempt}/{PASSES}: bare Faust agent draining them ...")
+        for attempt in range(1, passes + 1):
+            console.print(f"pass {attempt}/{passes}: bare Faust agent draining them ...")
             group = f"bare-{run_id}-{attempt}"
             bare = spawn("bench-bare", {**env, "IDP_APP_ID": group}, workdir / f"bare{attempt}.log")
             try:
@@ -273,7 +279,7 @@ async def run(
                 )
             finally:
                 stop(bare)
-            console.print(f"pass {attempt}/{PASSES}: the worker processing them ...")
+            console.print(f"pass {attempt}/{passes}: the worker processing them ...")
             group, state = f"worker-{run_id}-{attempt}", f"{namespace}-{attempt}"
             namespaces.append(state)
             worker = spawn("worker", {**env, "IDP_APP_ID": group, "IDP_STATE_NAMESPACE": state},
@@ -281,7 +287,7 @@ async def run(
             worker_rates.append(
                 await measure(bootstrap, group, len(records), timeout=600, process=worker)
             )
-            if attempt < PASSES:  # the last one stays for the latency phase
+            if attempt < passes:  # the last one stays for the latency phase
                 stop(worker)
                 worker = None
         bare_rate = max(bare_rates, key=lambda r: r.per_second)

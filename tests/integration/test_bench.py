@@ -1,0 +1,40 @@
+"""`idp bench` end to end on a small journey: it measures, and it cleans up after itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
+
+from pipeline import bench
+from pipeline.settings import Settings
+
+
+async def test_a_small_benchmark_reports_rates_and_latencies(servers: tuple[str, str]) -> None:
+    bootstrap, redis_url = servers
+    settings = Settings(kafka_bootstrap_servers=bootstrap, redis_url=redis_url)
+    figures = await bench.run(settings, events=4000, latency_seconds=3, seed=5, passes=1)
+    assert figures["events"] == 4000 == sum(figures["mix"].values())
+    # The steady mix (pipeline.journey.STEADY_MIX): 96.5% page views.
+    assert 0.94 < figures["mix"]["telemetry.page_view"] / 4000 < 0.99
+    assert figures["bare_events_per_s"] > 0 and figures["worker_events_per_s"] > 0
+    ratio = figures["worker_events_per_s"] / figures["bare_events_per_s"]
+    assert abs(figures["ratio"] - ratio) < 0.002
+    # Logins, signups, logouts and new devices were offered and their outputs timed.
+    assert figures["latency_samples"] > 0
+    assert 0 <= figures["latency_ms_record"][50] <= figures["latency_ms_record"][99]
+    # Every kind of state record was measured, then removed with the run's topics.
+    assert {"dev", "contact", "evt"} <= set(figures["redis_keys"])
+    client = aioredis.Redis.from_url(redis_url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        assert [k async for k in client.scan_iter(match="bench*", count=1000)] == []
+        deadline = asyncio.get_running_loop().time() + 30  # topic deletion is asynchronous
+        while [t for t in await admin.list_topics() if t.startswith("bench")]:
+            assert asyncio.get_running_loop().time() < deadline, "the bench topics stayed"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+        await client.aclose()
