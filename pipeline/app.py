@@ -17,7 +17,7 @@ import faust
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline import metrics
+from pipeline import fetching, metrics
 from pipeline.codec import Item, Source, decode, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
@@ -74,6 +74,7 @@ def settle_heap() -> None:
 
 def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
     """A Faust app with the pipeline's settings (shared with the benchmark's bare agent)."""
+    fetching.install(settings.fetch_gather_ms)  # the consumer Faust starts gathers its fetches
     return faust.App(
         app_id or settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
     # Devices whose first activity a worker remembers, to settle their page views without Redis.
     known_devices: int = Field(100_000, ge=0, validation_alias="IDP_KNOWN_DEVICES")
+    # How long a caught-up worker lets the broker gather records for one fetch (0: at once).
+    fetch_gather_ms: int = Field(5, ge=0, le=500, validation_alias="IDP_FETCH_GATHER_MS")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
     shared_device_limit: int = Field(10, ge=1, validation_alias="IDP_SHARED_DEVICE_LIMIT")

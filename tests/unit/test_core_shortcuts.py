@@ -105,7 +105,10 @@ def test_the_loaded_device_and_user_say_what_a_login_will_ask_for_next() -> None
     from pipeline.core.rules import likely_more
 
     device = Device(
-        sessions=(SessionFact(TEN, "in-1", "login", "u1"), SessionFact(TEN + 5, "out-1", "logout", "u1")),
+        sessions=(
+            SessionFact(TEN, "in-1", "login", "u1"),
+            SessionFact(TEN + 5, "out-1", "logout", "u1"),
+        ),
         chats=(ChatFact(TEN + 9, "chat-1", "conv-1", "ann@example.com"),),
         first_activity=TEN,
     )
@@ -115,15 +118,17 @@ def test_the_loaded_device_and_user_say_what_a_login_will_ask_for_next() -> None
     visitors = [ids.visitor_contact_id("ws", "d1", s) for s in ("origin", "out-1", "email:chat-1")]
     assert likely_more(login, view, CONFIG) == NeedMore(
         devices=("d2",),
-        contacts=tuple(sorted([*visitors, ids.user_contact_id("ws", "u1"),
-                               ids.user_contact_id("ws", "u2")])),  # fmt: skip
+        contacts=tuple(
+            sorted([*visitors, ids.user_contact_id("ws", "u1"), ids.user_contact_id("ws", "u2")])
+        ),  # fmt: skip
         users=("u1", "u2"),
         emails=("ann@example.com",),
     )
     # A logout may begin a visitor named by itself; an unloaded device gives no hint.
     logout = ev.model(ev.logout("ws", "d1", "2026-11-24T11:00:00Z", "u1"))
-    assert ids.visitor_contact_id("ws", "d1", logout.event_id) in likely_more(
-        logout, view, CONFIG
-    ).contacts
+    assert (
+        ids.visitor_contact_id("ws", "d1", logout.event_id)
+        in likely_more(logout, view, CONFIG).contacts
+    )
     assert likely_more(login, View("ws"), CONFIG) == NeedMore()
     assert likely_more(page_view(), view, CONFIG) == NeedMore()

@@ -1,0 +1,59 @@
+"""The fetch policy: gather while keeping up, ask at once when behind or after a quiet spell."""
+
+from __future__ import annotations
+
+import inspect
+
+from aiokafka.consumer import consumer as aiokafka_consumer
+from aiokafka.consumer.fetcher import Fetcher
+
+from pipeline import fetching
+from pipeline.fetching import GATHER_BYTES, GatheringFetcher, request_limits
+
+PATIENT = (1, 1500)  # what Faust configures: answer at the first byte, wait up to 1.5 s
+
+
+def test_a_consumer_that_took_everything_the_last_fetch_brought_gathers() -> None:
+    limits = request_limits(brought_records=True, records_waiting=False, gather_wait_ms=5,
+                            patient=PATIENT)  # fmt: skip
+    assert limits == (GATHER_BYTES, 5)
+
+
+def test_records_still_waiting_to_be_taken_mean_behind_so_the_next_fetch_asks_at_once() -> None:
+    limits = request_limits(brought_records=True, records_waiting=True, gather_wait_ms=5,
+                            patient=PATIENT)  # fmt: skip
+    assert limits == PATIENT
+
+
+def test_after_an_empty_fetch_the_consumer_waits_patiently_instead_of_polling() -> None:
+    limits = request_limits(brought_records=False, records_waiting=False, gather_wait_ms=5,
+                            patient=PATIENT)  # fmt: skip
+    assert limits == PATIENT
+
+
+def test_zero_gather_time_keeps_the_library_behaviour() -> None:
+    limits = request_limits(brought_records=True, records_waiting=False, gather_wait_ms=0,
+                            patient=PATIENT)  # fmt: skip
+    assert limits == PATIENT
+
+
+def test_install_swaps_the_fetcher_aiokafka_builds() -> None:
+    try:
+        fetching.install(7)
+        assert aiokafka_consumer.Fetcher is GatheringFetcher
+        assert GatheringFetcher.gather_wait_ms == 7
+        fetching.install(0)
+        assert GatheringFetcher.gather_wait_ms == 0
+    finally:
+        fetching.install(5)
+
+
+def test_the_private_aiokafka_methods_it_overrides_still_have_their_shape() -> None:
+    # A new aiokafka release that renames or reshapes these would silently bypass the policy.
+    assert list(inspect.signature(Fetcher._get_actions_per_node).parameters) == [
+        "self", "assignment"]  # fmt: skip
+    assert list(inspect.signature(Fetcher._proc_fetch_request).parameters) == [
+        "self", "assignment", "node_id", "request"]  # fmt: skip
+    assert "Fetcher(" in inspect.getsource(aiokafka_consumer.AIOKafkaConsumer.start)
+    for attribute in ("_fetch_min_bytes", "_fetch_max_wait_ms", "_records"):
+        assert attribute in inspect.getsource(Fetcher.__init__)
