@@ -14,6 +14,7 @@ import time
 from collections import Counter
 
 import faust
+import mode.loop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -73,8 +74,15 @@ def settle_heap() -> None:
 
 
 def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
-    """A Faust app with the pipeline's settings (shared with the benchmark's bare agent)."""
-    fetching.install(settings.fetch_gather_ms)  # the consumer Faust starts gathers its fetches
+    """A Faust app with the pipeline's settings (shared with the benchmark's bare agent).
+
+    Also sets what is process-wide and must be chosen before Faust starts its loops: the event
+    loop (uvloop unless `IDP_EVENT_LOOP=asyncio`) and the fetch policy of the consumer Faust
+    starts (`pipeline.fetching`).
+    """
+    if settings.event_loop == "uvloop":
+        mode.loop.use("uvloop")
+    fetching.install(settings.fetch_gather_ms)
     return faust.App(
         app_id or settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap_servers}",

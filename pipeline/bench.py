@@ -318,13 +318,15 @@ async def run(
         "latency_ms_record": {q: round(percentile(by_record, q), 1) for q in (50, 90, 99)},
         "latency_ms_received": {q: round(percentile(by_receipt, q), 1) for q in (50, 90, 99)},
         "cpus": os.cpu_count(),
+        "event_loop": settings.event_loop,
         "redis_keys": {kind: count for kind, (count, _) in memory.items()},
         "redis_bytes": {kind: total for kind, (_, total) in memory.items()},
     }
     contacts = memory.get("contact", (0, 0))[0]
     state_bytes = sum(total for kind, (_, total) in memory.items() if kind != "evt")
     figures["redis_bytes_per_contact"] = round(state_bytes / contacts) if contacts else None
-    table = Table(title=f"idp bench: {len(records)} events, {os.cpu_count()} CPUs")
+    table = Table(title=f"idp bench: {len(records)} events, {os.cpu_count()} CPUs, "
+                        f"{settings.event_loop} event loop")  # fmt: skip
     table.add_column("measure")
     table.add_column("value", justify="right")
     passes = " / ".join(f"{r:,}" for r in figures["bare_passes_events_per_s"])

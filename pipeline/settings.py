@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from pydantic import Field, SecretStr
@@ -38,6 +39,8 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
     # Devices whose first activity a worker remembers, to settle their page views without Redis.
     known_devices: int = Field(100_000, ge=0, validation_alias="IDP_KNOWN_DEVICES")
+    # The asyncio event loop of the worker: uvloop (libuv, in C) or the standard library's.
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", validation_alias="IDP_EVENT_LOOP")
     # How long a caught-up worker lets the broker gather records for one fetch (0: at once).
     fetch_gather_ms: int = Field(5, ge=0, le=500, validation_alias="IDP_FETCH_GATHER_MS")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")

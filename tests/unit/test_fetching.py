@@ -57,3 +57,21 @@ def test_the_private_aiokafka_methods_it_overrides_still_have_their_shape() -> N
     assert "Fetcher(" in inspect.getsource(aiokafka_consumer.AIOKafkaConsumer.start)
     for attribute in ("_fetch_min_bytes", "_fetch_max_wait_ms", "_records"):
         assert attribute in inspect.getsource(Fetcher.__init__)
+
+
+def test_the_app_factory_selects_uvloop_unless_told_otherwise() -> None:
+    import asyncio
+
+    import uvloop
+
+    from pipeline.app import faust_app
+    from pipeline.settings import Settings
+
+    before = asyncio.get_event_loop_policy()
+    try:
+        faust_app(Settings(IDP_EVENT_LOOP="asyncio"), app_id="t-loop-a")
+        assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+        faust_app(Settings(), app_id="t-loop-b")
+        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    finally:
+        asyncio.set_event_loop_policy(before)
