@@ -121,20 +121,30 @@ def create_app(settings: Settings) -> faust.App:
         """Send outputs now; let the batch's offsets be committed only once they are delivered.
 
         Faust's attached sends wait for the next offset commit (seconds), which is latency;
-        sending directly is not, but then the events must not be acked before delivery, or a
-        crash in between would lose outputs. Each event holds one extra reference that is
-        released when the batch's outputs are acknowledged by the broker (at-least-once).
+        sending directly is not, but then the offsets must not be committed before delivery.
+        Faust commits a partition only up to its first unacknowledged offset, so holding back
+        the batch's earliest event of each partition (one extra reference, released when the
+        broker has acknowledged the batch's outputs) holds back the whole batch: nothing of
+        it or after it in that partition is committed before its outputs are durable. (The
+        outbox in Redis covers the same window a second way: see *Guarantees*.)
         """
         if not wires:
             return
+        earliest: dict = {}
         for event in events:
+            message = event.message
+            held = earliest.get(message.tp)
+            if held is None or message.offset < held.message.offset:
+                earliest[message.tp] = event
+        held_events = list(earliest.values())
+        for event in held_events:
             event.message.incref()
         futures = []
         for topic, key, value in wires:
             futures.append(await app.producer.send(
                 outputs[topic], key, value, partition=None, timestamp=None, headers=None
             ))  # fmt: skip
-        task = asyncio.ensure_future(release(stream, events, futures, outbox))
+        task = asyncio.ensure_future(release(stream, held_events, futures, outbox))
         pending.add(task)
         task.add_done_callback(pending.discard)
 

@@ -15,9 +15,31 @@ _RFC3339 = re.compile(
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _canonical(value: str) -> bool:
+    """The usual spelling, e.g. 2026-11-24T10:00:00Z or 2026-11-24T10:00:00.123Z, all ASCII.
+
+    For these the separators' places and `datetime.fromisoformat` (which then reads every other
+    place as a digit) check as much as the expression does, at a fraction of its cost.
+    """
+    length = len(value)
+    return (
+        (length == 20 or (length == 24 and value[19] == "."))
+        and value[-1] == "Z"
+        and value[10] == "T"
+        and value[4] == value[7] == "-"
+        and value[13] == value[16] == ":"
+        and value.isascii()
+    )
+
+
 def parse_timestamp(value: object) -> datetime:
     """Accept an RFC 3339 string with a zone offset or an integer of epoch milliseconds."""
     if isinstance(value, str):
+        if _canonical(value):
+            try:
+                return datetime.fromisoformat(value)
+            except ValueError:
+                pass  # e.g. month 13: the general path below says why
         if not _RFC3339.match(value):
             message = "timestamp must be RFC 3339 with a zone offset, e.g. 2026-11-24T10:00:00Z"
             raise ValueError(message)
