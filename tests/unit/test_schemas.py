@@ -1,6 +1,8 @@
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas import Login, PageView, parse_timestamp
@@ -57,3 +59,43 @@ def test_wrong_types_are_not_coerced() -> None:
     with pytest.raises(ValidationError):
         PageView.model_validate({"event_id": 12, "workspace_id": "w", "anonymous_id": "a",
                                  "timestamp": "2026-11-24T10:00:00Z"})  # fmt: skip
+
+
+_TEMPLATES = ("2026-11-24T10:00:00Z", "2026-11-24T10:00:00.123Z", "1999-02-28T23:59:59.999Z")
+_MUTATIONS = "0123456789-:.TZtz +x\u0661\u0663"
+
+
+def _strict(value: str) -> datetime:
+    """RFC 3339 with a zone offset, checked by the full expression only (the slow path)."""
+    import re
+
+    from schemas.time import _RFC3339
+
+    if not _RFC3339.match(value):
+        raise ValueError(value)
+    text = value.upper().replace(" ", "T").replace("Z", "+00:00")
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text)).astimezone(UTC)
+
+
+@given(
+    template=st.sampled_from(_TEMPLATES),
+    edits=st.lists(st.tuples(st.integers(0, 23), st.sampled_from(_MUTATIONS)), max_size=3),
+)
+def test_the_fast_path_for_usual_timestamps_gives_the_strict_verdicts(
+    template: str, edits: list[tuple[int, str]]
+) -> None:
+    chars = list(template)
+    for position, char in edits:
+        chars[position % len(chars)] = char
+    value = "".join(chars)
+    try:
+        expected: object = _strict(value)
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = parse_timestamp(value)
+    except ValueError:
+        got = ValueError
+    assert got == expected
+    if isinstance(got, datetime):
+        assert got.tzinfo is UTC
