@@ -313,6 +313,7 @@ async def run(
         for state in namespaces:
             await remove_keys(settings.redis_url, state)
     figures = {
+        "run": run_id,  # topics bench<run>.*, Redis keys bench<run>-*: removed when done
         "events": len(records),
         "mix": mix,
         "bare_passes_events_per_s": [round(r.per_second) for r in bare_rates],

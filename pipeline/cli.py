@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+import signal
 import sys
 from pathlib import Path
 
@@ -123,8 +124,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
         return 1
     settings = _settings(args)
-    asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
-                          seed=args.seed, load=args.load))  # fmt: skip
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # the run then stops its processes, removes its topics and keys
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
+                              seed=args.seed, load=args.load))  # fmt: skip
+    except KeyboardInterrupt:
+        print("idp bench: interrupted; its processes, topics and keys are removed", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -30,9 +30,10 @@ async def test_a_small_benchmark_reports_rates_and_latencies(servers: tuple[str,
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        assert [k async for k in client.scan_iter(match="bench*", count=1000)] == []
+        run = f"bench{figures['run']}"
+        assert [k async for k in client.scan_iter(match=f"{run}*", count=1000)] == []
         deadline = asyncio.get_running_loop().time() + 30  # topic deletion is asynchronous
-        while [t for t in await admin.list_topics() if t.startswith("bench")]:
+        while [t for t in await admin.list_topics() if t.startswith(run)]:
             assert asyncio.get_running_loop().time() < deadline, "the bench topics stayed"
             await asyncio.sleep(0.2)
     finally:
