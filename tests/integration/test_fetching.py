@@ -16,7 +16,7 @@ from pipeline.topics import INPUT_TOPICS, topic_specs
 RECORDS = 600
 
 
-async def trickle_and_read(bootstrap: str, gather_ms: int) -> tuple[list[int], int]:
+async def trickle_and_read(bootstrap: str, redis_url: str, gather_ms: int) -> tuple[list[int], int]:
     """Produce RECORDS values at about one per millisecond while one consumer reads them.
 
     Returns the values read (in order of one partition) and the consumer's fetch requests.
@@ -24,6 +24,7 @@ async def trickle_and_read(bootstrap: str, gather_ms: int) -> tuple[list[int], i
     prefix = f"fetch{uuid.uuid4().hex[:8]}."
     topic = prefix + INPUT_TOPICS[0]
     await ensure_topics(bootstrap, topic_specs(prefix, 1))
+    before = GatheringFetcher.gather_wait_ms
     fetching.install(gather_ms)
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=prefix,
                                 auto_offset_reset="earliest", fetch_max_wait_ms=1500)  # fmt: skip
@@ -50,17 +51,17 @@ async def trickle_and_read(bootstrap: str, gather_ms: int) -> tuple[list[int], i
     finally:
         await producer.stop()
         await consumer.stop()
-        fetching.install(5)
-        await remove_run(bootstrap, "redis://127.0.0.1:6379/0", prefix, prefix)
+        fetching.install(before)
+        await remove_run(bootstrap, redis_url, prefix, prefix)  # its topics (it has no keys)
 
 
 @pytest.mark.integration
 async def test_a_caught_up_consumer_gathers_records_into_few_fetches_and_loses_none(
     servers: tuple[str, str],
 ) -> None:
-    bootstrap, _ = servers
-    read_gathering, gathering = await trickle_and_read(bootstrap, gather_ms=5)
-    read_eager, eager = await trickle_and_read(bootstrap, gather_ms=0)
+    bootstrap, redis_url = servers
+    read_gathering, gathering = await trickle_and_read(bootstrap, redis_url, gather_ms=5)
+    read_eager, eager = await trickle_and_read(bootstrap, redis_url, gather_ms=0)
     assert read_gathering == list(range(RECORDS))
     assert read_eager == list(range(RECORDS))
     # At most one request per 5 ms while records trickle in (0.6 s or more), plus the patient

@@ -38,6 +38,7 @@ def test_zero_gather_time_keeps_the_library_behaviour() -> None:
 
 
 def test_install_swaps_the_fetcher_aiokafka_builds() -> None:
+    before = GatheringFetcher.gather_wait_ms
     try:
         fetching.install(7)
         assert aiokafka_consumer.Fetcher is GatheringFetcher
@@ -45,7 +46,7 @@ def test_install_swaps_the_fetcher_aiokafka_builds() -> None:
         fetching.install(0)
         assert GatheringFetcher.gather_wait_ms == 0
     finally:
-        fetching.install(5)
+        fetching.install(before)
 
 
 def test_the_private_aiokafka_methods_it_overrides_still_have_their_shape() -> None:
