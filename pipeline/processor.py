@@ -341,9 +341,10 @@ class Processor:
     async def _prefetch(self, groups: dict[str, list[Item]]) -> dict[str, list[tuple[str, Record]]]:
         """Read in one round trip what the events will most likely need.
 
-        Per workspace, (key, record) of each event's device, in the order of its events (most
-        events need nothing else), then of what the core expects its other events to ask for
-        (`rules.likely_needs`) and of their processed-event markers.
+        Per workspace, (key, record) of each event's device, in the order of its events (a
+        page view of a device already active needs nothing else), then of what the core
+        expects the events to ask for (`rules.likely_needs`) and of their processed-event
+        markers.
         """
         of = self.keys.of
         keys: dict[str, list[str]] = {}
@@ -351,8 +352,7 @@ class Processor:
             devices = [of(workspace_id, "dev", item.event.anonymous_id.strip()) for item in group]
             extra: set[str] = set()
             for item in group:
-                if not isinstance(item.event, PageView):
-                    extra |= self._likely(workspace_id, item)
+                extra |= self._likely(workspace_id, item)
             keys[workspace_id] = devices + sorted(extra)
         discard, self._discard = self._discard, []
         try:
@@ -365,10 +365,16 @@ class Processor:
         return {ws: [(key, next(records)) for key in ks] for ws, ks in keys.items()}
 
     def _likely(self, workspace_id: str, item: Item) -> set[str]:
-        """Keys an event other than a page view will most likely need, besides its device."""
+        """Keys an event will most likely need besides its device, and its marker.
+
+        A page view read from the store is one of a device this worker does not know yet,
+        which is most often a device's first visit (a restarted worker's first page view of
+        each device is the exception: it reads two records too many, once); so its device
+        is taken to be new, and its first visitor's contact is read with it.
+        """
         of = self.keys.of
         try:
-            hint = likely_needs(item.event, self.config)
+            hint = likely_needs(item.event, self.config, new_device=True)
         except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
             logger.exception("likely_needs failed on event %s", item.event.event_id)
             return set()

@@ -131,3 +131,31 @@ async def test_delivered_outbox_records_go_with_the_next_read_or_a_flush() -> No
     proc.forget(second.outbox)
     await proc.flush()
     assert not [key for key in proc.store.records if ":outbox:" in key]
+
+
+class CountingStore(MemoryStore):
+    """The in-memory store, counting round trips (reads and commits)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.commits = 0
+
+    async def read(self, keys, *, discard=()):  # noqa: ANN001, ANN201 - the Store's signature
+        self.reads += 1
+        return await super().read(keys, discard=discard)
+
+    async def commit(self, commits):  # noqa: ANN001, ANN201
+        self.commits += 1
+        return await super().commit(commits)
+
+
+async def test_first_visits_are_decided_after_one_read_and_committed_in_one_more() -> None:
+    store = CountingStore()
+    proc = Processor(store, Keys("t"), CONFIG)
+    batch = [item(ev.page_view("ws", f"d{i}", "2026-11-24T10:00:00Z"), i) for i in range(5)]
+    result = await proc.process(batch)
+    assert result.tally.applied == 5
+    assert sorted(e.value.anonymous_ids[0] for e in result.emits) == [f"d{i}" for i in range(5)]
+    # The device, its first visitor's contact and the event's marker come in the same read.
+    assert (store.reads, store.commits) == (1, 1)
