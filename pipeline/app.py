@@ -15,10 +15,12 @@ from collections import Counter
 
 import faust
 import mode.loop
+from faust.types import TP
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline import fetching, metrics
+from pipeline.batching import gathered
 from pipeline.codec import Item, Source, decode, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
@@ -246,7 +248,17 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(inputs, name="resolve")
     async def resolve(stream: faust.Stream) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_within_s):
+        def highwater(tp: TP) -> int | None:
+            try:
+                return app.consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - e.g. no longer assigned: then nothing is waiting
+                return None
+
+        takes = stream.take_events(settings.batch_size, within=settings.batch_within_s)
+        batches = gathered(takes, size=settings.batch_size, gather_s=settings.batch_gather_s,
+                           highwater=highwater, ack=stream.ack)  # fmt: skip
+        async for events in batches:
+            metrics.BATCH_EVENTS.observe(len(events))
             items: list[Item] = []
             rejected: list[Emit] = []
             topics: Counter[str] = Counter()

@@ -6,13 +6,15 @@ Every input ends in exactly one of applied, unchanged or rejected, so at any qui
 
 from __future__ import annotations
 
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Histogram, start_http_server
 
 EVENTS_IN = Counter("idp_events_in", "Input records read", ["topic"])
 APPLIED = Counter("idp_events_applied", "Valid events that changed the identity state")
 UNCHANGED = Counter("idp_events_unchanged", "Valid events that changed nothing (known, or replays)")
 REJECTED = Counter("idp_events_rejected", "Inputs recorded on identity.rejected", ["reason"])
 OUTPUTS = Counter("idp_outputs", "Records published", ["topic"])
+BATCH_EVENTS = Histogram("idp_batch_events", "Input records per processed batch",
+                         buckets=(1, 10, 50, 100, 200, 300, 400, 500, 1000))  # fmt: skip
 CONFLICTS = Counter("idp_commit_conflicts", "Workspace commits that lost a race and were redone")
 
 

@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, validation_alias="IDP_PARTITIONS")
     batch_size: int = Field(500, ge=1, validation_alias="IDP_BATCH_SIZE")
     batch_within_s: float = Field(0.005, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
+    # How long a worker that is behind may gather takes into one batch (0: never gathers).
+    batch_gather_s: float = Field(0.05, ge=0, le=1, validation_alias="IDP_BATCH_GATHER_S")
     session_timeout_s: float = Field(60.0, ge=6, validation_alias="IDP_SESSION_TIMEOUT_S")
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
     # Devices whose first activity a worker remembers, to settle their page views without Redis.

@@ -1,0 +1,104 @@
+"""Batches for the agent: Faust's takes, gathered into bigger batches while the worker is behind.
+
+`Stream.take_events(n, within)` hands over what reached the stream within `within` of asking
+(5 ms by default), at most n events. Reading a backlog, Faust delivers about 90 events in 5 ms
+here, so a batch held about 90 events whatever n was; and a batch with a state change in it
+(in the steady mix of `idp bench`, nearly every batch) pays two to four Redis round trips, so
+more than half of the worker's time went to round trips and per-batch work.
+
+While records are waiting to be taken (the high watermarks of the batch's partitions are
+past its last offsets by at least what the batch can still hold), `gathered` asks for more
+takes and hands them over as one batch of up to n events, after at most `gather_s`. A worker
+that keeps up is never that far behind, so its batches, and its latency, stay as they were.
+
+Faust acknowledges a take's events when it is asked for the next take, and commits a
+partition's offsets up to its first unacknowledged event. So the earliest event of each
+partition in a batch is held (one more reference) from the moment it is received, and let go
+only once the caller has processed the batch: nothing of a batch is committed before it is
+processed, and a batch interrupted by a crash or a shutdown is read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+# tp -> the partition's high watermark (the offset its next record will get), None if unknown
+Highwater = Callable[[Any], int | None]
+
+
+def waiting(events: Sequence[Any], highwater: Highwater) -> int:
+    """Records of the events' partitions not taken yet: past the last offset of each."""
+    last: dict[Any, int] = {}
+    for event in events:
+        message = event.message
+        last[message.tp] = message.offset  # a partition's events come in offset order
+    total = 0
+    for tp, offset in last.items():
+        mark = highwater(tp)
+        if mark is not None:
+            total += max(0, mark - offset - 1)
+    return total
+
+
+def should_gather(taken: int, size: int, waiting: int) -> bool:
+    """Ask for another take before processing: enough records are waiting to fill the batch."""
+    return taken < size and waiting >= size - taken
+
+
+def _hold(events: Sequence[Any], held: dict[Any, Any]) -> None:
+    """Hold the earliest event of each partition not held yet (later ones wait behind it)."""
+    for event in events:
+        message = event.message
+        if message.tp not in held:
+            message.incref()
+            held[message.tp] = event
+
+
+async def gathered(
+    takes: AsyncIterator[Sequence[Any]],
+    *,
+    size: int,
+    gather_s: float,
+    highwater: Highwater,
+    ack: Callable[[Any], Awaitable[object]],
+) -> AsyncIterator[list[Any]]:
+    """The takes of `takes` (a `Stream.take_events`), gathered while behind (see above).
+
+    `ack` is the stream's: it lets go of a held event. A take asked for and not received by
+    the deadline is not lost: it starts the next batch.
+    """
+    loop = asyncio.get_running_loop()
+    ahead: asyncio.Future | None = None
+    try:
+        while True:
+            try:
+                batch = list(await (ahead if ahead is not None else anext(takes)))
+            except StopAsyncIteration:
+                return
+            ahead = None
+            held: dict[Any, Any] = {}
+            _hold(batch, held)
+            deadline = loop.time() + gather_s
+            while gather_s > 0 and should_gather(len(batch), size, waiting(batch, highwater)):
+                ahead = asyncio.ensure_future(anext(takes))
+                done, _ = await asyncio.wait((ahead,), timeout=max(0.0, deadline - loop.time()))
+                if not done:
+                    break  # past the deadline: this batch goes now, that take starts the next
+                task, ahead = ahead, None
+                try:
+                    more = task.result()
+                except StopAsyncIteration:
+                    break
+                _hold(more, held)
+                batch += more
+            yield batch
+            for event in held.values():  # processed: its offsets may be committed
+                await ack(event)
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead
