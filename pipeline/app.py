@@ -75,10 +75,9 @@ def settle_heap() -> None:
     outputs, Faust's per-message objects) is freed by reference counting, so CPython's default
     (a young collection every 700 net allocations) mostly walks live objects: it ran 816 times
     over 100,000 benchmark events. With 100,000 the worker drained 100,000 events faster in
-    every interleaved pair measured (700 vs 20,000: medians 11,792 vs 13,491 events/s over four
-    pairs; 20,000 vs 100,000: 11,395 vs 12,420 over three), and its memory stayed flat over
-    500,000 events (`scripts/memory_soak.py`). Called once the app is built, by the worker and
-    by the benchmark's bare agent alike.
+    three of four interleaved pairs against 700 (medians 12,205 vs 11,330 events/s), and its
+    memory stayed flat over 500,000 events (`scripts/memory_soak.py`). Called once the app is
+    built, by the worker and by the benchmark's bare agent alike.
     """
     gc.collect()
     gc.freeze()
