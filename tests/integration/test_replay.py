@@ -6,10 +6,13 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
+from pipeline.admin import remove_keys
 from pipeline.topics import OUTPUT_TOPICS
 from tests.integration.test_faults import scenario, settle
 from tests.support.kafka import PROJECT_ROOT, Pipeline, read_topics
@@ -17,8 +20,16 @@ from tests.support.kafka import PROJECT_ROOT, Pipeline, read_topics
 WS = "ws-a"
 
 
+@pytest.fixture
+async def name(servers: tuple[str, str]) -> AsyncIterator[str]:
+    """A replay's name; its namespace (`replay-<name>`) is removed afterwards."""
+    name = uuid.uuid4().hex[:8]
+    yield name
+    await remove_keys(servers[1], f"replay-{name}")
+
+
 async def test_replay_reproduces_the_live_profiles_and_merges(
-    pipeline: Pipeline, redis_client
+    pipeline: Pipeline, redis_client: aioredis.Redis, name: str
 ) -> None:
     messages, profiles, merges, logouts = scenario(seed=600)
     junk = [
@@ -31,7 +42,6 @@ async def test_replay_reproduces_the_live_profiles_and_merges(
     live_rejections = len(pipeline.outputs.of("identity.rejected"))
     live_keys = await state_keys(redis_client, pipeline.namespace)
 
-    name = uuid.uuid4().hex[:8]
     to_prefix = f"{pipeline.prefix}replay."
     run = await asyncio.to_thread(
         subprocess.run,
@@ -61,7 +71,7 @@ async def test_replay_reproduces_the_live_profiles_and_merges(
     assert await redis_client.keys(f"replay-{name}:*")
 
 
-async def test_replay_from_a_time_starts_there(pipeline: Pipeline) -> None:
+async def test_replay_from_a_time_starts_there(pipeline: Pipeline, name: str) -> None:
     import time
 
     from pipeline.core import ids
@@ -80,7 +90,6 @@ async def test_replay_from_a_time_starts_there(pipeline: Pipeline) -> None:
         await pipeline.send("telemetry.page_view", event)
     await pipeline.wait_for(lambda out: len(out.latest_profiles()) == 10, what="ten visitors live")
 
-    name = uuid.uuid4().hex[:8]
     to_prefix = f"{pipeline.prefix}since."
     since = format_timestamp(from_epoch_ms(cut))
     run = await asyncio.to_thread(
