@@ -370,7 +370,8 @@ class Processor:
         A page view read from the store is one of a device this worker does not know yet,
         which is most often a device's first visit (a restarted worker's first page view of
         each device is the exception: it reads two records too many, once); so its device
-        is taken to be new, and its first visitor's contact is read with it.
+        is taken to be new, and its first visitor's contact is read with it. A chat needs
+        that contact whether its device is new or not.
         """
         of = self.keys.of
         try:
