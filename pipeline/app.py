@@ -33,7 +33,8 @@ from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, PROFILES, REJECTED
 
 logger = logging.getLogger(__name__)
 
-OUTBOX_SWEEP_S = 15.0  # how often, and after how long, undelivered outputs are sent again
+OUTBOX_SWEEP_S = 15.0  # outbox records older than this are taken to be a dead worker's
+OUTBOX_SCAN_S = 300.0  # how often every worker looks for them anyway (besides rebalances)
 FORGET_FLUSH_S = 1.0  # delivered outbox records wait at most this long for a batch to carry them
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -162,12 +163,28 @@ def create_app(settings: Settings) -> faust.App:
     async def release(stream: faust.Stream, events: list, futures: list, outbox: list[str]) -> None:
         try:
             await asyncio.gather(*futures)
-        except Exception:  # noqa: BLE001 - the batch stays unacked: it will be processed again
-            logger.exception("output delivery failed; the batch's offsets stay uncommitted")
-            return
+        except Exception:  # noqa: BLE001 - sent again from the outbox; the batch stays held
+            logger.exception("output delivery failed; sending them again from the outbox")
+            await redeliver(outbox)
         for event in events:
             await stream.ack(event)
         processor.forget(outbox)  # delivered: nothing to send again
+
+    async def redeliver(outbox: list[str]) -> None:
+        """Send a batch's outputs again from its outbox records until the broker takes them.
+
+        Until then the batch's held events keep its offsets uncommitted; a worker stopped
+        meanwhile leaves the records to the next one (`drain_at_start`).
+        """
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await _drain_outbox(0.0, entries=outbox)
+                return
+            except Exception as exc:  # noqa: BLE001 - the broker or Redis is still away
+                logger.warning("outbox re-send failed (%s); retrying in %.1fs", exc, delay)
+                delay = min(delay * 2, 5.0)
 
     @app.timer(interval=FORGET_FLUSH_S)
     async def flush_delivered() -> None:
@@ -191,9 +208,10 @@ def create_app(settings: Settings) -> faust.App:
             logger.warning("outbox sweep skipped: Redis unavailable (%s)", exc)
             return 0
 
-    async def _drain_outbox(min_age_s: float) -> int:
+    async def _drain_outbox(min_age_s: float, *, entries: list[str] | None = None) -> int:
         keys = Keys(settings.state_namespace)
-        entries = await store.scan(keys.pattern("outbox"))
+        if entries is None:  # SCAN walks the whole keyspace: rarely (see OUTBOX_SCAN_S)
+            entries = await store.scan(keys.pattern("outbox"))
         sent = 0
         for entry, record in zip(entries, await store.read(entries), strict=True):
             if record.data is None:
@@ -230,20 +248,37 @@ def create_app(settings: Settings) -> faust.App:
             logger.warning("re-sent %d undelivered outputs from the outbox", sent)
         return sent
 
-    @app.timer(interval=OUTBOX_SWEEP_S)
+    @app.timer(interval=OUTBOX_SCAN_S)
     async def sweep_outbox() -> None:
         await drain_outbox(OUTBOX_SWEEP_S)
 
+    async def sweep_after_rebalance() -> None:
+        # Partitions of a worker that died may come with its undelivered outputs; once they
+        # are old enough not to be a live worker's batch in flight, send them.
+        await asyncio.sleep(OUTBOX_SWEEP_S)
+        await drain_outbox(OUTBOX_SWEEP_S)
+
     async def process_with_retry(items: list[Item]) -> Processed:
-        """Block (and so stop consuming) while Redis is unreachable; resume when it is back."""
+        """Block (and so stop consuming) while Redis is unreachable; resume when it is back.
+
+        A commit whose reply was lost may have been applied: the batch then changes nothing
+        the second time, and its outputs are in the outbox records it wrote, sent from there.
+        """
         delay = 0.1
         while True:
             try:
-                return await processor.process(items)
+                processed = await processor.process(items)
             except REDIS_DOWN as exc:
                 logger.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+                continue
+            if processor.in_doubt:
+                in_doubt, processor.in_doubt = processor.in_doubt, []
+                task = asyncio.ensure_future(redeliver(in_doubt))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            return processed
 
     @app.agent(inputs, name="resolve")
     async def resolve(stream: faust.Stream) -> None:
@@ -300,6 +335,9 @@ def create_app(settings: Settings) -> faust.App:
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:
         ours = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in logical)
         logger.info("assigned %d input partitions: %s", len(ours), " ".join(ours))
+        task = asyncio.ensure_future(sweep_after_rebalance())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     @app.timer(interval=30.0)
     async def report() -> None:

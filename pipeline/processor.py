@@ -226,6 +226,7 @@ class Processor:
         self.config = config
         self.known = KnownDevices(known_devices)
         self.conflicts = 0  # workspace commits redone after losing a race
+        self.in_doubt: list[str] = []  # outbox records of commits whose outcome is unknown
         self._discard: list[str] = []  # delivered outbox records, deleted with the next read
 
     def forget(self, outbox: Sequence[str]) -> None:
@@ -282,13 +283,15 @@ class Processor:
                     working.commit.writes[key] = outbox_blob(sent[id(working)], time.time())
             # A group that wrote nothing needs no commit: its decisions changed no state.
             writing = [w for w in workings if w.commit.writes]
-            outcomes = dict(
-                zip(
-                    map(id, writing),
-                    await self.store.commit([w.commit for w in writing]),
-                    strict=True,
-                )
-            )
+            try:
+                committed = await self.store.commit([w.commit for w in writing])
+            except BaseException:
+                # The commits may have been applied with their replies lost (Redis went away
+                # meanwhile): processing again would then find nothing to do, so their
+                # outputs are only in these outbox records, for the caller to send.
+                self.in_doubt += [k for w in writing for k in w.commit.writes if ":outbox:" in k]
+                raise
+            outcomes = dict(zip(map(id, writing), committed, strict=True))
             results = [outcomes.get(id(w), True) for w in workings]
             retry: dict[str, list[Item]] = {}
             for working, committed in zip(workings, results, strict=True):

@@ -13,6 +13,8 @@ from redis.exceptions import DataError, NoScriptError, ResponseError
 
 from pipeline.state.base import ABSENT, Commit, Record
 
+REPLY_TIMEOUT_S = 10.0  # far above any script's run time; see `from_url`
+CONNECT_TIMEOUT_S = 5.0
 COMMIT_LUA = files("pipeline.state").joinpath("commit.lua").read_text()
 READ_LUA = files("pipeline.state").joinpath("read.lua").read_text()
 
@@ -63,7 +65,10 @@ class RedisStore:
     @classmethod
     def from_url(cls, url: str, *, marker_ttl_s: int) -> RedisStore:
         """Connect lazily to the Redis at `url`."""
-        client = aioredis.Redis.from_url(url)
+        # A reply that never comes (a connection half-open across a Redis restart) must end
+        # in an error the worker retries, not in a wait that never ends.
+        client = aioredis.Redis.from_url(url, socket_timeout=REPLY_TIMEOUT_S,
+                                         socket_connect_timeout=CONNECT_TIMEOUT_S)  # fmt: skip
         pool = client.connection_pool
         pool.connection_class = type(  # whichever class the URL chose (TCP, TLS, Unix socket)
             pool.connection_class.__name__, (_HiredisPacking, pool.connection_class), {}

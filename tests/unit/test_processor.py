@@ -159,3 +159,30 @@ async def test_first_visits_are_decided_after_one_read_and_committed_in_one_more
     assert sorted(e.value.anonymous_ids[0] for e in result.emits) == [f"d{i}" for i in range(5)]
     # The device, its first visitor's contact and the event's marker come in the same read.
     assert (store.reads, store.commits) == (1, 1)
+
+
+class LostReplyStore(MemoryStore):
+    """Applies the first commit, then fails as if Redis went away before replying."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lose_next_reply = True
+
+    async def commit(self, commits):  # noqa: ANN001, ANN201 - the Store's signature
+        results = await super().commit(commits)
+        if self.lose_next_reply:
+            self.lose_next_reply = False
+            raise ConnectionError("connection closed by server")
+        return results
+
+
+async def test_a_commit_whose_reply_is_lost_leaves_its_outputs_in_doubt_not_lost() -> None:
+    proc = Processor(LostReplyStore(), Keys("t"), CONFIG)
+    batch = [item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"))]
+    with pytest.raises(ConnectionError):
+        await proc.process(batch)
+    (in_doubt,) = proc.in_doubt  # the outbox record of the commit that was applied
+    again = await proc.process(batch)  # what the worker does next: processes it again
+    assert (again.tally.unchanged, again.emits) == (1, [])  # already applied: nothing new
+    _, kept = processor_module.outbox_records(proc.store.records[in_doubt].data)
+    assert [topic for topic, _, _ in kept] == ["identity.profiles"]  # the visitor, kept there
