@@ -29,32 +29,36 @@ from typing import Any
 Highwater = Callable[[Any], int | None]
 
 
-def waiting(events: Sequence[Any], highwater: Highwater) -> int:
-    """Records of the events' partitions not taken yet: past the last offset of each."""
-    last: dict[Any, int] = {}
-    for event in events:
-        message = event.message
-        last[message.tp] = message.offset  # a partition's events come in offset order
-    total = 0
+def should_gather(taken: int, size: int, last: dict[Any, int], highwater: Highwater) -> bool:
+    """Ask for another take before processing: enough records wait to fill the batch.
+
+    `last` is the last offset taken of each partition in the batch; what waits in a partition
+    is what its high watermark is past that. Partitions are asked until enough is found.
+    """
+    needed = size - taken
+    if needed <= 0:
+        return False
     for tp, offset in last.items():
         mark = highwater(tp)
         if mark is not None:
-            total += max(0, mark - offset - 1)
-    return total
+            needed -= max(0, mark - offset - 1)
+            if needed <= 0:
+                return True
+    return False
 
 
-def should_gather(taken: int, size: int, waiting: int) -> bool:
-    """Ask for another take before processing: enough records are waiting to fill the batch."""
-    return taken < size and waiting >= size - taken
+def _take_in(events: Sequence[Any], held: dict[Any, Any], last: dict[Any, int]) -> None:
+    """Hold each partition's earliest event not held yet, and note its last offset taken.
 
-
-def _hold(events: Sequence[Any], held: dict[Any, Any]) -> None:
-    """Hold the earliest event of each partition not held yet (later ones wait behind it)."""
+    Later events of a partition wait behind the held one; they come in offset order.
+    """
     for event in events:
         message = event.message
-        if message.tp not in held:
+        tp = message.tp
+        if tp not in held:
             message.incref()
-            held[message.tp] = event
+            held[tp] = event
+        last[tp] = message.offset
 
 
 async def gathered(
@@ -80,9 +84,10 @@ async def gathered(
                 return
             ahead = None
             held: dict[Any, Any] = {}
-            _hold(batch, held)
+            last: dict[Any, int] = {}
+            _take_in(batch, held, last)
             deadline = loop.time() + gather_s
-            while gather_s > 0 and should_gather(len(batch), size, waiting(batch, highwater)):
+            while gather_s > 0 and should_gather(len(batch), size, last, highwater):
                 ahead = asyncio.ensure_future(anext(takes))
                 done, _ = await asyncio.wait((ahead,), timeout=max(0.0, deadline - loop.time()))
                 if not done:
@@ -92,7 +97,7 @@ async def gathered(
                     more = task.result()
                 except StopAsyncIteration:
                     break
-                _hold(more, held)
+                _take_in(more, held, last)
                 batch += more
             yield batch
             for event in held.values():  # processed: its offsets may be committed

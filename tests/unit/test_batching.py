@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.batching import gathered, should_gather, waiting
+from pipeline.batching import gathered, should_gather
 
 
 @dataclass
@@ -58,26 +58,21 @@ async def ack(event: Event) -> None:
     event.message.refcount -= 1
 
 
-def test_waiting_counts_records_past_the_last_offset_of_each_partition() -> None:
-    batch = [*events("a", range(0, 10)), *events("b", range(5, 8))]
-    marks = {"a": 110, "b": 8, "c": 1000}  # a: 100 waiting, b: none; c is not in the batch
-    assert waiting(batch, marks.get) == 100
-    assert waiting(batch, {}.get) == 0  # high watermarks not known yet: nothing known waiting
-
-
 @pytest.mark.parametrize(
-    ("taken", "size", "waiting_", "expected"),
+    ("taken", "last", "marks", "expected"),
     [
-        (90, 500, 410, True),  # enough waiting to fill the batch
-        (90, 500, 409, False),  # not enough: a caught-up worker does not wait for more
-        (500, 500, 10_000, False),  # full
-        (90, 500, 0, False),
+        (90, {"a": 89}, {"a": 500}, True),  # 410 waiting: enough to fill the batch of 500
+        (90, {"a": 89}, {"a": 499}, False),  # 409: a caught-up worker does not wait for more
+        (90, {"a": 89, "b": 7}, {"a": 300, "b": 208}, True),  # 210 + 200, across partitions
+        (90, {"a": 89}, {"b": 10_000}, False),  # only the batch's partitions count
+        (90, {"a": 89}, {}, False),  # high watermarks not known yet: nothing known waiting
+        (500, {"a": 499}, {"a": 10_000}, False),  # full
     ],
 )
-def test_should_gather_only_when_enough_is_waiting_to_fill_the_batch(
-    taken: int, size: int, waiting_: int, expected: bool
+def test_takes_are_gathered_only_when_enough_waits_to_fill_the_batch(
+    taken: int, last: dict[str, int], marks: dict[str, int], expected: bool
 ) -> None:
-    assert should_gather(taken, size, waiting_) is expected
+    assert should_gather(taken, 500, last, marks.get) is expected
 
 
 async def test_behind_takes_are_gathered_up_to_the_size_and_held_until_processed() -> None:
