@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Coroutine
 
 import faust
 import mode.loop
@@ -125,6 +126,13 @@ def create_app(settings: Settings) -> faust.App:
     seen: Counter[str] = Counter()
 
     pending: set[asyncio.Task] = set()
+
+    def in_background(coroutine: Coroutine[object, object, None]) -> None:
+        """Run a task without awaiting it, referenced until it is done (asyncio keeps none)."""
+        task = asyncio.ensure_future(coroutine)
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
     commits_with_outputs = [0]  # for the fault-injection switch of the fault tests
 
     async def emit_all(
@@ -156,9 +164,7 @@ def create_app(settings: Settings) -> faust.App:
             futures.append(await app.producer.send(
                 outputs[topic], key, value, partition=None, timestamp=None, headers=None
             ))  # fmt: skip
-        task = asyncio.ensure_future(release(stream, held_events, futures, outbox))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        in_background(release(stream, held_events, futures, outbox))
 
     async def release(stream: faust.Stream, events: list, futures: list, outbox: list[str]) -> None:
         try:
@@ -275,9 +281,7 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             if processor.in_doubt:
                 in_doubt, processor.in_doubt = processor.in_doubt, []
-                task = asyncio.ensure_future(redeliver(in_doubt))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                in_background(redeliver(in_doubt))
             return processed
 
     @app.agent(inputs, name="resolve")
@@ -335,9 +339,7 @@ def create_app(settings: Settings) -> faust.App:
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:
         ours = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in logical)
         logger.info("assigned %d input partitions: %s", len(ours), " ".join(ours))
-        task = asyncio.ensure_future(sweep_after_rebalance())
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+        in_background(sweep_after_rebalance())
 
     @app.timer(interval=30.0)
     async def report() -> None:
