@@ -7,9 +7,12 @@ decides lives in `pipeline.core`; everything that stores lives in `pipeline.stat
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Coroutine
@@ -86,6 +89,18 @@ def settle_heap() -> None:
     gc.set_threshold(GC_YOUNG_OBJECTS, 20, 20)
 
 
+def scratch_dir() -> str:
+    """A directory for Faust's data, removed when the process exits.
+
+    Faust creates `<datadir>/v1/tables` even with in-memory tables, and its default datadir is
+    `<app id>-data` in the working directory: one directory per consumer group left behind.
+    Nothing the pipeline keeps lives there (state is in Redis, offsets in Kafka).
+    """
+    path = tempfile.mkdtemp(prefix="idp-faust-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
     """A Faust app with the pipeline's settings (shared with the benchmark's bare agent).
 
@@ -98,6 +113,7 @@ def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
     fetching.install(settings.fetch_gather_ms)
     return faust.App(
         app_id or settings.app_id,
+        datadir=scratch_dir(),
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
         store="memory://",
         web_enabled=False,
