@@ -1,14 +1,16 @@
 """Batches for the agent: Faust's takes, gathered into bigger batches while the worker is behind.
 
 `Stream.take_events(n, within)` hands over what reached the stream within `within` of asking
-(5 ms by default), at most n events. Reading a backlog, Faust delivers about 90 events in 5 ms
-here, so a batch held about 90 events whatever n was; and a batch with a state change in it
-(in the steady mix of `idp bench`, nearly every batch) pays two to four Redis round trips, so
-more than half of the worker's time went to round trips and per-batch work.
+(`IDP_BATCH_WITHIN_S`), at most n events. Reading a backlog, Faust delivered about 90 events
+in a take of 5 ms here, so a batch held about 90 events whatever n was; and a batch with a
+state change in it (in the steady mix of `idp bench`, nearly every batch) pays two to four
+Redis round trips, so more than half of the worker's time went to round trips and per-batch
+work.
 
 While records are waiting to be taken (the high watermarks of the batch's partitions are
 past its last offsets by at least what the batch can still hold), `gathered` asks for more
-takes and hands them over as one batch of up to n events, after at most `gather_s`. A worker
+takes and hands them over as one batch once it holds n events or `gather_s` has passed. Takes
+are added whole, so a batch may hold up to 2n - 1 events. A worker
 that keeps up is never that far behind, so its batches, and its latency, stay as they were.
 
 Faust acknowledges a take's events when it is asked for the next take, and commits a

@@ -131,7 +131,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     try:
         asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
-                              seed=args.seed, load=args.load))  # fmt: skip
+                              seed=args.seed, load=args.load, passes=args.passes))  # fmt: skip
     except KeyboardInterrupt:
         print("idp bench: interrupted; its processes, topics and keys are removed", file=sys.stderr)
         return 130
@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--seed", type=int, default=1)
     bench_parser.add_argument(
         "--load", type=float, default=0.5, help="fraction of the worker's peak for latency"
+    )
+    bench_parser.add_argument(
+        "--passes", type=int, default=3, help="throughput passes of each process (best counts)"
     )
     bench_parser.set_defaults(func=cmd_bench)
     sub.add_parser("bench-bare", help=argparse.SUPPRESS).set_defaults(func=cmd_bench_bare)

@@ -9,11 +9,21 @@ events/s and 88% at 4,900/s.
 
 `GatheringFetcher` changes one thing: when the previous fetch brought records and all of
 them have been taken, the next request lets the broker gather up to `GATHER_BYTES` for at
-most `gather_wait_ms` (5 ms by default), so a caught-up worker sends at most ~200 fetches
-per second whatever the rate. When records are still waiting to be taken (the worker is
-behind) or the previous fetch came back empty (the topics are quiet), the request is the
-library's own (`fetch_min_bytes=1`, a long wait), so a backlog is read as fast as before and
-an idle worker does not poll.
+most `gather_wait_ms` (`IDP_FETCH_GATHER_MS`, 30 ms by default), so a caught-up worker sends
+at most ~33 fetches per second whatever the rate. When records are still waiting to be taken
+(the worker is behind) or the previous fetch came back empty (the topics are quiet), the
+request is the library's own (`fetch_min_bytes=1`, a long wait), so a backlog is read as fast
+as before and an idle worker does not poll.
+
+Why 30 ms and not less: each fetch round costs the process about a millisecond of CPU (its
+request names all 20 input partitions, and its reply crosses from Faust's consumer thread to
+the agent). A bare Faust agent offered 1,000 events/s used 39% of a core with 5 ms, 21% with
+20 ms and 15% with 50 ms. Offered 5,000 events/s (about half its peak), the worker with 5 ms
+rounds (and takes of 5 ms) was 62-74% busy, and a hiccup of this shared machine left a
+backlog that its small batches drained slowly: p99 latency went from 48 to 317 ms over 16
+runs, above 100 ms in 8. With 30 ms (and takes of 15 ms, `IDP_BATCH_WITHIN_S`) it was 47-63%
+busy and p99 was 61-100 ms in 16 runs of 17 (one 205 ms), at the price of the median: 37-47
+ms instead of 16-62 ms (`scripts/latency_at_rate.py 5000`; see the README).
 
 aiokafka builds its `Fetcher` inside `AIOKafkaConsumer.start()` and offers no hook, so
 `install` replaces the class that module refers to. The two methods overridden are private;
