@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline import fetching, metrics
 from pipeline.batching import gathered
-from pipeline.codec import Item, Source, decode, wire
+from pipeline.codec import Item, Source, explain, parse, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
 from pipeline.core.rules import CoreConfig
@@ -308,6 +308,7 @@ def create_app(settings: Settings) -> faust.App:
             except Exception:  # noqa: BLE001 - e.g. no longer assigned: then nothing is waiting
                 return None
 
+        settles = processor.settles
         takes = stream.take_events(settings.batch_size, within=settings.batch_within_s)
         batches = gathered(takes, size=settings.batch_size, gather_s=settings.batch_gather_s,
                            highwater=highwater, ack=stream.ack)  # fmt: skip
@@ -315,25 +316,33 @@ def create_app(settings: Settings) -> faust.App:
             metrics.BATCH_EVENTS.observe(len(events))
             items: list[Item] = []
             rejected: list[Emit] = []
-            topics: Counter[str] = Counter()
+            topics: dict[str, int] = {}
+            settled = 0
             for event in events:
                 message = event.message
                 topic = logical.get(message.topic, message.topic)
+                topics[topic] = topics.get(topic, 0) + 1
                 stamp = int(message.timestamp * 1000) if message.timestamp else None
+                parsed = parse(topic, message.value)
+                # Most events end here: page views of known devices, settled without Redis and
+                # without building anything for them (see `Processor.process`, step 2).
+                if parsed is not None and settles(parsed, stamp):
+                    settled += 1
+                    continue
                 source = Source(topic, message.partition, message.offset, message.key,
                                 message.value, stamp)  # fmt: skip
-                decoded = decode(source)
+                decoded = Item(parsed, source) if parsed is not None else explain(source)
                 if isinstance(decoded, Item):
                     items.append(decoded)
                 else:
                     rejected.append(decoded)
                     totals.rejected[decoded.value.reason] += 1  # type: ignore[union-attr]
-                topics[topic] += 1
             seen.update(topics)
             for topic, count in topics.items():
                 metrics.EVENTS_IN.labels(topic).inc(count)
             conflicts_before = processor.conflicts
             processed = await process_with_retry(items)
+            processed.tally.unchanged += settled
             totals.add(processed.tally)
             outputs_now = [*rejected, *processed.emits]
             _count(processed.tally, outputs_now, processor.conflicts - conflicts_before)

@@ -37,7 +37,7 @@ from pipeline.core.rules import CoreConfig, apply, browsing, likely_more, likely
 from pipeline.known import KnownDevices
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
 from pipeline.topics import PROFILES
-from schemas import ChatStart, PageView
+from schemas import ChatStart, InputEvent, PageView
 
 logger = logging.getLogger(__name__)
 
@@ -310,26 +310,32 @@ class Processor:
         message = f"workspaces {sorted(pending)} kept conflicting after {MAX_ATTEMPTS} attempts"
         raise ConflictError(message)
 
-    def _settle_known(self, items: Sequence[Item], tally: Tally) -> dict[str, list[Item]]:
-        """Count page views of devices known active as unchanged; group the rest by workspace.
+    def settles(self, event: InputEvent, record_ms: int | None) -> bool:
+        """Whether `event` is a page view of a device known active no later than it.
 
-        `rules.browsing` decides them from the first activity this worker learnt earlier, which
-        stays right whatever happened since (see `pipeline.known`): no Redis, no working copy.
+        Such an event changes nothing: `rules.browsing` decides it from the first activity this
+        worker learnt earlier, which stays right whatever happened since (see
+        `pipeline.known`): no Redis, no working copy. The caller counts it as unchanged.
         """
+        if type(event) is not PageView:
+            return False
+        first = self.known.first_activity(event.workspace_id, event.anonymous_id.strip())
+        if first is None:
+            return False
+        try:
+            return browsing(event, first, self.config, record_ms=record_ms)
+        except Exception:  # noqa: BLE001 - the general path records the failure
+            return False
+
+    def _settle_known(self, items: Sequence[Item], tally: Tally) -> dict[str, list[Item]]:
+        """Count the events `settles` settles as unchanged; group the rest by workspace."""
         groups: dict[str, list[Item]] = {}
-        known, config = self.known, self.config
+        settles = self.settles
         for item in items:
             event = item.event
-            if type(event) is PageView:
-                first = known.first_activity(event.workspace_id, event.anonymous_id.strip())
-                if first is not None:
-                    try:
-                        settled = browsing(event, first, config, record_ms=item.source.timestamp_ms)
-                    except Exception:  # noqa: BLE001 - the general path records the failure
-                        settled = False
-                    if settled:
-                        tally.unchanged += 1
-                        continue
+            if settles(event, item.source.timestamp_ms):
+                tally.unchanged += 1
+                continue
             groups.setdefault(event.workspace_id, []).append(item)
         return groups
 

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from pipeline.codec import MAX_MESSAGE_BYTES, ORIGINAL_MAX_CHARS, Item, Source, decode
+from pipeline.codec import MAX_MESSAGE_BYTES, ORIGINAL_MAX_CHARS, Item, Source, decode, parse
 from pipeline.core.model import Emit
 
 VALID = {
@@ -26,6 +26,21 @@ def test_valid_page_view_decodes() -> None:
     result = decode(source(orjson.dumps(VALID)))
     assert isinstance(result, Item)
     assert result.event.anonymous_id == "a"
+
+
+def test_parse_gives_the_event_of_a_valid_record_and_nothing_for_any_other() -> None:
+    event = parse("telemetry.page_view", orjson.dumps(VALID))
+    assert event is not None
+    assert (event.event_id, event.anonymous_id) == ("e1", "a")
+    too_large = orjson.dumps({**VALID, "url": "x" * MAX_MESSAGE_BYTES})
+    for topic, value in [
+        ("telemetry.page_view", b"not json"),
+        ("telemetry.page_view", None),
+        ("telemetry.page_view", too_large),
+        ("telemetry.login", orjson.dumps(VALID)),  # no user_id, no proof
+        ("telemetry.unknown", orjson.dumps(VALID)),
+    ]:
+        assert parse(topic, value) is None, (topic, value[:40] if value else value)
 
 
 @pytest.mark.parametrize(
