@@ -58,9 +58,22 @@ def report(name: str, out: OutputLog) -> None:
 
 
 async def settle(pipeline: Pipeline, profiles: dict, merges: set, logouts: set, name: str) -> None:
+    def announced(topic: str) -> set[str]:
+        return {m["event_id"] for m in pipeline.outputs.values(topic)}
+
+    # Everything a fault-free run publishes, eventually: outputs of a commit whose reply was lost
+    # are re-sent from its outbox record after a back-off, possibly after later batches have
+    # already published the final profiles.
+    def complete(out: OutputLog) -> bool:
+        return (out.latest_profiles() == profiles and merges <= announced("identity.merged")
+                and logouts <= announced("identity.shutdown"))  # fmt: skip
+
     try:
-        await pipeline.wait_for(lambda out: out.latest_profiles() == profiles, timeout=180,
-                                what="the final profiles of a fault-free run")  # fmt: skip
+        await pipeline.wait_for(
+            complete,
+            timeout=180,
+            what="the final profiles, merges and shutdowns of a fault-free run",
+        )
     except AssertionError:
         got = pipeline.outputs.latest_profiles()
         differing = {
@@ -69,13 +82,13 @@ async def settle(pipeline: Pipeline, profiles: dict, merges: set, logouts: set, 
             if got.get(c) != profiles.get(c)
         }
         logs = "\n".join(pipeline.worker_log(i)[-3000:] for i in range(len(pipeline.workers)))
+        missing = (merges - announced("identity.merged")) | (
+            logouts - announced("identity.shutdown")
+        )
         raise AssertionError(
-            f"{len(differing)} contacts differ, e.g. {list(differing.items())[:3]}\n{logs}"
+            f"{len(differing)} contacts differ, e.g. {list(differing.items())[:3]}; "
+            f"merges and shutdowns never announced: {sorted(missing)[:5]}\n{logs}"
         ) from None
-    announced = {m["event_id"] for m in pipeline.outputs.values("identity.merged")}
-    assert merges <= announced, merges - announced  # no merge's event_id is missing
-    shut = {s["event_id"] for s in pipeline.outputs.values("identity.shutdown")}
-    assert logouts <= shut, logouts - shut  # no shutdown's event_id is missing
     report(name, pipeline.outputs)
 
 
