@@ -325,7 +325,7 @@ def create_app(settings: Settings) -> faust.App:
                 stamp = int(message.timestamp * 1000) if message.timestamp else None
                 parsed = parse(topic, message.value)
                 # Most events end here: page views of known devices, settled without Redis and
-                # without building anything for them (see `Processor.process`, step 2).
+                # without building anything more for them (`Processor.settles`).
                 if parsed is not None and settles(parsed, stamp):
                     settled += 1
                     continue
