@@ -128,6 +128,12 @@ async def measure(
     raise TimeoutError(message)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a running process, all its threads (Linux `/proc`)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Run `idp <command>` in the background."""
     return subprocess.Popen(  # noqa: S603
@@ -303,8 +309,10 @@ async def run(
         later = steady.take(int(offered * latency_seconds))
         console.print(f"offering {len(later)} more events at {offered:.0f}/s for latency ...")
         known = {(r.value["workspace_id"], r.key) for r in records if isinstance(r.value, dict)}
+        busy = cpu_seconds(worker.pid), time.monotonic()
         by_record, by_receipt = await latency(bootstrap, prefix, later, offered,
                                               known_devices=known)  # fmt: skip
+        busy = cpu_seconds(worker.pid) - busy[0], time.monotonic() - busy[1]
         memory = await memory_by_kind(settings.redis_url, namespaces[-1])
     finally:
         if worker is not None:
@@ -322,6 +330,10 @@ async def run(
         "worker_events_per_s": round(worker_rate.per_second),
         "ratio": round(worker_rate.per_second / bare_rate.per_second, 3),
         "offered_events_per_s": round(offered),
+        # How busy the worker was meanwhile: at half the peak it is more than half busy, since
+        # small batches cost more per event than the backlog's batches of the peak.
+        "latency_worker_cpu": round(busy[0] / busy[1], 3),
+        "latency_worker_us_per_event": round(busy[0] / max(len(later), 1) * 1e6),
         "latency_samples": len(by_record),
         "latency_ms_record": {q: round(percentile(by_record, q), 1) for q in (50, 90, 99)},
         "latency_ms_received": {q: round(percentile(by_receipt, q), 1) for q in (50, 90, 99)},
@@ -345,6 +357,8 @@ async def run(
     table.add_row("  passes", passes)
     table.add_row("worker / bare", f"{figures['ratio']:.0%}")
     table.add_row("latency offered rate", f"{figures['offered_events_per_s']:,} events/s")
+    table.add_row("  worker CPU meanwhile", f"{figures['latency_worker_cpu']:.0%} of a core, "
+                  f"{figures['latency_worker_us_per_event']} µs per event")  # fmt: skip
     for q in (50, 90, 99):
         table.add_row(
             f"latency p{q} (record → output record)", f"{figures['latency_ms_record'][q]} ms"

@@ -13,7 +13,6 @@ Its topics and keys are removed at the end.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import tempfile
 import time
@@ -28,12 +27,6 @@ from pipeline.settings import Settings
 from pipeline.topics import topic_specs
 
 WARM_EVENTS = 30_000
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def main(rate: float, seconds: float, extra: dict[str, str]) -> None:
@@ -59,9 +52,9 @@ async def main(rate: float, seconds: float, extra: dict[str, str]) -> None:
         await bench.measure(bootstrap, f"lat-{run_id}", len(warm), timeout=600, process=worker)
         later = steady.take(int(rate * seconds))
         known = {(r.value["workspace_id"], r.key) for r in warm if isinstance(r.value, dict)}
-        cpu, started = cpu_seconds(worker.pid), time.monotonic()
+        cpu, started = bench.cpu_seconds(worker.pid), time.monotonic()
         by_record, _ = await bench.latency(bootstrap, prefix, later, rate, known_devices=known)
-        cpu, took = cpu_seconds(worker.pid) - cpu, time.monotonic() - started
+        cpu, took = bench.cpu_seconds(worker.pid) - cpu, time.monotonic() - started
         figures = " / ".join(f"{bench.percentile(by_record, q):.0f}" for q in (50, 90, 99))
         print(f"{rate:.0f} events/s for {seconds:.0f} s {' '.join(sys.argv[3:])}: worker "
               f"{cpu / took:.0%} of a core, {cpu / len(later) * 1e6:.0f} µs per event; "

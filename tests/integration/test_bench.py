@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
@@ -24,6 +25,10 @@ async def test_a_small_benchmark_reports_rates_and_latencies(servers: tuple[str,
     # Logins, signups, logouts and new devices were offered and their outputs timed.
     assert figures["latency_samples"] > 0
     assert 0 <= figures["latency_ms_record"][50] <= figures["latency_ms_record"][99]
+    # The worker was running and consuming CPU while the events were offered (no more than
+    # the machine has).
+    assert 0 < figures["latency_worker_cpu"] <= (os.cpu_count() or 1)
+    assert figures["latency_worker_us_per_event"] > 0
     # Every kind of state record was measured, then removed with the run's topics.
     assert {"dev", "contact", "evt"} <= set(figures["redis_keys"])
     client = aioredis.Redis.from_url(redis_url)
