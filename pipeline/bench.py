@@ -134,6 +134,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def environment(
+    settings: Settings, prefix: str, namespace: str, secrets_file: Path, **extra: str
+) -> dict[str, str]:
+    """The environment of a worker or bare agent that a measurement starts.
+
+    The stack of `settings`, the run's topics, namespace and secrets, offsets committed often
+    (rates are read from them) and quiet logs; then `extra`, which may override any of them.
+    """
+    return {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": prefix,
+            "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets_file),
+            "IDP_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S, "IDP_LOG_LEVEL": "warning",
+            **extra}  # fmt: skip
+
+
 def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Run `idp <command>` in the background."""
     return subprocess.Popen(  # noqa: S603
@@ -271,10 +286,7 @@ async def run(
     steady = journey.SteadyJourney(BENCH_SECRETS, seed=seed)
     records = steady.take(events)
     mix = {topic: sum(r.topic == topic for r in records) for topic in INPUT_TOPICS}
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": settings.redis_url,
-           "IDP_TOPIC_PREFIX": prefix, "IDP_STATE_NAMESPACE": namespace,
-           "IDP_SECRETS_FILE": str(secrets_file),
-           "IDP_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S, "IDP_LOG_LEVEL": "warning"}  # fmt: skip
+    env = environment(settings, prefix, namespace, secrets_file)
     console.print(f"producing {len(records)} events to {prefix}* ...")
     await produce(bootstrap, prefix, records)
     worker: subprocess.Popen | None = None

@@ -42,11 +42,8 @@ async def main(rate: float, seconds: float, extra: dict[str, str]) -> None:
     steady = journey.SteadyJourney(bench.BENCH_SECRETS, seed=7)
     warm = steady.take(WARM_EVENTS)
     await bench.produce(bootstrap, prefix, warm)
-    env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": settings.redis_url,
-           "IDP_TOPIC_PREFIX": prefix, "IDP_STATE_NAMESPACE": namespace,
-           "IDP_SECRETS_FILE": str(secrets_file), "IDP_APP_ID": f"lat-{run_id}",
-           "IDP_COMMIT_INTERVAL_S": bench.COMMIT_INTERVAL_S, "IDP_LOG_LEVEL": "warning",
-           **extra}  # fmt: skip
+    env = bench.environment(settings, prefix, namespace, secrets_file,
+                            IDP_APP_ID=f"lat-{run_id}", **extra)  # fmt: skip
     worker = bench.spawn("worker", env, workdir / "worker.log")
     try:
         await bench.measure(bootstrap, f"lat-{run_id}", len(warm), timeout=600, process=worker)

@@ -44,11 +44,8 @@ async def main(events: int) -> None:
         records = journey.steady(bench.BENCH_SECRETS, events=size, seed=start + 1)
         await bench.produce(settings.kafka_bootstrap_servers, prefix, records)
         print(f"produced {start + len(records):,}", flush=True)
-    env = {"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-           "REDIS_URL": settings.redis_url, "IDP_TOPIC_PREFIX": prefix,
-           "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets),
-           "IDP_COMMIT_INTERVAL_S": "0.5", "IDP_LOG_LEVEL": "warning",
-           "IDP_APP_ID": f"mem-{run}"}  # fmt: skip
+    env = bench.environment(settings, prefix, namespace, secrets,
+                            IDP_COMMIT_INTERVAL_S="0.5", IDP_APP_ID=f"mem-{run}")  # fmt: skip
     worker = bench.spawn("worker", env, Path(f"/tmp/mem-{run}.log"))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
