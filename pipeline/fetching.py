@@ -10,10 +10,11 @@ events/s and 88% at 4,900/s.
 `GatheringFetcher` changes one thing: when the previous fetch brought records and all of
 them have been taken, the next request lets the broker gather up to `GATHER_BYTES` for at
 most `gather_wait_ms` (`IDP_FETCH_GATHER_MS`, 30 ms by default), so a caught-up worker sends
-at most ~33 fetches per second whatever the rate. When records are still waiting to be taken
-(the worker is behind) or the previous fetch came back empty (the topics are quiet), the
-request is the library's own (`fetch_min_bytes=1`, a long wait), so a backlog is read as fast
-as before and an idle worker does not poll.
+at most ~33 fetches per second whatever the rate. When the previous fetch came back empty (the
+topics are quiet), the request is the library's own (`fetch_min_bytes=1`, a long wait), so an
+idle worker does not poll. When records are still waiting to be taken (the worker is behind),
+it answers at the first byte too, but waits at most 50 ms (`request_limits`), so a backlog is
+read without pauses.
 
 Why 30 ms and not less: each fetch round costs the process about a millisecond of CPU (its
 request names all 20 input partitions, and its reply crosses from Faust's consumer thread to
@@ -36,6 +37,7 @@ from aiokafka.consumer import consumer as aiokafka_consumer
 from aiokafka.consumer.fetcher import Fetcher
 
 GATHER_BYTES = 64 * 1024
+WAITING_WAIT_MS = 50  # see request_limits
 
 
 def request_limits(
@@ -45,9 +47,17 @@ def request_limits(
 
     Gather only while keeping up: the previous fetch brought records and all of them were
     taken. `patient` is what the consumer was configured with.
+
+    While records are waiting, the request leaves out the partitions they belong to (aiokafka
+    asks only for partitions with nothing left unread) and names the others, in a backlog
+    often topics already read to their end. aiokafka sends one request at a time to a broker,
+    so a request that waits Faust's 1.5 s for them would keep the partitions being read from
+    being asked again until it returns. It waits at most `WAITING_WAIT_MS` instead.
     """
     if brought_records and not records_waiting and gather_wait_ms > 0:
         return GATHER_BYTES, gather_wait_ms
+    if records_waiting:
+        return patient[0], min(patient[1], WAITING_WAIT_MS)
     return patient
 
 

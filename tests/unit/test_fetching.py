@@ -8,7 +8,7 @@ from aiokafka.consumer import consumer as aiokafka_consumer
 from aiokafka.consumer.fetcher import Fetcher
 
 from pipeline import fetching
-from pipeline.fetching import GATHER_BYTES, GatheringFetcher, request_limits
+from pipeline.fetching import GATHER_BYTES, WAITING_WAIT_MS, GatheringFetcher, request_limits
 
 PATIENT = (1, 1500)  # what Faust configures: answer at the first byte, wait up to 1.5 s
 
@@ -22,7 +22,13 @@ def test_a_consumer_that_took_everything_the_last_fetch_brought_gathers() -> Non
 def test_records_still_waiting_to_be_taken_mean_behind_so_the_next_fetch_asks_at_once() -> None:
     limits = request_limits(brought_records=True, records_waiting=True, gather_wait_ms=5,
                             patient=PATIENT)  # fmt: skip
-    assert limits == PATIENT
+    # At the first byte, and not for Faust's 1.5 s: the partitions whose records are waiting
+    # are left out of this request, and none can be asked again until it returns.
+    assert limits == (1, WAITING_WAIT_MS)
+    assert WAITING_WAIT_MS < PATIENT[1]
+    quiet = request_limits(brought_records=False, records_waiting=True, gather_wait_ms=5,
+                           patient=(1, 20))  # fmt: skip
+    assert quiet == (1, 20)  # never longer than the consumer's own wait
 
 
 def test_after_an_empty_fetch_the_consumer_waits_patiently_instead_of_polling() -> None:
