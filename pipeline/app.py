@@ -23,7 +23,7 @@ from faust.types import TP
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline import fetching, metrics
+from pipeline import draining, fetching, metrics
 from pipeline.batching import gathered
 from pipeline.codec import Item, Source, explain, parse, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
@@ -105,12 +105,14 @@ def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
     """A Faust app with the pipeline's settings (shared with the benchmark's bare agent).
 
     Also sets what is process-wide and must be chosen before Faust starts its loops: the event
-    loop (uvloop unless `IDP_EVENT_LOOP=asyncio`) and the fetch policy of the consumer Faust
-    starts (`pipeline.fetching`).
+    loop (uvloop unless `IDP_EVENT_LOOP=asyncio`), the fetch policy of the consumer Faust
+    starts (`pipeline.fetching`) and the loop that hands its records to the streams
+    (`pipeline.draining`).
     """
     if settings.event_loop == "uvloop":
         mode.loop.use("uvloop")
     fetching.install(settings.fetch_gather_ms)
+    draining.install()
     return faust.App(
         app_id or settings.app_id,
         datadir=scratch_dir(),

@@ -101,7 +101,10 @@ async def produce(bootstrap: str, prefix: str, records: list[journey.Record]) ->
 async def measure(
     bootstrap: str, group: str, total: int, *, timeout: float, process: subprocess.Popen
 ) -> Rate:
-    """Poll the group's committed offsets until they reach `total`."""
+    """Poll the group's committed offsets until they reach `total`.
+
+    The rate runs from the first commit seen to the last, so it needs at least two commits.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     first: tuple[float, int] | None = None
@@ -119,6 +122,11 @@ async def measure(
             now = time.monotonic()
             if done > 0 and first is None:
                 first = (now, done)
+                if done >= total:  # no second reading: no rate
+                    message = (f"group {group} consumed all {total} events between two commits "
+                               f"({COMMIT_INTERVAL_S} s apart): too few events to measure a "
+                               "rate; run with more (--events)")  # fmt: skip
+                    raise ValueError(message)
             if done >= total and first is not None:
                 return Rate(total - first[1], now - first[0])
             await asyncio.sleep(0.05)

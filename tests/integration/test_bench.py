@@ -11,14 +11,17 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline import bench
 from pipeline.settings import Settings
 
+# Enough for several offset commits (0.2 s apart) at the bare agent's rate: a rate needs two.
+EVENTS = 40_000
+
 
 async def test_a_small_benchmark_reports_rates_and_latencies(servers: tuple[str, str]) -> None:
     bootstrap, redis_url = servers
     settings = Settings(kafka_bootstrap_servers=bootstrap, redis_url=redis_url)
-    figures = await bench.run(settings, events=4000, latency_seconds=3, seed=5, passes=1)
-    assert figures["events"] == 4000 == sum(figures["mix"].values())
+    figures = await bench.run(settings, events=EVENTS, latency_seconds=3, seed=5, passes=1)
+    assert figures["events"] == EVENTS == sum(figures["mix"].values())
     # The steady mix (pipeline.journey.STEADY_MIX): 96.5% page views.
-    assert 0.94 < figures["mix"]["telemetry.page_view"] / 4000 < 0.99
+    assert 0.94 < figures["mix"]["telemetry.page_view"] / EVENTS < 0.99
     assert figures["bare_events_per_s"] > 0 and figures["worker_events_per_s"] > 0
     ratio = figures["worker_events_per_s"] / figures["bare_events_per_s"]
     assert abs(figures["ratio"] - ratio) < 0.002
