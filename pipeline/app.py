@@ -101,18 +101,22 @@ def scratch_dir() -> str:
     return path
 
 
-def faust_app(settings: Settings, app_id: str | None = None) -> faust.App:
-    """A Faust app with the pipeline's settings (shared with the benchmark's bare agent).
+def faust_app(
+    settings: Settings, app_id: str | None = None, *, consumer_patches: bool = True
+) -> faust.App:
+    """A Faust app with the pipeline's settings (shared with the benchmark's bare agents).
 
     Also sets what is process-wide and must be chosen before Faust starts its loops: the event
     loop (uvloop unless `IDP_EVENT_LOOP=asyncio`), the fetch policy of the consumer Faust
     starts (`pipeline.fetching`) and the loop that hands its records to the streams
-    (`pipeline.draining`).
+    (`pipeline.draining`). Without `consumer_patches` the last two are Faust's and aiokafka's
+    own: the benchmark's stock Faust agent.
     """
     if settings.event_loop == "uvloop":
         mode.loop.use("uvloop")
-    fetching.install(settings.fetch_gather_ms)
-    draining.install()
+    if consumer_patches:
+        fetching.install(settings.fetch_gather_ms)
+        draining.install()
     return faust.App(
         app_id or settings.app_id,
         datadir=scratch_dir(),

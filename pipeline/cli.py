@@ -142,7 +142,7 @@ def cmd_bench_bare(args: argparse.Namespace) -> int:
     """The benchmark's baseline: a Faust agent that only iterates the input topics."""
     from pipeline import bench
 
-    bench.run_bare_worker(_settings(args))
+    bench.run_bare_worker(_settings(args), stock=args.stock)
     return 0
 
 
@@ -204,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--passes", type=int, default=3, help="throughput passes of each process (best counts)"
     )
     bench_parser.set_defaults(func=cmd_bench)
-    sub.add_parser("bench-bare", help=argparse.SUPPRESS).set_defaults(func=cmd_bench_bare)
+    bare_parser = sub.add_parser("bench-bare", help=argparse.SUPPRESS)
+    bare_parser.add_argument("--stock", action="store_true", help="Faust's own consumer")
+    bare_parser.set_defaults(func=cmd_bench_bare)
     inspect_parser = sub.add_parser(
         "inspect", help="a profile by user_id, e-mail, anonymous_id or contact_id, and its history"
     )
