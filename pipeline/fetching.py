@@ -9,22 +9,23 @@ events/s and 88% at 4,900/s.
 
 `GatheringFetcher` changes one thing: when the previous fetch brought records and all of
 them have been taken, the next request lets the broker gather up to `GATHER_BYTES` for at
-most `gather_wait_ms` (`IDP_FETCH_GATHER_MS`, 30 ms by default), so a caught-up worker sends
-at most ~33 fetches per second whatever the rate. When the previous fetch came back empty (the
+most `gather_wait_ms` (`IDP_FETCH_GATHER_MS`, 10 ms by default), so a caught-up worker sends
+at most ~100 fetches per second whatever the rate. When the previous fetch came back empty (the
 topics are quiet), the request is the library's own (`fetch_min_bytes=1`, a long wait), so an
 idle worker does not poll. When records are still waiting to be taken (the worker is behind),
 it answers at the first byte too, but waits at most 50 ms (`request_limits`), so a backlog is
 read without pauses.
 
-Why 30 ms and not less: each fetch round costs the process about a millisecond of CPU (its
-request names all 20 input partitions, and its reply crosses from Faust's consumer thread to
-the agent). A bare Faust agent offered 1,000 events/s used 39% of a core with 5 ms, 21% with
-20 ms and 15% with 50 ms. Offered 5,000 events/s (about half its peak), the worker with 5 ms
-rounds (and takes of 5 ms) was 62-74% busy, and a hiccup of this shared machine left a
-backlog that its small batches drained slowly: p99 latency went from 48 to 317 ms over 16
-runs, above 100 ms in 8. With 30 ms (and takes of 15 ms, `IDP_BATCH_WITHIN_S`) it was 47-63%
-busy and p99 was 61-100 ms in 16 runs of 17 (one 205 ms), at the price of the median: 37-47
-ms instead of 16-62 ms (`scripts/latency_at_rate.py 5000`; see the README).
+Why 10 ms. Each fetch round costs the process CPU (its request names all 20 input
+partitions, and its reply crosses from Faust's consumer thread to the agent), so fewer, fuller
+rounds cost less per event, and each millisecond of gathering is latency. With Faust's own
+message loop a fetch round cost about a millisecond and that loop about 100 µs per record at a
+moderate rate, so session 4 chose 30 ms (takes of 15 ms): offered 5,000 events/s the worker was
+47-63% busy instead of 62-74% with 5 ms, and its p99 latency 61-100 ms instead of 48-317 ms.
+Since `pipeline.draining` replaced that loop, the worker offered 8,000 events/s (half its
+peak) was 52-56% busy with 10 ms fetches and 5 ms takes, p99 43-48 ms in four runs (median
+22-25 ms); with 30 ms and 15 ms 42-49% busy, p99 78-95 ms (median 42-48 ms); with 5 ms and 5
+ms 57-59%, p99 39-48 ms (`scripts/latency_at_rate.py 8000`, interleaved; see the README).
 
 aiokafka builds its `Fetcher` inside `AIOKafkaConsumer.start()` and offers no hook, so
 `install` replaces the class that module refers to. The two methods overridden are private;
