@@ -142,7 +142,7 @@ def cmd_bench_bare(args: argparse.Namespace) -> int:
     """The benchmark's baseline: a Faust agent that only iterates the input topics."""
     from pipeline import bench
 
-    bench.run_bare_worker(_settings(args), stock=args.stock)
+    bench.run_bare_worker(_settings(args), our_consumer=args.our_consumer)
     return 0
 
 
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.set_defaults(func=cmd_bench)
     bare_parser = sub.add_parser("bench-bare", help=argparse.SUPPRESS)
-    bare_parser.add_argument("--stock", action="store_true", help="Faust's own consumer")
+    bare_parser.add_argument("--our-consumer", action="store_true", help="the worker's consumer")
     bare_parser.set_defaults(func=cmd_bench_bare)
     inspect_parser = sub.add_parser(
         "inspect", help="a profile by user_id, e-mail, anonymous_id or contact_id, and its history"
