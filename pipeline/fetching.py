@@ -9,23 +9,26 @@ events/s and 88% at 4,900/s.
 
 `GatheringFetcher` changes one thing: when the previous fetch brought records and all of
 them have been taken, the next request lets the broker gather up to `GATHER_BYTES` for at
-most `gather_wait_ms` (`IDP_FETCH_GATHER_MS`, 10 ms by default), so a caught-up worker sends
-at most ~100 fetches per second whatever the rate. When the previous fetch came back empty (the
+most `gather_wait_ms` (`IDP_FETCH_GATHER_MS`, 20 ms by default), so a caught-up worker sends
+at most ~50 fetches per second whatever the rate. When the previous fetch came back empty (the
 topics are quiet), the request is the library's own (`fetch_min_bytes=1`, a long wait), so an
 idle worker does not poll. When records are still waiting to be taken (the worker is behind),
 it answers at the first byte too, but waits at most 50 ms (`request_limits`), so a backlog is
 read without pauses.
 
-Why 10 ms. Each fetch round costs the process CPU (its request names all 20 input
+Why 20 ms. Each fetch round costs the process CPU (its request names all 20 input
 partitions, and its reply crosses from Faust's consumer thread to the agent), so fewer, fuller
 rounds cost less per event, and each millisecond of gathering is latency. With Faust's own
 message loop a fetch round cost about a millisecond and that loop about 100 µs per record at a
 moderate rate, so session 4 chose 30 ms (takes of 15 ms): offered 5,000 events/s the worker was
 47-63% busy instead of 62-74% with 5 ms, and its p99 latency 61-100 ms instead of 48-317 ms.
-Since `pipeline.draining` replaced that loop, the worker offered 8,000 events/s (half its
-peak) was 52-56% busy with 10 ms fetches and 5 ms takes, p99 43-48 ms in four runs (median
-22-25 ms); with 30 ms and 15 ms 42-49% busy, p99 78-95 ms (median 42-48 ms); with 5 ms and 5
-ms 57-59%, p99 39-48 ms (`scripts/latency_at_rate.py 8000`, interleaved; see the README).
+Since `pipeline.draining` replaced that loop, offered 8,000 events/s (half the worker's
+peak), interleaved (`scripts/latency_at_rate.py 8000`; see the README): while the machine was
+fast, 10 ms fetches with 5 ms takes kept the worker 52-56% busy with p99 43-48 ms (four
+runs), 30 ms / 15 ms 42-49% and 78-95 ms; while it was slow, 10 ms / 5 ms 57-68% and p99
+112-150 ms (four runs), 20 ms / 10 ms 48-59% and 63-104 ms (four), 30 ms / 15 ms 43-53% and
+80-120 ms (two). 20 ms with takes of 10 ms (`IDP_BATCH_WITHIN_S`) keeps the tail under 100 ms
+most often when the machine slows, which is when it matters.
 
 aiokafka builds its `Fetcher` inside `AIOKafkaConsumer.start()` and offers no hook, so
 `install` replaces the class that module refers to. The two methods overridden are private;

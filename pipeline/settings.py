@@ -34,8 +34,8 @@ class Settings(BaseSettings):
     state_namespace: str = Field("idp", validation_alias="IDP_STATE_NAMESPACE")
     partitions: int = Field(4, ge=1, validation_alias="IDP_PARTITIONS")
     batch_size: int = Field(500, ge=1, validation_alias="IDP_BATCH_SIZE")
-    # How long a take waits for its batch to fill (see `pipeline.fetching` for why 5 ms).
-    batch_within_s: float = Field(0.005, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
+    # How long a take waits for its batch to fill (see `pipeline.fetching` for why 10 ms).
+    batch_within_s: float = Field(0.01, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
     # How long a worker that is behind may gather takes into one batch (0: never gathers).
     batch_gather_s: float = Field(0.05, ge=0, le=1, validation_alias="IDP_BATCH_GATHER_S")
     session_timeout_s: float = Field(60.0, ge=6, validation_alias="IDP_SESSION_TIMEOUT_S")
@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     # The asyncio event loop of the worker: uvloop (libuv, in C) or the standard library's.
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", validation_alias="IDP_EVENT_LOOP")
     # How long a caught-up worker lets the broker gather records for one fetch (0: at once).
-    fetch_gather_ms: int = Field(10, ge=0, le=500, validation_alias="IDP_FETCH_GATHER_MS")
+    fetch_gather_ms: int = Field(20, ge=0, le=500, validation_alias="IDP_FETCH_GATHER_MS")
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
     shared_device_limit: int = Field(10, ge=1, validation_alias="IDP_SHARED_DEVICE_LIMIT")
