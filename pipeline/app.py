@@ -110,7 +110,7 @@ def faust_app(
     loop (uvloop unless `IDP_EVENT_LOOP=asyncio`), the fetch policy of the consumer Faust
     starts (`pipeline.fetching`) and the loop that hands its records to the streams
     (`pipeline.draining`). Without `consumer_patches` the last two are Faust's and aiokafka's
-    own: the benchmark's stock Faust agent.
+    own: the benchmark's bare Faust agent.
     """
     if settings.event_loop == "uvloop":
         mode.loop.use("uvloop")

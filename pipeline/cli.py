@@ -139,7 +139,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_bare(args: argparse.Namespace) -> int:
-    """The benchmark's baseline: a Faust agent that only iterates the input topics."""
+    """The benchmark's baselines: a Faust agent that only iterates the input topics."""
     from pipeline import bench
 
     bench.run_bare_worker(_settings(args), our_consumer=args.our_consumer)

@@ -14,7 +14,7 @@ event with Faust's loop and 56 µs with this one; the worker at 6,000/s 142-154 
 1. A record's delivery is run inline, as a plain call, and completes there when it does not
    have to wait (the stream's buffer has room, flow is not suspended, which is nearly always).
    Only a delivery that does wait is raced against `suspend_flow` as Faust does, by the same
-   `wait_first`, so a rebalance interrupts it exactly as before (`continue_in_task`).
+   `wait_first`, so a rebalance interrupts it exactly as before (`run_inline`).
 2. While a partition is paused because its stream's buffer is under pressure, the loop asks
    for records with a 10 ms timeout instead of Faust's 1 s. Faust takes the paused partition
    out of the set it passes to the fetch; when the buffer drains it puts the partition back,
