@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,8 +30,11 @@ class Settings(BaseSettings):
     # outputs); None means the same prefix as the inputs.
     output_topic_prefix: str | None = Field(None, validation_alias="IDP_OUTPUT_TOPIC_PREFIX")
     # Everything below is internal to the process and may change between releases.
-    app_id: str = Field("identity-pipeline", validation_alias="IDP_APP_ID")
-    state_namespace: str = Field("idp", validation_alias="IDP_STATE_NAMESPACE")
+    # The consumer group and the Redis namespace follow the topic prefix unless set: two
+    # environments sharing a cluster then never rebalance each other's workers nor read each
+    # other's state (`prefixed_default`).
+    app_id: str = Field("", validation_alias="IDP_APP_ID")
+    state_namespace: str = Field("", validation_alias="IDP_STATE_NAMESPACE")
     partitions: int = Field(4, ge=1, validation_alias="IDP_PARTITIONS")
     batch_size: int = Field(500, ge=1, validation_alias="IDP_BATCH_SIZE")
     # How long a take waits for its batch to fill (see `pipeline.fetching` for why 10 ms).
@@ -57,6 +60,16 @@ class Settings(BaseSettings):
     # Extra generic values to refuse as identifiers (R3), comma-separated, case-insensitive.
     blocked_values: str = Field("", validation_alias="IDP_BLOCKED_VALUES")
 
+    @model_validator(mode="after")
+    def _prefixed_defaults(self) -> Settings:
+        # Frozen: the derived defaults are set once, as if they had been given.
+        prefix = self.topic_prefix
+        if not self.app_id:
+            object.__setattr__(self, "app_id", prefixed_default("identity-pipeline", prefix))
+        if not self.state_namespace:
+            object.__setattr__(self, "state_namespace", prefixed_default("idp", prefix))
+        return self
+
     def topic(self, logical: str) -> str:
         """The physical name of a topic of SPEC §3 under the configured prefix."""
         return f"{self.topic_prefix}{logical}"
@@ -72,6 +85,14 @@ class Settings(BaseSettings):
         if self.secrets_file is None:
             return {}
         return load_secrets(self.secrets_file)
+
+
+def prefixed_default(base: str, prefix: str) -> str:
+    """`base` for an empty prefix, else `base` and the prefix, e.g. `idp-staging.` for `staging.`.
+
+    The namespace becomes part of every Redis key (`state.base.Keys`), which escapes it.
+    """
+    return f"{base}-{prefix}" if prefix else base
 
 
 def load_secrets(path: Path) -> dict[str, tuple[SecretStr, ...]]:
