@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.time import Timestamp
 
@@ -51,11 +51,17 @@ class Profile(_Output):
     email_verified: bool = False
     name: str | None = None
     pseudonym: str | None = None
-    anonymous_ids: list[str] = []
-    merged_contact_ids: list[str] = []
-    conversation_ids: list[str] = []
-    possible_duplicates: list[str] = []
-    flags: list[str] = []
+    # Lists and objects are built per profile (default_factory), never one shared default.
+    anonymous_ids: list[str] = Field(default_factory=list)
+    merged_contact_ids: list[str] = Field(default_factory=list)
+    conversation_ids: list[str] = Field(default_factory=list)
+    possible_duplicates: list[str] = Field(default_factory=list)
+    # Merged contacts whose only link to the user is an e-mail match (R7): their
+    # conversations are unproven.
+    email_matched_contact_ids: list[str] = Field(default_factory=list)
+    flags: list[str] = Field(default_factory=list)
+    # List name -> number of entries ever held, for lists truncated to the limit (R15).
+    totals: dict[str, int] = Field(default_factory=dict)
     created_at: Timestamp
     updated_at: Timestamp
     merged_into: str | None = None
