@@ -15,6 +15,8 @@ REJECTED = Counter("idp_events_rejected", "Inputs recorded on identity.rejected"
 OUTPUTS = Counter("idp_outputs", "Records published", ["topic"])
 BATCH_EVENTS = Histogram("idp_batch_events", "Input records per processed batch",
                          buckets=(1, 10, 50, 100, 200, 300, 400, 500, 1000))  # fmt: skip
+UNREADABLE_RECORDS = Counter("idp_unreadable_state_records",
+                             "Stored or outbox records that could not be decoded", ["kind"])
 CONFLICTS = Counter("idp_commit_conflicts", "Workspace commits that lost a race and were redone")
 
 
