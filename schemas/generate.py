@@ -11,6 +11,13 @@ from schemas.inputs import INPUT_MODELS
 from schemas.outputs import OUTPUT_MODELS
 
 JSON_DIR = Path(__file__).with_name("json")
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+BASE_URI = "https://identity-pipeline.dev/schemas/"
+
+
+def schema_id(topic: str) -> str:
+    """The absolute `$id` of a topic's schema, e.g. .../schemas/identity.merged.schema.json."""
+    return f"{BASE_URI}{topic}.schema.json"
 
 
 def rendered() -> dict[str, bytes]:
@@ -18,8 +25,10 @@ def rendered() -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     for topic, model in {**INPUT_MODELS, **OUTPUT_MODELS}.items():
         mode = "validation" if topic in INPUT_MODELS else "serialization"
+        # Inputs as the codec validates them; outputs as the worker emits them.
         schema = model.model_json_schema(mode=mode)
-        schema["$id"] = f"identity-pipeline/{topic}.schema.json"
+        schema["$schema"] = DIALECT
+        schema["$id"] = schema_id(topic)
         schema["title"] = topic
         text = orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
         files[f"{topic}.schema.json"] = text

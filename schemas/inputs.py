@@ -46,8 +46,19 @@ class ChatStart(_Input):
     city: str | None = None
 
 
+# What `_Verified._needs_proof` enforces, in JSON Schema: a string user_hash or identity_token.
+_PROOF_REQUIRED = {
+    "anyOf": [
+        {"required": [field], "properties": {field: {"type": "string"}}}
+        for field in ("user_hash", "identity_token")
+    ]
+}
+
+
 class _Verified(_Input):
     """An event that claims a user_id and must prove it (R9)."""
+
+    model_config = ConfigDict(json_schema_extra=_PROOF_REQUIRED)
 
     key_identifier: ClassVar[str] = "user_id"
 

@@ -8,9 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.time import Timestamp
 
+ORIGINAL_MAX_CHARS = 4096  # `original` of a rejection is truncated to this many characters
+DETAIL_MAX_CHARS = 500  # and its `detail` to this many
+
 
 class _Output(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Every field is emitted, those with a default too: the serialization-mode JSON Schema
+    # lists them all as required.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", json_schema_serialization_defaults_required=True
+    )
 
 
 class Merged(_Output):
@@ -41,7 +48,13 @@ class Shutdown(_Output):
 
 
 class Profile(_Output):
-    """The current profile of a contact (`identity.profiles`, compacted, keyed by contact_id)."""
+    """The current profile of a contact (`identity.profiles`, compacted, keyed by contact_id).
+
+    It is published whenever it changes; a contact merged away is published once more with
+    `merged_into` set. A record keyed by a contact_id with a null value (a tombstone) removes
+    that contact: it was erased (R16), or a late event showed that its history belongs to
+    another contact. A tombstone has no value, so this schema never applies to it.
+    """
 
     contact_id: str
     workspace_id: str
@@ -74,11 +87,13 @@ class Rejected(_Output):
     workspace_id: str | None
     input_event_id: str | None
     reason: str
-    detail: str
+    detail: str = Field(max_length=DETAIL_MAX_CHARS)
     source_topic: str
     source_partition: int
     source_offset: int
-    original: str
+    # The message as text: invalid UTF-8 replaced, truncated to ORIGINAL_MAX_CHARS characters
+    # (code points, as JSON Schema's maxLength counts them).
+    original: str = Field(max_length=ORIGINAL_MAX_CHARS)
 
 
 OUTPUT_MODELS: dict[str, type[_Output]] = {

@@ -80,16 +80,27 @@ def from_epoch_ms(value: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=value)
 
 
+# The JSON Schema of a timestamp depends on the direction: an input may carry RFC 3339 or epoch
+# milliseconds (validation mode), an output always carries `format_timestamp`'s spelling
+# (serialization mode).
+INPUT_TIMESTAMP_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "format": "date-time", "pattern": "^" + _RFC3339.pattern[:-2] + "$",
+         "description": "RFC 3339 with a zone offset, e.g. 2026-11-24T10:00:00Z"},
+        {"type": "integer", "description": "epoch milliseconds"},
+    ]
+}  # fmt: skip
+OUTPUT_TIMESTAMP_SCHEMA = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$",
+    "description": "RFC 3339 in UTC with millisecond precision, e.g. 2026-11-24T10:00:00.000Z",
+}
+
 Timestamp = Annotated[
     datetime,
     BeforeValidator(parse_timestamp),
     PlainSerializer(format_timestamp, return_type=str, when_used="json"),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "string", "format": "date-time"},
-                {"type": "integer", "description": "epoch milliseconds (input only)"},
-            ]
-        }
-    ),
+    WithJsonSchema(INPUT_TIMESTAMP_SCHEMA, mode="validation"),
+    WithJsonSchema(OUTPUT_TIMESTAMP_SCHEMA, mode="serialization"),
 ]
