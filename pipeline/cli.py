@@ -71,9 +71,16 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    """Start, stop or show the local Kafka and Redis."""
+    """Start, stop or show the local Kafka and Redis, or run one of Kafka's own tools."""
     settings = _settings(args)
     try:
+        if args.action == "kafka-tool":
+            if not getattr(args, "tool", None):
+                names = ", ".join(sorted(stack.KAFKA_TOOLS))
+                print(f"idp stack kafka-tool NAME [ARGS...]; NAME is one of: {names}",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            return stack.kafka_tool(args.tool, args.tool_args)
         if args.action == "up":
             print(stack.start_redis(settings.redis_url), flush=True)
             print(stack.start_kafka(settings.kafka_bootstrap_servers), flush=True)
@@ -186,7 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)
     sub.add_parser("topics", help="create the topics (idempotent)").set_defaults(func=cmd_topics)
     stack_parser = sub.add_parser("stack", help="local Kafka and Redis without Docker")
-    stack_parser.add_argument("action", choices=("up", "down", "status"))
+    stack_parser.add_argument("action", choices=("up", "down", "status", "kafka-tool"))
+    stack_parser.add_argument(
+        "tool", nargs="?", help="with kafka-tool: the script name, e.g. kafka-topics"
+    )
+    stack_parser.add_argument(
+        "tool_args", nargs=argparse.REMAINDER, help="with kafka-tool: the tool's own arguments"
+    )
     stack_parser.set_defaults(func=cmd_stack)
     demo_parser = sub.add_parser("demo", help="set up, start the worker, feed a journey")
     demo_parser.add_argument("--people", type=int, default=2000)

@@ -1,9 +1,10 @@
 """The local stack without Docker: a single-node Kafka (KRaft) and a Redis on loopback.
 
 Kafka 3.9.x runs from Maven Central jars resolved once into `.run/kafka-<version>/lib` and
-started with `java -cp`; Redis is Debian's `redis-server` with its own port, data directory
-and AOF persistence under `.run/redis`. Each service is started idempotently, waited for by
-probing it (never a fixed sleep), and has a pid file and a log file.
+started with `java -cp`, as do Kafka's own command-line tools (`kafka_tool`); Redis is
+Debian's `redis-server` with its own port, data directory and AOF persistence under
+`.run/redis`. Each service is started idempotently, waited for by probing it (never a fixed
+sleep), and has a pid file and a log file.
 """
 
 from __future__ import annotations
@@ -145,9 +146,14 @@ def kafka_lib() -> Path:
 
 
 def install_kafka() -> Path:
-    """Resolve the broker jars from Maven Central once (about 10 s), into a git-ignored folder."""
+    """Resolve the broker's and the tools' jars from Maven Central once, into a git-ignored folder.
+
+    About 10 s. A folder that has the broker but not the tools (resolved before they were part
+    of the stack) is completed: Maven adds the missing jars and leaves the others as they are.
+    """
     lib = kafka_lib()
-    if (lib / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
+    wanted = (f"kafka_2.13-{KAFKA_VERSION}.jar", f"kafka-tools-{KAFKA_VERSION}.jar")
+    if all((lib / jar).exists() for jar in wanted):
         return lib
     if shutil.which("java") is None:
         message = "Java is missing: install a JDK 17 (e.g. apt-get install openjdk-17-jre-headless)"
@@ -168,6 +174,62 @@ def install_kafka() -> Path:
         message = f"Maven could not resolve Kafka:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         raise StackError(message)
     return lib
+
+
+# The scripts of Kafka 3.9's bin/ folder and the main class each runs (`kafka-run-class.sh`).
+KAFKA_TOOLS = {
+    "kafka-topics": "org.apache.kafka.tools.TopicCommand",
+    "kafka-console-consumer": "org.apache.kafka.tools.consumer.ConsoleConsumer",
+    "kafka-console-producer": "kafka.tools.ConsoleProducer",
+    "kafka-consumer-groups": "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+    "kafka-configs": "kafka.admin.ConfigCommand",
+    "kafka-get-offsets": "org.apache.kafka.tools.GetOffsetShell",
+    "kafka-dump-log": "kafka.tools.DumpLogSegments",
+    "kafka-delete-records": "org.apache.kafka.tools.DeleteRecordsCommand",
+    "kafka-log-dirs": "org.apache.kafka.tools.LogDirsCommand",
+    "kafka-leader-election": "org.apache.kafka.tools.LeaderElectionCommand",
+    "kafka-reassign-partitions": "org.apache.kafka.tools.reassign.ReassignPartitionsCommand",
+    "kafka-transactions": "org.apache.kafka.tools.TransactionsCommand",
+    "kafka-features": "org.apache.kafka.tools.FeatureCommand",
+    "kafka-metadata-quorum": "org.apache.kafka.tools.MetadataQuorumCommand",
+    "kafka-cluster": "org.apache.kafka.tools.ClusterTool",
+    "kafka-acls": "kafka.admin.AclCommand",
+    "kafka-broker-api-versions": "kafka.admin.BrokerApiVersionsCommand",
+    "kafka-producer-perf-test": "org.apache.kafka.tools.ProducerPerformance",
+    "kafka-consumer-perf-test": "org.apache.kafka.tools.ConsumerPerformance",
+    "kafka-storage": "kafka.tools.StorageTool",
+}
+
+
+def kafka_tool_argv(name: str, args: list[str]) -> list[str]:
+    """The `java` command line that runs Kafka's tool `name` (a script name, `.sh` optional)."""
+    script = name.removesuffix(".sh")
+    main_class = KAFKA_TOOLS.get(script)
+    if main_class is None:
+        message = f"unknown Kafka tool {name!r}; known: {', '.join(sorted(KAFKA_TOOLS))}"
+        raise StackError(message)
+    lib = install_kafka()
+    home = run_dir() / "kafka"
+    home.mkdir(parents=True, exist_ok=True)
+    log4j = home / "tools-log4j.properties"
+    if not log4j.exists():  # as Kafka's config/tools-log4j.properties: warnings, on stderr
+        log4j.write_text(
+            "log4j.rootLogger=WARN, stderr\n"
+            "log4j.appender.stderr=org.apache.log4j.ConsoleAppender\n"
+            "log4j.appender.stderr.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.stderr.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.appender.stderr.Target=System.err\n"
+        )
+    return ["java", "-Xmx512m", "-XX:+UseSerialGC", f"-Dlog4j.configuration=file:{log4j}",
+            "-cp", f"{lib}/*", main_class, *args]  # fmt: skip
+
+
+def kafka_tool(name: str, args: list[str]) -> int:
+    """Run one of Kafka's command-line tools in the foreground; its exit status."""
+    if shutil.which("java") is None:
+        message = "Java is missing: install a JDK 17 (e.g. apt-get install openjdk-17-jre-headless)"
+        raise StackError(message)
+    return subprocess.run(kafka_tool_argv(name, args), check=False).returncode  # noqa: S603
 
 
 def _kafka_properties(broker: Endpoint, data: Path) -> str:
