@@ -17,7 +17,10 @@ import orjson
 from jsonschema import Draft202012Validator
 
 from pipeline import journey
+from pipeline.codec import Item, Source, decode, rejection
 from pipeline.core import ids
+from pipeline.core.model import Emit, Refusal
+from pipeline.core.oracle import Oracle
 from pipeline.journey import user_hash
 from pipeline.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW
 from schemas.time import format_timestamp, parse_timestamp
@@ -42,11 +45,12 @@ def schema_errors(topic: str, value: Any) -> list[str]:
     ]
 
 
-def check_outputs(records: Iterable[tuple[str, bytes, bytes | None]]) -> dict[str, int]:
-    """Check every output record (topic, key, value bytes) in order; count them by topic.
+def check_outputs(records: Iterable[tuple[str, bytes, bytes | Any]]) -> dict[str, int]:
+    """Check every output record (topic, key, value) in order; count them by topic.
 
-    A value must be JSON that conforms to its topic's schema; a null value (a tombstone) is
-    allowed only on the profiles topic, keyed by a contact_id published there before.
+    A value (JSON text, or the JSON value it was read as) must conform to its topic's schema; a
+    None value (a tombstone) is allowed only on the profiles topic, keyed by a contact_id
+    published there before.
     """
     counts: dict[str, int] = {}
     published: set[bytes] = set()
@@ -60,7 +64,7 @@ def check_outputs(records: Iterable[tuple[str, bytes, bytes | None]]) -> dict[st
             if topic != PROFILES or key not in published:
                 problems.append(f"{topic} {key!r}: a tombstone not keyed by a published contact")
             continue
-        message = orjson.loads(value)
+        message = orjson.loads(value) if isinstance(value, bytes) else value
         problems += [f"{topic} {key!r}: {e}" for e in schema_errors(topic, message)]
         if topic == PROFILES:
             contact_id = message.get("contact_id") if isinstance(message, dict) else None
@@ -158,3 +162,22 @@ def late_login(workspace_id: str, secret: str, at: datetime) -> tuple[Input, Inp
         Input(LOGIN, device.encode(), orjson.dumps(login), _ms(at)),
         ids.visitor_contact_id(workspace_id, device, "origin"),
     )
+
+
+def run_like_the_worker(oracle: Oracle, inputs: list[Input]) -> list[Emit]:
+    """Decode, apply and reject as the worker does (one partition); the outputs in order."""
+    outputs: list[Emit] = []
+    for offset, sent in enumerate(inputs):
+        source = Source(sent.topic, 0, offset, sent.key, sent.value, sent.at_ms)
+        decoded = decode(source)
+        if not isinstance(decoded, Item):
+            outputs.append(decoded)
+            continue
+        before = len(oracle.emitted)
+        result = oracle.apply(decoded.event, record_ms=sent.at_ms)
+        outputs += oracle.emitted[before:]
+        if isinstance(result.outcome, Refusal):
+            outputs.append(rejection(source, result.outcome.reason, result.outcome.detail,
+                                     workspace_id=decoded.event.workspace_id,
+                                     input_event_id=decoded.event.event_id))  # fmt: skip
+    return outputs

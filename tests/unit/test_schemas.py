@@ -93,7 +93,9 @@ def test_the_profile_schema_requires_every_field_a_profile_carries() -> None:
     }  # fmt: skip
     assert not schema_errors("identity.profiles", profile)
     for missing in ("totals", "email_matched_contact_ids", "merged_into", "flags"):
-        assert schema_errors("identity.profiles", {k: v for k, v in profile.items() if k != missing})
+        assert schema_errors(
+            "identity.profiles", {k: v for k, v in profile.items() if k != missing}
+        )
     assert schema_errors("identity.profiles", {**profile, "created_at": 1795514400000})
     assert schema_errors("identity.profiles", {**profile, "totals": {"anonymous_ids": "many"}})
     assert schema_errors("identity.profiles", {**profile, "extra": 1})

@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from pipeline import journey
-from pipeline.codec import Item, Source, decode, rejection, wire
-from pipeline.core.model import Emit, Refusal
+from pipeline.codec import wire
+from pipeline.core.model import Emit
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
 from tests.support.wire_schemas import (
@@ -22,6 +22,7 @@ from tests.support.wire_schemas import (
     invalid_inputs,
     journey_inputs,
     late_login,
+    run_like_the_worker,
     schema_errors,
     validator,
 )
@@ -30,25 +31,6 @@ WS = "ws-a"
 SECRETS = {WS: "secret-a-0123456789abcdef0123456789", "ws-b": "secret-b-9876543210fedcba9876543210"}
 CONFIG = CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()})
 LATER = journey.START + timedelta(hours=3)  # after the whole journey
-
-
-def run_like_the_worker(oracle: Oracle, inputs: list[Input]) -> list[Emit]:
-    """Decode, apply and reject as the worker does; the outputs in order."""
-    outputs: list[Emit] = []
-    for offset, sent in enumerate(inputs):
-        source = Source(sent.topic, 0, offset, sent.key, sent.value, sent.at_ms)
-        decoded = decode(source)
-        if not isinstance(decoded, Item):
-            outputs.append(decoded)
-            continue
-        before = len(oracle.emitted)
-        result = oracle.apply(decoded.event, record_ms=sent.at_ms)
-        outputs += oracle.emitted[before:]
-        if isinstance(result.outcome, Refusal):
-            outputs.append(rejection(source, result.outcome.reason, result.outcome.detail,
-                                     workspace_id=decoded.event.workspace_id,
-                                     input_event_id=decoded.event.event_id))  # fmt: skip
-    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +80,21 @@ def test_the_input_schemas_refuse_inputs_the_codec_refuses_for_their_shape(event
     """A login without proof, a chat without conversation_id, a logout stamped "noon"."""
     (sent,) = [s for s in invalid_inputs(WS, "s", LATER) if f'"{event_id}"'.encode() in s.value]
     assert schema_errors(sent.topic, orjson.loads(sent.value))
+
+
+def test_the_output_check_refuses_what_breaks_the_contract(scenario) -> None:
+    _, outputs, _ = scenario
+    profile = next(e for e in outputs if e.topic == "identity.profiles" and e.value is not None)
+    key, value = wire(profile)
+    good = ("identity.profiles", key, value)
+    wrong = [
+        ("identity.profiles", key, orjson.dumps({**orjson.loads(value), "created_at": 1})),
+        ("identity.profiles", b"someone-else", value),  # not keyed by its contact_id
+        ("identity.profiles", b"never-published", None),  # a tombstone of no contact
+        ("identity.merged", key, None),  # a tombstone off the profiles topic
+        ("identity.unknown", key, value),  # a topic without a schema
+    ]
+    check_outputs([good, ("identity.profiles", key, None)])
+    for record in wrong:
+        with pytest.raises(AssertionError):
+            check_outputs([good, record])
