@@ -239,15 +239,22 @@ def create_app(settings: Settings) -> faust.App:
     async def _drain_outbox(min_age_s: float, *, entries: list[str] | None = None) -> int:
         keys = Keys(settings.state_namespace)
         if entries is None:  # SCAN walks the whole keyspace: rarely (see OUTBOX_SCAN_S)
-            entries = await store.scan(keys.pattern("outbox"))
+            entries = await store.scan(keys.outbox_pattern())
         sent = 0
         for entry, record in zip(entries, await store.read(entries), strict=True):
             if record.data is None:
                 continue
-            created, records = outbox_records(record.data)
+            parts = keys.parse(entry)
+            try:
+                assert parts is not None and parts.kind == "outbox"
+                created, records = outbox_records(record.data)
+            except Exception as exc:  # noqa: BLE001 - foreign or damaged bytes: never fatal
+                logger.error("skipping an unreadable outbox record %s (%s: %s)", entry,
+                             type(exc).__name__, exc)  # fmt: skip
+                metrics.UNREADABLE_RECORDS.labels("outbox").inc()
+                continue
             if time.time() - created < min_age_s:
                 continue
-            workspace_id = entry.split("{", 1)[1].split("}", 1)[0]
             contacts = sorted({k.decode() for topic, k, _ in records if topic == PROFILES})
             events = [(t, k, v) for t, k, v in records if t != PROFILES]
             futures = [
@@ -256,7 +263,7 @@ def create_app(settings: Settings) -> faust.App:
                 )
                 for t, k, v in events
             ]
-            contact_keys = [keys.of(workspace_id, "contact", c) for c in contacts]
+            contact_keys = [keys.of(parts.workspace_id, "contact", c) for c in contacts]
             versions: list[int] = []
             while True:  # resend until no profile changed under us
                 current = await store.read(contact_keys)
@@ -336,7 +343,7 @@ def create_app(settings: Settings) -> faust.App:
                     settled += 1
                     continue
                 source = Source(topic, message.partition, message.offset, message.key,
-                                message.value, stamp)  # fmt: skip
+                                message.value, stamp, message.topic)  # fmt: skip
                 decoded = Item(parsed, source) if parsed is not None else explain(source)
                 if isinstance(decoded, Item):
                     items.append(decoded)

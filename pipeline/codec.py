@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass
 
 import orjson
@@ -22,7 +24,7 @@ _WRONG_TYPE = {"string_type", "int_type", "bool_type", "float_type", "model_type
 # four times as long to build); they are never mutated all the same.
 @dataclass(slots=True)
 class Source:
-    """Where a record came from; `topic` is the logical name (without the prefix)."""
+    """Where a record came from; `topic` is the logical name, `physical_topic` as read."""
 
     topic: str
     partition: int
@@ -30,6 +32,7 @@ class Source:
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None = None
+    physical_topic: str | None = None  # None: the same as `topic` (no prefix)
 
 
 @dataclass(slots=True)
@@ -50,24 +53,62 @@ def rejection(
 ) -> Emit:
     """The `identity.rejected` record of an input, keyed as received.
 
-    Its event_id derives from the record's position (topic, partition, offset), so processing
-    the same record again yields the same rejection (R12).
+    Its event_id derives from the record's position (physical topic, partition, offset), so
+    processing the same record again yields the same rejection (R12), and records of two
+    prefixes (or of a topic created again) never share one. A record without a key gets a
+    rejection without a key.
     """
-    original = (source.value or b"").decode("utf-8", errors="replace")[:ORIGINAL_MAX_CHARS]
+    topic = source.physical_topic or source.topic
+    original = redact((source.value or b"").decode("utf-8", errors="replace"))
     message = Rejected(
-        event_id=ids.output_event_id(
-            "rejected", source.topic, str(source.partition), str(source.offset)
-        ),
+        event_id=ids.output_event_id("rejected", topic, str(source.partition), str(source.offset)),
         workspace_id=workspace_id,
         input_event_id=input_event_id,
         reason=reason,
         detail=detail[:500],
-        source_topic=source.topic,
+        source_topic=topic,
         source_partition=source.partition,
         source_offset=source.offset,
         original=original,
     )
-    return Emit(REJECTED, source.key or b"", message)
+    return Emit(REJECTED, source.key, message)
+
+
+# A proof's value in a message's text, JSON-escaped or not, wherever it is: in a message that
+# is truncated or not JSON at all the same search finds it. The value ends at its closing
+# quote (an escaped quote inside it does not end it), or at the end of the text.
+_PROOF = re.compile(r'("(?:user_hash|identity_token)"\s*:\s*")((?:[^"\\]|\\.)*)("?)')
+
+
+_PROOFS = ("user_hash", "identity_token")
+
+
+def fingerprint(proof: str) -> str:
+    """What stands for a proof in a rejection: the first 8 hex digits of its SHA-256."""
+    return "sha256:" + hashlib.sha256(proof.encode("utf-8", "replace")).hexdigest()[:8]
+
+
+def redact(text: str) -> str:
+    """`text` with every `user_hash` and `identity_token` value replaced by its fingerprint.
+
+    A rejection never carries a usable proof: `identity.rejected` is read by downstream teams
+    and a `user_hash` never expires. The result is truncated to ORIGINAL_MAX_CHARS after the
+    proofs are replaced, so a cut can never leave part of one behind.
+    """
+    if "user_hash" in text or "identity_token" in text:
+        text = _PROOF.sub(lambda m: m.group(1) + fingerprint(m.group(2)) + m.group(3), text)
+    if "\\u" in text:  # a field name spelt with JSON escapes: redact the parsed object
+        try:
+            raw = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raw = None
+        if isinstance(raw, dict) and any(
+            isinstance(raw.get(f), str) and not raw[f].startswith("sha256:") for f in _PROOFS
+        ):
+            raw = {k: fingerprint(v) if k in _PROOFS and isinstance(v, str) else v
+                   for k, v in raw.items()}  # fmt: skip
+            text = orjson.dumps(raw).decode()
+    return text[:ORIGINAL_MAX_CHARS]
 
 
 # The common case in one step: pydantic parses and validates the JSON in Rust (its validator
@@ -172,7 +213,7 @@ def encode(value: OutputMessage) -> bytes:
     return orjson.dumps(value.model_dump(mode="json"))
 
 
-def wire(emit: Emit) -> tuple[bytes, bytes | None]:
+def wire(emit: Emit) -> tuple[bytes | None, bytes | None]:
     """The key and value an output is sent as (a None value is a tombstone)."""
-    key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
+    key = emit.key if isinstance(emit.key, bytes | None) else emit.key.encode()
     return key, None if emit.value is None else encode(emit.value)

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from pipeline import metrics
 from pipeline.codec import Item, rejection, wire
+from pipeline.core import ids
 from pipeline.core.facts import Device, EmailEntry, User
 from pipeline.core.model import (
     Applied,
@@ -36,7 +38,7 @@ from pipeline.core.model import (
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_more, likely_needs
 from pipeline.known import KnownDevices
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
-from pipeline.topics import PROFILES
+from pipeline.topics import OUTPUT_TOPICS, PROFILES
 from schemas import ChatStart, InputEvent, PageView
 
 logger = logging.getLogger(__name__)
@@ -89,25 +91,43 @@ class Processed:
     wires: list[Wire] = field(default_factory=list)  # `emits` as sent, encoded once
 
 
-Wire = tuple[str, bytes, bytes | None]  # (logical topic, key, value): an output as sent
+Wire = tuple[str, bytes | None, bytes | None]  # (logical topic, key, value): an output as sent
 
 
 def outbox_blob(wires: Sequence[Wire], created_s: float) -> bytes:
     """The outputs of a committed batch, kept with its state until they are delivered."""
     entries = [
-        [topic, base64.b64encode(key).decode(), None if value is None else value.decode()]
+        [
+            topic,
+            None if key is None else base64.b64encode(key).decode(),
+            None if value is None else value.decode(),
+        ]
         for topic, key, value in wires
     ]
     return orjson.dumps({"created": created_s, "emits": entries})
 
 
-def outbox_records(blob: bytes) -> tuple[float, list[tuple[str, bytes, bytes | None]]]:
-    """(created, [(topic, key, value)]) of an outbox record."""
+def outbox_records(blob: bytes) -> tuple[float, list[Wire]]:
+    """(created, [(topic, key, value)]) of an outbox record; ValueError if it is not one."""
     raw = orjson.loads(blob)
-    return raw["created"], [
-        (topic, base64.b64decode(key), None if value is None else value.encode())
-        for topic, key, value in raw["emits"]
-    ]
+    if not isinstance(raw, dict) or not isinstance(raw.get("created"), int | float):
+        raise ValueError("not an outbox record")
+    records: list[Wire] = []
+    for entry in raw.get("emits") or ():
+        topic, key, value = entry
+        if topic not in OUTPUT_TOPICS or not isinstance(key, str | None) or not isinstance(
+            value, str | None
+        ):
+            raise ValueError(f"not an output: {str(entry)[:80]}")
+        records.append((topic, None if key is None else base64.b64decode(key, validate=True),
+                        None if value is None else value.encode()))  # fmt: skip
+    return raw["created"], records
+
+
+def event_marker(item: Item) -> str:
+    """The identity of an input event (R12), which names its processed-event marker."""
+    event = item.event
+    return ids.event_identity(item.source.topic, event.anonymous_id.strip(), event.event_id)
 
 
 def content_digest(item: Item) -> bytes:
@@ -146,12 +166,14 @@ class _Working:
         self.written: set[tuple[str, str]] = set()  # (table, key) written by this batch
         self.encoded: dict[int, bytes] = {}  # id(profile) -> its bytes, written and sent alike
         self.ahead: dict[int, Transition] = {}  # decisions made while speculating, by item
+        self.unreadable: set[str] = set()  # keys whose records could not be decoded
+        self.outbox: str | None = None  # the key of this batch's outbox record, once written
 
     def key(self, kind: KeyKind, ident: str) -> str:
         return self.keys.of(self.workspace_id, kind, ident)
 
-    def marker_key(self, event_id: str) -> str:
-        return self.key("evt", event_id)
+    def marker_key(self, marker: str) -> str:
+        return self.key("evt", marker)
 
     def missing(self, need: NeedMore) -> list[str]:
         keys = []
@@ -161,17 +183,28 @@ class _Working:
         return keys
 
     def learn(self, key: str, record: Record) -> None:
-        """Take a record read from the store into the view (first read wins)."""
+        """Take a record read from the store into the view (first read wins).
+
+        A record that cannot be decoded (written by something else, or damaged) is logged,
+        counted and kept out of the view: an event that needs it is refused (`unreadable`).
+        """
         if key in self.read_versions:
             return
         self.read_versions[key] = record.version
-        kind, ident = key.split("}:", 1)[1].split(":", 1)
+        parts = self.keys.parse(key)
+        assert parts is not None, key  # built by `self.key`
+        kind, ident = parts.kind, parts.ident
         data = record.data or None  # b"" is a tombstoned contact: absent
         if kind == "evt":
             self.markers[ident] = data
             return
         table, decode = _BY_KIND[kind]
-        getattr(self.view, table)[ident] = decode(data) if data else None
+        try:
+            getattr(self.view, table)[ident] = decode(data) if data else None
+        except Exception as exc:  # noqa: BLE001 - any decoding failure of foreign bytes
+            logger.error("unreadable %s record %s (%s: %s)", kind, key, type(exc).__name__, exc)
+            metrics.UNREADABLE_RECORDS.labels(kind).inc()
+            self.unreadable.add(key)
 
     def absorb(self, transition: Transition) -> None:
         """Take a writing decision: its writes, and version checks of everything it read.
@@ -208,9 +241,10 @@ class _Working:
         return wires
 
     def mark_processed(self, item: Item, digest: bytes) -> None:
-        key = self.marker_key(item.event.event_id)
+        marker = event_marker(item)
+        key = self.marker_key(marker)
         self.commit.checks.setdefault(key, self.read_versions.get(key, 0))
-        self.markers[item.event.event_id] = digest
+        self.markers[marker] = digest
         self.commit.writes[key] = digest
         self.commit.expiring.add(key)
 
@@ -278,7 +312,7 @@ class Processor:
             sent = {id(working): working.wires() for working in workings}
             for working in workings:
                 if working.commit.writes and working.emits:
-                    key = working.key("outbox", uuid.uuid4().hex)
+                    key = working.outbox = self.keys.outbox(working.workspace_id, uuid.uuid4().hex)
                     working.commit.checks[key] = 0
                     working.commit.writes[key] = outbox_blob(sent[id(working)], time.time())
             # A group that wrote nothing needs no commit: its decisions changed no state.
@@ -289,7 +323,7 @@ class Processor:
                 # The commits may have been applied with their replies lost (Redis went away
                 # meanwhile): processing again would then find nothing to do, so their
                 # outputs are only in these outbox records, for the caller to send.
-                self.in_doubt += [k for w in writing for k in w.commit.writes if ":outbox:" in k]
+                self.in_doubt += [w.outbox for w in writing if w.outbox is not None]
                 raise
             outcomes = dict(zip(map(id, writing), committed, strict=True))
             results = [outcomes.get(id(w), True) for w in workings]
@@ -300,7 +334,8 @@ class Processor:
                     emits.extend(working.emits)
                     wires.extend(sent[id(working)])
                     tally.add(working.tally)
-                    outbox += [k for k in working.commit.writes if ":outbox:" in k]
+                    if working.outbox is not None:
+                        outbox.append(working.outbox)
                 else:
                     retry[working.workspace_id] = pending[working.workspace_id]
             self.conflicts += len(retry)
@@ -388,7 +423,7 @@ class Processor:
         except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
             logger.exception("likely_needs failed on event %s", item.event.event_id)
             return set()
-        keys = {of(workspace_id, "evt", item.event.event_id)}
+        keys = {of(workspace_id, "evt", event_marker(item))}
         for table, kind, _, _ in _TABLES:
             keys.update(of(workspace_id, kind, ident) for ident in getattr(hint, table))
         return keys
@@ -463,8 +498,9 @@ class Processor:
                         waiting.append(item)
                         continue
                     working.ahead[id(item)] = result
-                    if result.writes and item.event.event_id not in working.markers:
-                        keys.add(working.marker_key(item.event.event_id))
+                    marker = event_marker(item)
+                    if result.writes and marker not in working.markers:
+                        keys.add(working.marker_key(marker))
                 wanted += [(working, key) for key in sorted(keys)]
                 if waiting:
                     still.append((working, waiting))
@@ -487,8 +523,9 @@ class Processor:
         except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
             return []
         keys = working.missing(hint)
-        if keys and event.event_id not in working.markers:
-            keys.append(working.marker_key(event.event_id))
+        marker = event_marker(item)
+        if keys and marker not in working.markers:
+            keys.append(working.marker_key(marker))
         return keys
 
     def _more_needs(self, working: _Working, item: Item) -> list[str]:
@@ -530,6 +567,9 @@ class Processor:
             if isinstance(result, Transition):
                 break
             keys = working.missing(result)
+            if working.unreadable.intersection(keys):
+                return Refusal("unreadable_state", "a stored record this event needs cannot be "
+                               "read (see the worker's log)")  # fmt: skip
             if not keys:
                 message = f"the core asked for records it already has: {result}"
                 raise RuntimeError(message)
@@ -543,11 +583,11 @@ class Processor:
         """Keep a decision: refuse a reused event_id, absorb the writes, mark the event."""
         if not result.writes:
             return result.outcome  # nothing changes, so a repeat or a reuse can do no harm
-        event_id = item.event.event_id
-        if event_id not in working.markers:
-            key = working.marker_key(event_id)
+        marker = event_marker(item)
+        if marker not in working.markers:
+            key = working.marker_key(marker)
             working.learn(key, (await self.store.read([key]))[0])
-        seen = working.markers[event_id]
+        seen = working.markers[marker]
         digest = content_digest(item)
         if seen is not None:
             if seen == digest:

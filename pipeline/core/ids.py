@@ -55,6 +55,15 @@ def visitor_contact_id(workspace_id: str, anonymous_id: str, session: str) -> st
     return _digest("visitor", workspace_id, anonymous_id, session)
 
 
+def event_identity(topic: str, anonymous_id: str, event_id: str) -> str:
+    """What names one input event (R12): its topic, device and event_id, within a workspace.
+
+    An event_id is the client's word: scoped by device, one client cannot block another
+    device's events by sending their event_ids first.
+    """
+    return _digest("event", topic, anonymous_id, event_id, size=16)
+
+
 def output_event_id(kind: str, *parts: str) -> str:
     """The event_id of an output, from what caused it (R12)."""
     return _digest("output", kind, *parts, size=16)

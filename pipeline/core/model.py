@@ -56,7 +56,7 @@ class Emit:
     """
 
     topic: str
-    key: str | bytes
+    key: str | bytes | None  # None: a rejection of a record that had no key
     value: OutputMessage | None
 
 

@@ -24,7 +24,7 @@ class Oracle:
     users: dict[tuple[str, str], User] = field(default_factory=dict)
     emails: dict[tuple[str, str], EmailEntry] = field(default_factory=dict)
     contacts: dict[tuple[str, str], Profile | None] = field(default_factory=dict)
-    applied: dict[tuple[str, str], InputEvent] = field(default_factory=dict)
+    applied: dict[tuple[str, str, str, str], InputEvent] = field(default_factory=dict)
     emitted: list[Emit] = field(default_factory=list)
 
     def apply(
@@ -36,7 +36,7 @@ class Oracle:
         itself is idempotent.
         """
         ws = event.workspace_id
-        marker = (ws, event.event_id)
+        marker = (ws, event.topic, event.anonymous_id.strip(), event.event_id)  # R12
         if dedup and marker in self.applied:
             return Transition(Unchanged())
         view = View(ws)

@@ -66,23 +66,94 @@ class Store(Protocol):
         ...
 
 
-KeyKind = Literal["dev", "user", "email", "contact", "evt", "outbox"]
+KeyKind = Literal["dev", "user", "email", "contact", "evt"]
+
+# The characters that give a key its structure, escaped reversibly wherever a value from input
+# (a workspace, device, user or e-mail id) becomes part of a key: `%` first, so `%3A` in an
+# identifier stays `%253A` and can never be read back as `:`.
+_ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
+_UNESCAPES = (("%3A", ":"), ("%7B", "{"), ("%7D", "}"), ("%25", "%"))
+_GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
+
+
+def escape(value: str) -> str:
+    """`value` with no `%`, `:`, `{` or `}` left: it cannot change the structure of a key."""
+    if "%" in value or ":" in value or "{" in value or "}" in value:
+        return value.translate(_ESCAPES)
+    return value
+
+
+def unescape(value: str) -> str:
+    """The inverse of `escape`."""
+    if "%" not in value:
+        return value
+    for escaped, plain in _UNESCAPES:  # `%25` last: `%253A` is `%3A`, not `:`
+        value = value.replace(escaped, plain)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class KeyParts:
+    """What a key of the namespace names; `ident` as the record's identifier (unescaped)."""
+
+    workspace_id: str
+    kind: str
+    ident: str
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key layout: `<namespace>:{<workspace_id>}:<kind>:<id>`.
+    """Key layout: `<namespace>:{<workspace_id>}:<kind>:<id>`; `<namespace>:outbox:{<ws>}:<id>`.
 
-    The workspace sits in a Redis Cluster hash tag, so all keys of a workspace share one slot
-    and a commit (which never crosses workspaces, R13) runs as one script on a cluster too.
+    Every part that comes from input is escaped (`escape`), so the first `}` closes the
+    workspace tag and the first `:` after it ends the kind, whatever an identifier holds; the
+    outbox lives under a prefix of its own that no record's key can start with. The workspace
+    sits in a Redis Cluster hash tag, so all keys of a workspace (its outbox included) share one
+    slot and a commit (which never crosses workspaces, R13) runs as one script on a cluster too.
     """
 
     namespace: str
 
+    @property
+    def _ns(self) -> str:
+        return escape(self.namespace)
+
     def of(self, workspace_id: str, kind: KeyKind, ident: str) -> str:
         """The key of one record."""
-        return f"{self.namespace}:{{{workspace_id}}}:{kind}:{ident}"
+        return f"{self._ns}:{{{escape(workspace_id)}}}:{kind}:{escape(ident)}"
+
+    def outbox(self, workspace_id: str, ident: str) -> str:
+        """The key of one outbox record (undelivered outputs of a committed batch)."""
+        return f"{self._ns}:outbox:{{{escape(workspace_id)}}}:{escape(ident)}"
+
+    def parse(self, key: str) -> KeyParts | None:
+        """What a record's or an outbox record's key names; None for a key of another shape."""
+        ns = self._ns + ":"
+        if not key.startswith(ns):
+            return None
+        rest = key[len(ns) :]
+        kind = None
+        if rest.startswith("outbox:"):
+            kind, rest = "outbox", rest[len("outbox:") :]
+        if not rest.startswith("{") or "}:" not in rest:
+            return None
+        tag, _, tail = rest[1:].partition("}:")
+        if kind is None:
+            kind, colon, tail = tail.partition(":")
+            if not colon:
+                return None
+        if not tag or ":" in tag or "{" in tag or "}" in tail or "{" in tail or ":" in tail:
+            return None
+        return KeyParts(unescape(tag), kind, unescape(tail))
 
     def pattern(self, kind: KeyKind) -> str:
         """A glob matching every record of a kind, in every workspace."""
-        return f"{self.namespace}:{{*}}:{kind}:*"
+        return f"{self._ns.translate(_GLOB_SPECIAL)}:{{*}}:{kind}:*"
+
+    def outbox_pattern(self) -> str:
+        """A glob matching every outbox record of the namespace (and nothing else)."""
+        return f"{self._ns.translate(_GLOB_SPECIAL)}:outbox:{{*}}:*"
+
+    def everything(self) -> str:
+        """A glob matching every key of the namespace."""
+        return f"{self._ns.translate(_GLOB_SPECIAL)}:*"

@@ -88,7 +88,7 @@ async def test_undecodable_messages_are_rejected_and_the_worker_goes_on(pipeline
     assert rejected["k6"]["reason"] == "blocked_identifier"
     assert rejected["k1"]["original"] == "\ufffd\ufffd not utf-8"
     for value in rejected.values():
-        assert value["source_topic"] == "telemetry.page_view"
+        assert value["source_topic"] == pipeline.prefix + "telemetry.page_view"  # as read
         assert value["source_offset"] >= 0
     assert len({value["event_id"] for value in rejected.values()}) == 6
     assert pipeline.outputs.latest_profiles().popitem()[1]["anonymous_ids"] == ["device-ok"]

@@ -51,9 +51,21 @@ async def test_an_event_id_reused_with_other_content_is_refused() -> None:
     proc = Processor(MemoryStore(), Keys("t"), CONFIG)
     first = ev.page_view("ws", "d1", "2026-11-24T10:00:00Z")
     await proc.process([item(first)])
-    result = await proc.process([item({**first, "anonymous_id": "d2"}, 1)])
+    # The same device, the same event_id, other content (an earlier time: it would change state).
+    result = await proc.process([item({**first, "timestamp": "2026-11-24T09:00:00Z"}, 1)])
     assert result.tally.rejected == {"event_id_reused": 1}
     assert [e.value.reason for e in result.emits] == ["event_id_reused"]
+
+
+async def test_an_event_id_of_another_device_is_another_event() -> None:
+    # R12: an event is (workspace, topic, anonymous_id, event_id), so sending a victim's next
+    # event_id from another device cannot block the victim's event.
+    proc = Processor(MemoryStore(), Keys("t"), CONFIG)
+    attacker = ev.page_view("ws", "attacker", "2026-11-24T10:00:00Z")
+    await proc.process([item(attacker)])
+    victim = await proc.process([item({**attacker, "anonymous_id": "victim"}, 1)])
+    assert (victim.tally.applied, victim.tally.rejected) == (1, {})
+    assert [e.value.anonymous_ids for e in victim.emits] == [["victim"]]
 
 
 async def test_a_failing_core_refuses_that_event_only(monkeypatch: pytest.MonkeyPatch) -> None:
