@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline.state.base import Keys
 from pipeline.topics import TopicSpec, topic_specs
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ async def remove_keys(redis_url: str, namespace: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
         batch = []
-        async for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+        async for key in client.scan_iter(match=Keys(namespace).everything(), count=1000):
             batch.append(key)
             if len(batch) >= 1000:
                 await client.unlink(*batch)

@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS
+from schemas.time import parse_timestamp, to_epoch_ms
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,20 +116,32 @@ class Pipeline:
         return path.read_text(errors="replace")[-5000:] if path.exists() else ""
 
     async def send(
-        self, topic: str, value: dict[str, Any] | bytes, *, key: str | None = None
+        self,
+        topic: str,
+        value: dict[str, Any] | bytes,
+        *,
+        key: str | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
+        """Produce one record; its timestamp is the event's own unless given (R14)."""
         assert self._producer is not None
         if isinstance(value, dict):
             key = key if key is not None else str(value.get("anonymous_id", ""))
             value = orjson.dumps(value)
-        await self._producer.send_and_wait(self.prefix + topic, value,
-                                           key=key.encode() if key is not None else None)  # fmt: skip
+        await self._producer.send_and_wait(
+            self.prefix + topic, value, key=key.encode() if key is not None else None,
+            timestamp_ms=timestamp_ms if timestamp_ms is not None else record_time(value),
+        )  # fmt: skip
 
     async def send_many(self, messages: list[tuple[str, bytes, bytes | None]]) -> None:
-        """Produce (topic, value, key) messages in order, then wait until all are written."""
+        """Produce (topic, value, key) messages in order, then wait until all are written.
+
+        Each record is stamped with its event's time, as a product's backend would (R14).
+        """
         assert self._producer is not None
         for topic, value, key in messages:
-            await self._producer.send(self.prefix + topic, value, key=key)
+            await self._producer.send(self.prefix + topic, value, key=key,
+                                      timestamp_ms=record_time(value))  # fmt: skip
         await self._producer.flush()
 
     async def wait_for(self, condition: Callable[[OutputLog], bool], *, timeout: float = 30.0,
@@ -178,6 +191,18 @@ class Pipeline:
 
 
 INPUTS = INPUT_TOPICS
+
+
+def record_time(value: bytes | None) -> int | None:
+    """The record timestamp a producer on the product's backend gives an event: its own time.
+
+    None (the producer's clock) for a value without a readable timestamp.
+    """
+    try:
+        stamp = orjson.loads(value or b"").get("timestamp")
+        return None if stamp is None else to_epoch_ms(parse_timestamp(stamp))
+    except (orjson.JSONDecodeError, AttributeError, ValueError, TypeError):
+        return None
 
 
 async def read_topics(bootstrap: str, topics: list[str], prefix: str) -> OutputLog:
