@@ -30,18 +30,46 @@ runs), 30 ms / 15 ms 42-49% and 78-95 ms; while it was slow, 10 ms / 5 ms 57-68%
 80-120 ms (two). 20 ms with takes of 10 ms (`IDP_BATCH_WITHIN_S`) keeps the tail under 100 ms
 most often when the machine slows, which is when it matters.
 
+Unreadable batches. aiokafka decodes a fetched batch only when its records are taken, inside
+`getmany`: a batch it cannot read (a codec the process lacks, a CRC mismatch, a malformed
+record) raises there, out of Faust's consumer, and the worker exits; restarted, it reads the
+same batch again and exits again. `GatheringFetcher` ends the partition's records at such a
+batch instead (`GuardedRecords`): the records before it are handed over, the partition is held
+at the batch's offset and is not fetched while the other partitions flow. The worker logs
+topic, partition, offsets and error, counts the batch (`idp_unreadable_batches`) and shows the
+held offset (`idp_partition_held_at_offset`). Every `HOLD_RETRY_S` it fetches the batch
+again, which ends the hold when the batch was damaged in transit, and logs again while it
+stays unreadable. Nothing is skipped by the worker: the batch stays in the topic, and an
+operator skips it deliberately, with the workers stopped, by moving the group's offset past
+it (the log line gives the `kafka-consumer-groups --reset-offsets` command), or makes it
+readable (e.g. installs the missing codec) and restarts the worker. A new assignment ends the
+hold too: the partition is then read from its committed offset, and held again if need be.
+
 aiokafka builds its `Fetcher` inside `AIOKafkaConsumer.start()` and offers no hook, so
-`install` replaces the class that module refers to. The two methods overridden are private;
-`tests/unit/test_fetching.py` fails if their shape changes in a new aiokafka release.
+`install` replaces the class that module refers to. The methods overridden are private, as
+are the attributes of aiokafka's `FetchResult` and `PartitionRecords` that `GuardedRecords`
+relies on; `tests/unit/test_fetching.py` fails if their shape changes in a new aiokafka
+release.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
 from aiokafka.consumer import consumer as aiokafka_consumer
-from aiokafka.consumer.fetcher import Fetcher
+from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
+from aiokafka.structs import TopicPartition
+
+from pipeline import metrics
+
+logger = logging.getLogger(__name__)
 
 GATHER_BYTES = 64 * 1024
 WAITING_WAIT_MS = 50  # see request_limits
+HOLD_RETRY_S = 30.0  # how often a held partition's batch is fetched (and logged) again
 
 
 def request_limits(
@@ -65,8 +93,108 @@ def request_limits(
     return patient
 
 
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A batch that could not be read: where, why, and where the partition resumes past it."""
+
+    tp: TopicPartition
+    offset: int  # the first offset not handed over
+    error: str
+    skip_to: int  # the offset after the batch (offset + 1 when its end is unknown)
+    batch: str  # e.g. "offsets 10..14, codec zstd"; empty when its header was unreadable
+
+
+CODECS = {0: "none", 1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+
+
+class _LastBatch:
+    """aiokafka's `MemoryRecords`, remembering the batch it handed out last."""
+
+    __slots__ = ("batch", "records")
+
+    def __init__(self, records: Any) -> None:  # noqa: ANN401 - aiokafka's (C) MemoryRecords
+        self.records = records
+        self.batch: Any = None
+
+    def has_next(self) -> bool:
+        return self.records.has_next()
+
+    def next_batch(self) -> Any:  # noqa: ANN401
+        self.batch = None  # until the next one has been parsed
+        self.batch = self.records.next_batch()
+        return self.batch
+
+
+class GuardedRecords:
+    """A partition's fetched records that end before a batch they cannot read, instead of raising.
+
+    Wraps aiokafka's `PartitionRecords` before any record is taken. When reading raises, the
+    records read so far are what the consumer gets, its position stays at the failing offset
+    (`next_fetch_offset`, which `FetchResult` moves the position to), and `on_unreadable`
+    is told.
+    """
+
+    def __init__(self, inner: PartitionRecords, on_unreadable: Any) -> None:  # noqa: ANN401
+        self._inner = inner
+        self._batches = _LastBatch(inner._records)  # noqa: SLF001
+        inner._records = self._batches  # noqa: SLF001 - read first when the first record is taken
+        self._on_unreadable = on_unreadable
+
+    @property
+    def next_fetch_offset(self) -> int:
+        """The offset the partition's next fetch starts at (read by aiokafka's FetchResult)."""
+        return self._inner.next_fetch_offset
+
+    def __iter__(self) -> GuardedRecords:
+        return self
+
+    def __next__(self) -> Any:  # noqa: ANN401 - aiokafka's ConsumerRecord
+        try:
+            return next(self._inner)
+        except StopIteration:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever a batch does, the worker goes on
+            self._on_unreadable(self._describe(exc))
+            raise StopIteration from None
+
+    def _describe(self, exc: Exception) -> Unreadable:
+        offset = self._inner.next_fetch_offset
+        batch = self._batches.batch
+        if batch is not None and batch.base_offset <= offset < batch.next_offset:
+            codec = CODECS.get(batch.compression_type, str(batch.compression_type))
+            where = f"offsets {batch.base_offset}..{batch.next_offset - 1}, codec {codec}"
+            skip_to = batch.next_offset
+        else:
+            where, skip_to = "", offset + 1
+        error = str(exc)  # aiokafka's errors name their class; others are named here
+        if not error.startswith(type(exc).__name__):
+            error = f"{type(exc).__name__}: {error}"
+        return Unreadable(self._inner._tp, offset, error, skip_to, where)  # noqa: SLF001
+
+
+@dataclass(slots=True)
+class _Hold:
+    unreadable: Unreadable
+    assignment: Any  # the assignment it was found under: a new one ends the hold
+    retry_at: float
+
+
+class _WithoutHeld:
+    """An assignment as `_get_actions_per_node` sees it: the held partitions left out."""
+
+    def __init__(self, assignment: Any, held: set[TopicPartition]) -> None:  # noqa: ANN401
+        self._assignment = assignment
+        self.tps = assignment.tps - held
+
+    def __getattr__(self, name: str) -> Any:  # noqa: ANN401
+        return getattr(self._assignment, name)
+
+
 class GatheringFetcher(Fetcher):
-    """aiokafka's fetcher, with fetch requests that gather records while the consumer keeps up."""
+    """aiokafka's fetcher, with fetch requests that gather records while the consumer keeps up.
+
+    It also holds a partition at a batch it cannot read instead of raising (module docstring).
+    """
 
     gather_wait_ms = 5
 
@@ -75,19 +203,81 @@ class GatheringFetcher(Fetcher):
         self._patient = (self._fetch_min_bytes, self._fetch_max_wait_ms)
         self._brought_records = False
         self.requests = 0  # fetch requests answered (what the tests count)
+        self.held: dict[TopicPartition, _Hold] = {}
+        self._counted: set[tuple[TopicPartition, int]] = set()  # batches counted in the metric
 
     def _get_actions_per_node(self, assignment):  # noqa: ANN001, ANN202 - aiokafka's signature
         self._fetch_min_bytes, self._fetch_max_wait_ms = request_limits(
             brought_records=self._brought_records, records_waiting=bool(self._records),
             gather_wait_ms=self.gather_wait_ms, patient=self._patient,
         )  # fmt: skip
+        if self.held:
+            self._release(assignment)
+        if self.held:
+            assignment = _WithoutHeld(assignment, set(self.held))
         return super()._get_actions_per_node(assignment)
 
     async def _proc_fetch_request(self, assignment, node_id, request):  # noqa: ANN001, ANN202
+        before = {tp: id(result) for tp, result in self._records.items()}
         brought = await super()._proc_fetch_request(assignment, node_id, request)
         self.requests += 1
         self._brought_records = bool(brought)
+        # No record of what the response added has been taken yet: nothing ran in between.
+        for tp, result in self._records.items():
+            if type(result) is FetchResult and before.get(tp) != id(result):
+                records = result._partition_records  # noqa: SLF001
+                if type(records) is PartitionRecords:
+                    result._partition_records = GuardedRecords(  # noqa: SLF001
+                        records, lambda found, a=assignment: self._hold(found, a)
+                    )
         return brought
+
+    def _hold(self, found: Unreadable, assignment: Any) -> None:  # noqa: ANN401
+        tp = found.tp
+        labels = (tp.topic, str(tp.partition))
+        if (tp, found.offset) not in self._counted:
+            self._counted.add((tp, found.offset))
+            metrics.UNREADABLE_BATCHES.labels(*labels).inc()
+        metrics.HELD_AT.labels(*labels).set(found.offset)
+        self.held[tp] = _Hold(found, assignment, time.monotonic() + HOLD_RETRY_S)
+        logger.error(
+            "unreadable record batch in %s partition %d at offset %d%s: %s. The partition is "
+            "held there, the others go on; it is fetched again every %.0fs. To skip the "
+            "batch, stop every worker of the group and run: %s",
+            tp.topic, tp.partition, found.offset, f" ({found.batch})" if found.batch else "",
+            found.error, HOLD_RETRY_S, skip_command(found),
+        )  # fmt: skip
+
+    def _release(self, assignment: Any) -> None:  # noqa: ANN401
+        now = time.monotonic()
+        for tp, hold in list(self.held.items()):
+            state = assignment.state_value(tp)
+            moved = state is None or not state.has_valid_position or (
+                state.position != hold.unreadable.offset
+            )  # fmt: skip
+            if hold.assignment is assignment and not moved and now < hold.retry_at:
+                continue
+            del self.held[tp]
+            metrics.HELD_AT.remove(tp.topic, str(tp.partition))
+            if hold.assignment is not assignment or moved:
+                logger.warning("%s partition %d is no longer held at offset %d",
+                               tp.topic, tp.partition, hold.unreadable.offset)  # fmt: skip
+
+
+def skip_command(found: Unreadable) -> str:
+    """The command that moves the worker's consumer group past an unreadable batch."""
+    try:  # late import: the settings of the worker this runs in (its group is the app id)
+        from pipeline.settings import Settings
+
+        settings = Settings()
+        group, bootstrap = settings.app_id, settings.kafka_bootstrap_servers
+    except Exception:  # noqa: BLE001 - only the hint is at stake
+        group, bootstrap = "<IDP_APP_ID>", "<KAFKA_BOOTSTRAP_SERVERS>"
+    return (
+        f"idp stack kafka-tool kafka-consumer-groups --bootstrap-server {bootstrap} "
+        f"--group {group} --topic {found.tp.topic}:{found.tp.partition} --reset-offsets "
+        f"--to-offset {found.skip_to} --execute"
+    )
 
 
 def install(gather_wait_ms: int) -> None:

@@ -6,7 +6,7 @@ Every input ends in exactly one of applied, unchanged or rejected, so at any qui
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 EVENTS_IN = Counter("idp_events_in", "Input records read", ["topic"])
 APPLIED = Counter("idp_events_applied", "Valid events that changed the identity state")
@@ -18,6 +18,13 @@ BATCH_EVENTS = Histogram("idp_batch_events", "Input records per processed batch"
 UNREADABLE_RECORDS = Counter("idp_unreadable_state_records",
                              "Stored or outbox records that could not be decoded", ["kind"])
 CONFLICTS = Counter("idp_commit_conflicts", "Workspace commits that lost a race and were redone")
+# An input batch the worker cannot read holds its partition at that offset (`pipeline.fetching`).
+UNREADABLE_BATCHES = Counter("idp_unreadable_batches",
+                             "Input record batches found unreadable (each batch counted once)",
+                             ["topic", "partition"])  # fmt: skip
+HELD_AT = Gauge("idp_partition_held_at_offset",
+                "Offset of the unreadable batch an input partition is held at (absent: not held)",
+                ["topic", "partition"])  # fmt: skip
 
 
 def serve(port: int) -> None:
