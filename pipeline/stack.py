@@ -323,24 +323,45 @@ def stop_kafka(bootstrap: str = "127.0.0.1:9092") -> bool:
 # --------------------------------------------------------------------------- Redis
 
 
+def _apt_install(package: str, program: str) -> str:
+    """Path of `program`, installing Debian's `package` when it is missing (needs root)."""
+    found = shutil.which(program)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        message = f"{program} is missing: run `sudo apt-get install {package}`"
+        raise StackError(message)
+    print(f"Installing Debian's {package} ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+        if result.returncode != 0:
+            message = f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}"
+            raise StackError(message)
+    found = shutil.which(program)
+    if found is None:
+        message = f"installing {package} brought no {program}"
+        raise StackError(message)
+    return found
+
+
+def install_kcat() -> str:
+    """Path of `kcat` (librdkafka's command-line client), installing Debian's package if missing.
+
+    The tests produce through it what librdkafka-based producers send (e.g. lz4 batches).
+    """
+    return _apt_install("kcat", "kcat")
+
+
 def install_redis() -> str:
     """Path of `redis-server`, installing Debian's package when it is missing (needs root)."""
     found = shutil.which("redis-server")
     if found:
         return found
-    if os.geteuid() != 0:
-        message = "redis-server is missing: run `sudo apt-get install redis-server`"
-        raise StackError(message)
-    print("Installing Debian's redis-server ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
-        if result.returncode != 0:
-            message = f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}"
-            raise StackError(message)
+    server = _apt_install("redis-server", "redis-server")
     # Debian starts a system-wide redis on 6379 after installing it; ours has its own config.
     subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)  # noqa: S607
-    return shutil.which("redis-server") or "/usr/bin/redis-server"
+    return server
 
 
 def _redis_ready(endpoint: Endpoint) -> bool:
