@@ -59,6 +59,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import codec
 from aiokafka.consumer import consumer as aiokafka_consumer
 from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 from aiokafka.structs import TopicPartition
@@ -283,7 +284,13 @@ def skip_command(found: Unreadable) -> str:
 def install(gather_wait_ms: int) -> None:
     """Make every aiokafka consumer started from now on in this process use `GatheringFetcher`.
 
-    With `gather_wait_ms=0` its requests are aiokafka's own (it still counts them).
+    With `gather_wait_ms=0` its requests are aiokafka's own (it still counts them). Warns when
+    a compression codec cannot be decoded in this process.
     """
     GatheringFetcher.gather_wait_ms = max(0, gather_wait_ms)
     aiokafka_consumer.Fetcher = GatheringFetcher
+    missing = [name for name, present in (("snappy", codec.has_snappy()), ("lz4", codec.has_lz4()),
+                                          ("zstd", codec.has_zstd())) if not present]  # fmt: skip
+    if missing:  # such batches would hold their partitions: say why at start already
+        logger.warning("aiokafka cannot decode %s batches here (cramjam is missing): install "
+                       "aiokafka[lz4,snappy,zstd]", ", ".join(missing))  # fmt: skip
