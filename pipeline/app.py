@@ -29,6 +29,7 @@ from pipeline.codec import Item, Source, explain, parse, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
 from pipeline.core.rules import CoreConfig
+from pipeline.core.verify import TokenPolicy
 from pipeline.processor import Processed, Processor, Tally, Wire, outbox_records
 from pipeline.settings import Settings
 from pipeline.state.base import Keys
@@ -45,16 +46,22 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 def core_config(settings: Settings) -> CoreConfig:
     """The pure core's configuration from the deployment settings."""
-    secrets = {
-        workspace_id: tuple(value.get_secret_value().encode() for value in values)
-        for workspace_id, values in settings.workspace_secrets.items()
-    }
+    workspaces = settings.workspaces
     extra = {v.strip().lower() for v in settings.blocked_values.split(",") if v.strip()}
     return CoreConfig(
-        secrets=secrets,
+        secrets={
+            ws: tuple(value.get_secret_value().encode() for value in entry.secrets)
+            for ws, entry in workspaces.items()
+        },
         blocked_values=BLOCKED_VALUES | extra,
         shared_device_limit=settings.shared_device_limit,
         shared_window_ms=settings.shared_window_s * 1000,
+        allowed_lateness_ms=settings.allowed_lateness_s * 1000,
+        session_lateness_ms=settings.session_lateness_s * 1000,
+        policies={
+            ws: TokenPolicy(entry.require_token, entry.max_token_lifetime_s)
+            for ws, entry in workspaces.items()
+        },
     )
 
 

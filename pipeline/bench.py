@@ -102,7 +102,8 @@ async def produce(bootstrap: str, prefix: str, records: list[journey.Record]) ->
     try:
         for record in records:
             value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
-            await producer.send(prefix + record.topic, value, key=record.key.encode())
+            await producer.send(prefix + record.topic, value, key=record.key.encode(),
+                                timestamp_ms=record.timestamp_ms)  # fmt: skip
         await producer.flush()
     finally:
         await producer.stop()
@@ -235,7 +236,7 @@ async def latency(
     # not bent by encoding; records due together go out together (at most ~1,000 wake-ups a
     # second instead of one per record), each stamped with its own timestamp.
     seen_devices = set(known_devices)
-    offered: list[tuple[str, bytes, bytes, str | None]] = []
+    offered: list[tuple[str, bytes, bytes, str | None, int | None]] = []
     for record in records:
         value = record.value
         if isinstance(value, bytes):
@@ -247,7 +248,8 @@ async def latency(
         elif device not in seen_devices:
             cause = ids.visitor_contact_id(*device, "origin")
         seen_devices.add(device)
-        offered.append((prefix + record.topic, orjson.dumps(value), record.key.encode(), cause))
+        offered.append((prefix + record.topic, orjson.dumps(value), record.key.encode(), cause,
+                        record.timestamp_ms))  # fmt: skip
     reader = asyncio.create_task(read())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1)
     await producer.start()
@@ -256,9 +258,10 @@ async def latency(
         while index < len(offered):
             due = min(len(offered), int((time.monotonic() - started) * rate) + 1)
             while index < due:
-                topic, value, key, cause = offered[index]
+                topic, value, key, cause, event_ms = offered[index]
                 stamp = int(time.time() * 1000)
-                await producer.send(topic, value, key=key, timestamp_ms=stamp)
+                # The record carries its event's time (R14); latency is timed from `stamp`.
+                await producer.send(topic, value, key=key, timestamp_ms=event_ms)
                 if cause is not None:
                     sent[cause] = stamp
                 index += 1

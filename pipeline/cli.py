@@ -43,12 +43,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not workspaces:
         print("idp worker: no IDP_SECRETS_FILE (or it is empty): every event will be rejected "
               "as unknown_workspace", file=sys.stderr)  # fmt: skip
-    from pipeline.core.verify import MIN_SECRET_BYTES
-
-    for workspace_id, values in workspaces.items():
-        if any(len(v.get_secret_value().encode()) < MIN_SECRET_BYTES for v in values):
-            logger.warning("the secret of workspace %s is shorter than %d bytes",
-                           workspace_id, MIN_SECRET_BYTES)  # fmt: skip
     app = create_app(settings)
     settle_heap()
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)

@@ -56,7 +56,8 @@ async def produce(
     try:
         for index, record in enumerate(records, 1):
             value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
-            await producer.send(settings.topic(record.topic), value, key=record.key.encode())
+            await producer.send(settings.topic(record.topic), value, key=record.key.encode(),
+                                timestamp_ms=record.timestamp_ms)  # fmt: skip
             if index % 200 == 0:
                 progress.update(task, completed=index)
         await producer.flush()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pipeline.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
-from schemas.time import format_timestamp
+from schemas.time import format_timestamp, parse_timestamp, to_epoch_ms
 
 CITIES = ("Paris", "Berlin", "Dublin", "Lisbon", "Austin", "Osaka", "Nairobi", "Lima", None)
 START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
@@ -28,6 +28,21 @@ class Record:
     topic: str
     key: str
     value: dict | bytes
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        """The Kafka record timestamp to produce it with: its event's own time.
+
+        As a product's backend stamps an event when it receives it (R14 bounds event time by
+        the record's). None for junk without a readable time: the producer's clock then.
+        """
+        stamp = self.value.get("timestamp") if isinstance(self.value, dict) else None
+        if not isinstance(stamp, str):
+            return None
+        try:
+            return to_epoch_ms(parse_timestamp(stamp))
+        except ValueError:
+            return None
 
 
 def user_hash(secret: str, user_id: str) -> str:

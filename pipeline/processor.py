@@ -23,7 +23,7 @@ import orjson
 from pipeline import metrics
 from pipeline.codec import Item, rejection, wire
 from pipeline.core import ids
-from pipeline.core.facts import Device, EmailEntry, User
+from pipeline.core.facts import Device, EmailEntry, TokenUses, User
 from pipeline.core.model import (
     Applied,
     Emit,
@@ -146,6 +146,7 @@ _TABLES: tuple[tuple[str, KeyKind, Callable, Callable], ...] = (
     ("users", "user", User.from_bytes, User.to_bytes),
     ("emails", "email", EmailEntry.from_bytes, EmailEntry.to_bytes),
     ("contacts", "contact", profile_from_bytes, profile_to_bytes),
+    ("tokens", "jti", TokenUses.from_bytes, TokenUses.to_bytes),
 )
 _KINDS: dict[str, KeyKind] = {table: kind for table, kind, _, _ in _TABLES}
 _BY_KIND = {kind: (table, decode) for table, kind, decode, _ in _TABLES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,13 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", validation_alias="IDP_EVENT_LOOP")
     # How long a caught-up worker lets the broker gather records for one fetch (0: at once).
     fetch_gather_ms: int = Field(20, ge=0, le=500, validation_alias="IDP_FETCH_GATHER_MS")
+    # R14: how far before its Kafka record's timestamp an event may be stamped.
+    allowed_lateness_s: int = Field(86_400, ge=0, validation_alias="IDP_ALLOWED_LATENESS_S")
+    session_lateness_s: int = Field(300, ge=0, validation_alias="IDP_SESSION_LATENESS_S")
+    # The timestamp type the project creates its input topics with (see the README, Security).
+    input_timestamp_type: Literal["CreateTime", "LogAppendTime"] = Field(
+        "CreateTime", validation_alias="IDP_INPUT_TIMESTAMP_TYPE"
+    )
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
     shared_device_limit: int = Field(10, ge=1, validation_alias="IDP_SHARED_DEVICE_LIMIT")
@@ -80,11 +88,16 @@ class Settings(BaseSettings):
         return f"{prefix}{logical}"
 
     @cached_property
-    def workspace_secrets(self) -> dict[str, tuple[SecretStr, ...]]:
-        """Workspace id -> accepted secrets (a list during rotation), from `IDP_SECRETS_FILE`."""
+    def workspaces(self) -> dict[str, WorkspaceEntry]:
+        """Workspace id -> its secrets and token policy, from `IDP_SECRETS_FILE` (R17)."""
         if self.secrets_file is None:
             return {}
-        return load_secrets(self.secrets_file)
+        return load_workspaces(self.secrets_file)
+
+    @property
+    def workspace_secrets(self) -> dict[str, tuple[SecretStr, ...]]:
+        """Workspace id -> accepted secrets (a list during rotation), from `IDP_SECRETS_FILE`."""
+        return {ws: entry.secrets for ws, entry in self.workspaces.items()}
 
 
 def prefixed_default(base: str, prefix: str) -> str:
@@ -95,8 +108,25 @@ def prefixed_default(base: str, prefix: str) -> str:
     return f"{base}-{prefix}" if prefix else base
 
 
-def load_secrets(path: Path) -> dict[str, tuple[SecretStr, ...]]:
-    """Read a JSON object mapping workspace_id to a secret or a list of secrets."""
+MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash are refused (R17, RFC 7518 §3.2)
+_POLICY_FIELDS = {"secrets", "require_token", "max_token_lifetime_s"}
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceEntry:
+    """One workspace of the secrets file: its secrets and its identity-token policy (R17)."""
+
+    secrets: tuple[SecretStr, ...]
+    require_token: bool = False
+    max_token_lifetime_s: int | None = None
+
+
+def load_workspaces(path: Path) -> dict[str, WorkspaceEntry]:
+    """Read the secrets file: workspace_id -> a secret, a list of secrets, or a policy object.
+
+    The object form is `{"secrets": [...], "require_token": bool, "max_token_lifetime_s": int}`
+    (R17). Every problem is a `SecretsFileError` naming the file and the workspace.
+    """
     try:
         raw = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
@@ -105,11 +135,43 @@ def load_secrets(path: Path) -> dict[str, tuple[SecretStr, ...]]:
     if not isinstance(raw, dict):
         message = f"{path} must hold a JSON object mapping workspace_id to its secret"
         raise SecretsFileError(message)
-    secrets: dict[str, tuple[SecretStr, ...]] = {}
+    entries: dict[str, WorkspaceEntry] = {}
     for workspace_id, value in raw.items():
+        where = f"{path}: workspace {workspace_id!r}"
+        policy: dict = {}
+        if isinstance(value, dict):
+            unknown = set(value) - _POLICY_FIELDS
+            if unknown:
+                known = ", ".join(sorted(_POLICY_FIELDS))
+                message = f"{where}: unknown field(s) {sorted(unknown)}; known: {known}"
+                raise SecretsFileError(message)
+            policy, value = value, value.get("secrets")
+            if not isinstance(policy.get("require_token", False), bool):
+                raise SecretsFileError(f"{where}: require_token must be true or false")
+            lifetime = policy.get("max_token_lifetime_s")
+            if lifetime is not None and (
+                not isinstance(lifetime, int) or isinstance(lifetime, bool) or lifetime <= 0
+            ):
+                raise SecretsFileError(f"{where}: max_token_lifetime_s must be a positive integer")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, str) and v for v in values):
-            message = f"{path}: the secret of workspace {workspace_id!r} must be a non-empty string"
+            message = f"{where}: a secret must be a non-empty string (or a list of them)"
             raise SecretsFileError(message)
-        secrets[workspace_id] = tuple(SecretStr(v) for v in values)
-    return secrets
+        for v in values:
+            if len(v.encode()) < MIN_SECRET_BYTES:
+                message = (
+                    f"{where}: a secret of {len(v.encode())} bytes is too short; HS256 needs "
+                    f"at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)"
+                )
+                raise SecretsFileError(message)
+        entries[workspace_id] = WorkspaceEntry(
+            tuple(SecretStr(v) for v in values),
+            require_token=policy.get("require_token", False),
+            max_token_lifetime_s=policy.get("max_token_lifetime_s"),
+        )
+    return entries
+
+
+def load_secrets(path: Path) -> dict[str, tuple[SecretStr, ...]]:
+    """Workspace id -> its accepted secrets, from the secrets file (`load_workspaces`)."""
+    return {ws: entry.secrets for ws, entry in load_workspaces(path).items()}

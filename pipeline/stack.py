@@ -299,7 +299,9 @@ def start_kafka(bootstrap: str) -> str:
             "-cp", f"{lib}/*"]  # fmt: skip
     if not (data / "meta.properties").exists():
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        argv = [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)]
+        # `=`: a random id may begin with `-`, which the tool would take for an option.
+        argv = [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+                "-c", str(config)]  # fmt: skip
         result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             message = f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}"

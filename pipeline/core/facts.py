@@ -17,12 +17,16 @@ SessionKind = Literal["login", "signup", "logout"]
 
 @dataclass(frozen=True, slots=True, order=True)
 class SessionFact:
-    """A verified login/signup, or a logout, on one device at event time `at` (epoch ms)."""
+    """A verified login/signup, or a logout, on one device at event time `at` (epoch ms).
+
+    `jti` is the identity token's id when the proof was a token that carried one (R17).
+    """
 
     at: int
     event_id: str
     kind: SessionKind
     user_id: str
+    jti: str = ""
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -76,7 +80,11 @@ class Device:
         """Serialise for the store."""
         return orjson.dumps(
             {
-                "s": [[f.at, f.event_id, f.kind, f.user_id] for f in self.sessions],
+                "s": [
+                    [f.at, f.event_id, f.kind, f.user_id, f.jti] if f.jti
+                    else [f.at, f.event_id, f.kind, f.user_id]
+                    for f in self.sessions
+                ],
                 "c": [
                     [f.at, f.event_id, f.conversation_id, f.email, f.name, f.city]
                     for f in self.chats
@@ -149,17 +157,34 @@ class User:
         )
 
 
+EMAIL_LEADS_KEPT = 100  # devices whose chats an e-mail can match to its user (R7, R15)
+
+
 @dataclass(frozen=True, slots=True)
 class EmailEntry:
     """Who uses one normalised e-mail.
 
     Users who verified it (with their first verification), users who claimed it unverified,
-    and devices whose chats carried it.
+    and the devices whose chats carried it: (at, event_id, anonymous_id) of each device's
+    first such chat, the `EMAIL_LEADS_KEPT` earliest only. Anyone can type an e-mail into a
+    chat, so the leads an e-mail can merge into its user are bounded: a chat from a device
+    beyond them stays an unmerged lead. Keeping the earliest (not the latest) means a flood of
+    strangers' chats cannot push out the leads already matched, and a device dropped by a late,
+    earlier chat is one this record still names, so its timeline is derived again.
     """
 
     verified: dict[str, tuple[int, str]] = field(default_factory=dict)
     unverified: tuple[str, ...] = ()
-    lead_devices: tuple[str, ...] = ()
+    leads: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def lead_devices(self) -> tuple[str, ...]:
+        """The devices whose chats this e-mail may match (R7)."""
+        return tuple(device for _, _, device in self.leads)
+
+    def admits(self, anonymous_id: str) -> bool:
+        """Whether a chat of this device may be matched to the e-mail's user."""
+        return any(device == anonymous_id for _, _, device in self.leads)
 
     def with_claim(self, user_id: str, claim: EmailClaim) -> EmailEntry:
         """Add a user's claim; a verification keeps the earliest (at, event_id)."""
@@ -168,18 +193,21 @@ class EmailEntry:
             current = self.verified.get(user_id)
             if current is not None and current <= first:
                 return self
-            return EmailEntry({**self.verified, user_id: first}, self.unverified, self.lead_devices)
+            return EmailEntry({**self.verified, user_id: first}, self.unverified, self.leads)
         if user_id in self.unverified:
             return self
-        return EmailEntry(self.verified, tuple(sorted((*self.unverified, user_id))),
-                          self.lead_devices)  # fmt: skip
+        return EmailEntry(self.verified, tuple(sorted((*self.unverified, user_id))), self.leads)
 
-    def with_lead_device(self, anonymous_id: str) -> EmailEntry:
-        """Remember a device whose chat carried this e-mail."""
-        if anonymous_id in self.lead_devices:
+    def with_lead(self, at: int, event_id: str, anonymous_id: str) -> EmailEntry:
+        """Remember a device's chat that carried this e-mail (its earliest one counts)."""
+        earliest: dict[str, tuple[int, str]] = {}
+        for use_at, use_event, device in (*self.leads, (at, event_id, anonymous_id)):
+            if device not in earliest or (use_at, use_event) < earliest[device]:
+                earliest[device] = (use_at, use_event)
+        leads = tuple(sorted((a, e, d) for d, (a, e) in earliest.items()))[:EMAIL_LEADS_KEPT]
+        if leads == self.leads:
             return self
-        return EmailEntry(self.verified, self.unverified,
-                          tuple(sorted((*self.lead_devices, anonymous_id))))  # fmt: skip
+        return EmailEntry(self.verified, self.unverified, leads)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -187,7 +215,7 @@ class EmailEntry:
             {
                 "v": {user: list(first) for user, first in sorted(self.verified.items())},
                 "u": list(self.unverified),
-                "l": list(self.lead_devices),
+                "l": [list(lead) for lead in self.leads],
             }
         )
 
@@ -198,5 +226,48 @@ class EmailEntry:
         return cls(
             verified={user: (first[0], first[1]) for user, first in raw["v"].items()},
             unverified=tuple(raw["u"]),
-            lead_devices=tuple(raw["l"]),
+            leads=tuple((at, event_id, device) for at, event_id, device in raw["l"]),
         )
+
+
+TOKEN_USES_KEPT = 8  # the earliest uses of a token id; the first of them is the one that counts
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUses:
+    """The earliest uses (at, event_id, anonymous_id) of one identity token id (`jti`, R17).
+
+    A token with a `jti` links only the device of its first use (earliest event time, then
+    event_id). Keeping the few earliest uses is enough to know it in any arrival order, and
+    bounds the record however often a stolen token is replayed: a use later than all kept
+    ones can never be the first.
+    """
+
+    uses: tuple[tuple[int, str, str], ...] = ()
+
+    @property
+    def first_device(self) -> str | None:
+        """The device the token is bound to."""
+        return self.uses[0][2] if self.uses else None
+
+    def with_use(self, at: int, event_id: str, anonymous_id: str) -> TokenUses:
+        """Add a use; only the `TOKEN_USES_KEPT` earliest are kept."""
+        use = (at, event_id, anonymous_id)
+        if use in self.uses:
+            return self
+        uses = tuple(sorted((*self.uses, use)))[:TOKEN_USES_KEPT]
+        return self if uses == self.uses else TokenUses(uses)
+
+    def devices(self) -> set[str]:
+        """The devices of the kept uses (their links depend on this record)."""
+        return {device for _, _, device in self.uses}
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the store."""
+        return orjson.dumps({"u": [list(use) for use in self.uses]})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TokenUses:
+        """Inverse of `to_bytes`."""
+        uses = orjson.loads(data)["u"]
+        return cls(tuple((at, event_id, device) for at, event_id, device in uses))

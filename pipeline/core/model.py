@@ -7,7 +7,7 @@ from typing import Literal
 
 import orjson
 
-from pipeline.core.facts import Device, EmailEntry, User
+from pipeline.core.facts import Device, EmailEntry, TokenUses, User
 from schemas import Merged, Profile, Rejected, Shutdown
 
 OutputMessage = Merged | Shutdown | Profile | Rejected
@@ -35,6 +35,7 @@ class View:
     users: dict[str, User | None] = field(default_factory=dict)
     emails: dict[str, EmailEntry | None] = field(default_factory=dict)
     contacts: dict[str, Profile | None] = field(default_factory=dict)
+    tokens: dict[str, TokenUses | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class NeedMore:
     contacts: tuple[str, ...] = ()
     users: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()
+    tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Transition:
     users: dict[str, User] = field(default_factory=dict)
     emails: dict[str, EmailEntry] = field(default_factory=dict)
     contacts: dict[str, Profile | None] = field(default_factory=dict)
+    tokens: dict[str, TokenUses] = field(default_factory=dict)
     emits: tuple[Emit, ...] = ()
     # The records the decision depended on, as (table, key): the same view entries give the
     # same transition, which lets a caller reuse a decision made ahead of time.
@@ -107,4 +110,4 @@ class Transition:
     @property
     def writes(self) -> bool:
         """Whether the transition changes any record."""
-        return bool(self.devices or self.users or self.emails or self.contacts)
+        return bool(self.devices or self.users or self.emails or self.contacts or self.tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.core.facts import Device, EmailEntry, User
+from pipeline.core.facts import Device, EmailEntry, TokenUses, User
 from pipeline.core.model import Emit, NeedMore, Transition, Unchanged, View
 from pipeline.core.rules import CoreConfig, apply
 from schemas import InputEvent, Profile
@@ -24,6 +24,7 @@ class Oracle:
     users: dict[tuple[str, str], User] = field(default_factory=dict)
     emails: dict[tuple[str, str], EmailEntry] = field(default_factory=dict)
     contacts: dict[tuple[str, str], Profile | None] = field(default_factory=dict)
+    tokens: dict[tuple[str, str], TokenUses] = field(default_factory=dict)
     applied: dict[tuple[str, str, str, str], InputEvent] = field(default_factory=dict)
     emitted: list[Emit] = field(default_factory=list)
 
@@ -53,6 +54,8 @@ class Oracle:
             self.emails[(ws, key)] = entry
         for key, profile in result.contacts.items():
             self.contacts[(ws, key)] = profile
+        for key, uses in result.tokens.items():
+            self.tokens[(ws, key)] = uses
         if result.writes:
             self.applied[marker] = event
         self.emitted.extend(result.emits)
@@ -68,6 +71,8 @@ class Oracle:
             view.emails[key] = self.emails.get((ws, key))
         for key in need.contacts:
             view.contacts[key] = self.contacts.get((ws, key))
+        for key in need.tokens:
+            view.tokens[key] = self.tokens.get((ws, key))
 
     def profiles(self, workspace_id: str | None = None) -> dict[str, Profile]:
         """The current profile of every contact (of one workspace, or all), by contact_id."""

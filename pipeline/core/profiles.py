@@ -69,7 +69,9 @@ def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEnt
         entry = emails.get(chat.email or "")
         if entry is None:
             continue
-        if len(entry.verified) > 1:  # several users verified it: do not guess, flag (R7)
+        if len(entry.verified) > 1 or not entry.admits(lead.timeline.anonymous_id):
+            # Several users verified it (R7), or the e-mail has matched as many devices' leads
+            # as it may (R15): do not merge, flag.
             duplicates.update(ids.user_contact_id(workspace_id, u) for u in entry.verified)
         duplicates.update(ids.user_contact_id(workspace_id, u) for u in entry.unverified)
     duplicates.discard(into or "")
@@ -171,6 +173,11 @@ def user_profile(workspace_id: str, view: UserView) -> Profile | None:
         name=view.user.name[2] if view.user.name else None,
         anonymous_ids=sorted({t.anonymous_id for _, t in sessions}),
         merged_contact_ids=sorted(merged_ids),
+        email_matched_contact_ids=sorted(
+            lead.segment.contact_id
+            for lead in merged
+            if lead.segment.merge is not None and lead.segment.merge.reason == "email_match"
+        ),
         conversation_ids=_conversations(chats),
         possible_duplicates=sorted(duplicates),
         flags=sorted({POSSIBLE_DUPLICATE} if duplicates else set())

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 import jwt
 
 from pipeline.core import ids
-from pipeline.core.facts import ChatFact, Device, EmailClaim, EmailEntry, SessionFact, User
+from pipeline.core.facts import (
+    ChatFact,
+    Device,
+    EmailClaim,
+    EmailEntry,
+    SessionFact,
+    TokenUses,
+    User,
+)
 from pipeline.core.guard import DEFAULT_DEVICE_LIMIT, DEFAULT_WINDOW_MS, refused_links
 from pipeline.core.identifiers import BLOCKED_VALUES, Refused, check_email, check_identifier
 from pipeline.core.model import (
@@ -33,7 +41,7 @@ from pipeline.core.model import (
 )
 from pipeline.core.profiles import Lead, UserView, first_link, user_profile, visitor_profile
 from pipeline.core.timeline import Merge, Timeline, derive
-from pipeline.core.verify import verify
+from pipeline.core.verify import DEFAULT_POLICY, TokenPolicy, verify
 from pipeline.topics import MERGED, PROFILES, SHUTDOWN
 from schemas import (
     ChatStart,
@@ -59,13 +67,23 @@ class CoreConfig:
     # The shared-identifier guard (R4): at most this many devices per user within the window.
     shared_device_limit: int = DEFAULT_DEVICE_LIMIT
     shared_window_ms: int = DEFAULT_WINDOW_MS
+    # R14: how long before its Kafka record's timestamp an event may be stamped (page views
+    # and chats; signups, logins and logouts).
+    allowed_lateness_ms: int = 86_400_000
+    session_lateness_ms: int = 300_000
+    # R17: workspace id -> its identity-token policy (absent: tokens optional, any lifetime).
+    policies: Mapping[str, TokenPolicy] = field(default_factory=dict)
 
 
-# Event times outside these bounds are refused as `timestamp_out_of_range`. The future bound is
-# relative to the Kafka record's timestamp (never the wall clock, so a replay decides alike).
+# Event times outside these bounds are refused as `timestamp_out_of_range`. The bounds ahead of
+# the Kafka record's timestamp are R14's (never the wall clock, so a replay decides alike): a
+# session event at most a minute ahead, so a login stamped in the future cannot claim a
+# device's next session; a page view or chat at most five minutes (client clocks run ahead),
+# so a chat cannot be planted in a later session of the device.
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 LATEST_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
-MAX_AHEAD_OF_RECORD_MS = 24 * 3600 * 1000  # a client clock may run ahead, but not by a day
+SESSION_AHEAD_OF_RECORD_MS = 60_000
+ACTIVITY_AHEAD_OF_RECORD_MS = 300_000
 
 
 _NOT_LOADED = object()
@@ -79,6 +97,7 @@ class _Change:
     devices: dict[str, Device]
     users: dict[str, User]
     emails: dict[str, EmailEntry]
+    tokens: dict[str, TokenUses] = field(default_factory=dict)
 
 
 def apply(
@@ -106,12 +125,13 @@ def apply(
         return Transition(Refusal(change.reason, change.detail))
     if resolver.missing:
         return resolver.need()
-    if not (change.devices or change.users or change.emails):
+    if not (change.devices or change.users or change.emails or change.tokens):
         # Nothing new: a known device browsing, or a replay.
         return Transition(Unchanged(), reads=frozenset(resolver.reads))
     resolver.new_devices, resolver.new_users, resolver.new_emails = (
         change.devices, change.users, change.emails
     )  # fmt: skip
+    resolver.new_tokens = change.tokens
     return resolver.consequences(event, anonymous_id, change)
 
 
@@ -120,20 +140,47 @@ def admit(
 ) -> tuple[str, int] | Refusal:
     """The checks that need nothing but the event: (normalised anonymous_id, epoch ms) or why not.
 
-    A known workspace, a usable anonymous_id (R3), a plausible event time.
+    A known workspace, a usable anonymous_id and event_id (R3, R12), an event time within
+    R14's bounds around the Kafka record's timestamp. Without a record timestamp (pure tests;
+    every Kafka record has one) only the calendar bounds apply.
     """
     if event.workspace_id not in config.secrets:
         return Refusal("unknown_workspace", "no secret is configured for it")
-    anonymous_id = check_identifier(event.anonymous_id, blocked=config.blocked_values)
+    blocked = config.blocked_values
+    anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
     if isinstance(anonymous_id, Refused):
         return Refusal(anonymous_id.reason, f"anonymous_id: {anonymous_id.detail}")
+    event_id = check_identifier(event.event_id, blocked=blocked)
+    if isinstance(event_id, Refused):
+        return Refusal(event_id.reason, f"event_id: {event_id.detail}")
     at = to_epoch_ms(event.timestamp)
-    if not EARLIEST_MS <= at < LATEST_MS or (
-        record_ms is not None and at > record_ms + MAX_AHEAD_OF_RECORD_MS
-    ):
-        return Refusal("timestamp_out_of_range", "before 2000, after 2099, or more than a day "
-                       "ahead of the Kafka record")  # fmt: skip
+    if not EARLIEST_MS <= at < LATEST_MS:
+        return Refusal("timestamp_out_of_range", "before 2000 or after 2099")
+    if record_ms is not None:
+        session = type(event) in _SESSION_EVENTS
+        lateness = config.session_lateness_ms if session else config.allowed_lateness_ms
+        if at < record_ms - lateness:
+            return Refusal("too_late", f"stamped {_span(record_ms - at)} before its Kafka record; "
+                           f"at most {_span(lateness)} is allowed (R14)")  # fmt: skip
+        ahead = SESSION_AHEAD_OF_RECORD_MS if session else ACTIVITY_AHEAD_OF_RECORD_MS
+        if at > record_ms + ahead:
+            return Refusal("timestamp_out_of_range", f"stamped {_span(at - record_ms)} after its "
+                           f"Kafka record; at most {_span(ahead)} is allowed (R14)")  # fmt: skip
     return anonymous_id, at
+
+
+_SESSION_EVENTS = frozenset({Signup, Login, Logout})
+
+
+def _span(ms: int) -> str:
+    """A duration for a refusal's detail, e.g. `3 d 2 h`, `5 min`, `61 s`."""
+    seconds = ms // 1000
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    days, hours = divmod(seconds // 3600, 24)
+    return f"{days} d {hours} h" if days else f"{hours} h"
 
 
 def browsing(
@@ -274,7 +321,7 @@ def _facts(
         emails = {}
         if email is not None:
             entry = resolver.old_email(email)
-            emails = _changed(email, entry, entry.with_lead_device(anonymous_id))
+            emails = _changed(email, entry, entry.with_lead(at, event.event_id, anonymous_id))
         return _Change(_changed(anonymous_id, device, device.with_chat(chat)), {}, emails)
     user_id = check_identifier(event.user_id, blocked=blocked)
     if isinstance(user_id, Refused):
@@ -283,11 +330,16 @@ def _facts(
         fact = SessionFact(at, event.event_id, "logout", user_id)
         return _Change(_changed(anonymous_id, device, device.with_session(fact)), {}, {})
     proof = verify(user_id=user_id, user_hash=event.user_hash, identity_token=event.identity_token,
-                   secrets=secrets, event_ms=at, record_ms=record_ms)  # fmt: skip
+                   secrets=secrets, event_ms=at, record_ms=record_ms,
+                   policy=config.policies.get(event.workspace_id, DEFAULT_POLICY))  # fmt: skip
     if isinstance(proof, Refused):
         return proof
     kind = "login" if isinstance(event, Login) else "signup"
-    fact = SessionFact(at, event.event_id, kind, user_id)
+    fact = SessionFact(at, event.event_id, kind, user_id, proof.jti or "")
+    tokens: dict[str, TokenUses] = {}
+    if proof.jti:
+        uses = resolver.old_token(proof.jti)
+        tokens = _changed(proof.jti, uses, uses.with_use(at, event.event_id, anonymous_id))
     user = resolver.old_user(user_id)
     new_user = user.with_device(anonymous_id)
     if event.name and _text(event.name):
@@ -303,6 +355,7 @@ def _facts(
         _changed(anonymous_id, device, device.with_session(fact)),
         _changed(user_id, user, new_user),
         emails,
+        tokens,
     )
 
 
@@ -337,6 +390,7 @@ class _Resolver:
         self.new_devices: dict[str, Device] = {}
         self.new_users: dict[str, User] = {}
         self.new_emails: dict[str, EmailEntry] = {}
+        self.new_tokens: dict[str, TokenUses] = {}
         self._timelines: dict[tuple[str, bool], Timeline] = {}
 
     # -- reading, old (as stored) and new (with this event's facts)
@@ -356,6 +410,22 @@ class _Resolver:
 
     def old_email(self, email: str) -> EmailEntry:
         return self._get("emails", self.view.emails, email, EmailEntry())  # type: ignore[return-value]
+
+    def old_token(self, jti: str) -> TokenUses:
+        return self._get("tokens", self.view.tokens, jti, TokenUses())  # type: ignore[return-value]
+
+    def token(self, jti: str, *, new: bool) -> TokenUses:
+        if new and jti in self.new_tokens:
+            return self.new_tokens[jti]
+        return self.old_token(jti)
+
+    def reused(self, anonymous_id: str, *, new: bool) -> frozenset[str]:
+        """The device's links by a token whose first use was on another device (R17)."""
+        return frozenset(
+            fact.event_id
+            for fact in self.device(anonymous_id, new=new).sessions
+            if fact.jti and self.token(fact.jti, new=new).first_device not in (None, anonymous_id)
+        )
 
     def published(self, contact_id: str) -> Profile | None:
         return self._get("contacts", self.view.contacts, contact_id, None)  # type: ignore[return-value]
@@ -407,6 +477,7 @@ class _Resolver:
             contacts=tuple(sorted(get("contacts", ()))),
             users=tuple(sorted(get("users", ()))),
             emails=tuple(sorted(get("emails", ()))),
+            tokens=tuple(sorted(get("tokens", ()))),
         )
 
     # -- deriving
@@ -420,13 +491,15 @@ class _Resolver:
 
     def _derive(self, anonymous_id: str, *, new: bool) -> Timeline:
         device = self.device(anonymous_id, new=new)
-        verified = {
-            chat.email: self.email(chat.email, new=new).verified
-            for chat in device.chats
-            if chat.email is not None
-        }
+        verified = {}
+        for chat in device.chats:
+            if chat.email is not None:
+                entry = self.email(chat.email, new=new)
+                if entry.admits(anonymous_id):  # one of the e-mail's leads it may match (R15)
+                    verified[chat.email] = entry.verified
         linked = {f.user_id for f in device.sessions if f.kind != "logout"}
         refused = frozenset().union(*(self.refused(u, new=new) for u in sorted(linked)))
+        refused |= self.reused(anonymous_id, new=new)
         return derive(self.view.workspace_id, anonymous_id, device, verified, refused)
 
     def user_view(self, user_id: str) -> UserView:
@@ -462,13 +535,16 @@ class _Resolver:
                 user = self.user(user_id, new=new)
                 if len(user.devices) > self.config.shared_device_limit:
                     scope.update(user.devices)
+        for jti, uses in change.tokens.items():
+            # The token's first use decides which of its devices it links (R17).
+            scope.update(uses.devices(), self.token(jti, new=False).devices())
         for email, entry in change.emails.items():
             old = self.email(email, new=False)
             scope.update(entry.lead_devices, old.lead_devices)
             touched_users.update(entry.verified, entry.unverified, old.verified, old.unverified)
         old_timelines = {a: self.timeline(a, new=False) for a in sorted(scope)}
         new_timelines = {a: self.timeline(a, new=True) for a in sorted(scope)}
-        if not (change.users or change.emails) and new_timelines == old_timelines:
+        if not (change.users or change.emails or change.tokens) and new_timelines == old_timelines:
             # The new facts move no segment of any device they can affect and touch no user
             # or e-mail record (a repeated login of the user already linked there, say):
             # every profile, merge and shutdown is derived from the same inputs as before, so
@@ -483,9 +559,9 @@ class _Resolver:
             touched_users |= {s.merge.user_id for s in timeline.segments if s.merge}
         # A user's profile also depends on leads that carry one of its e-mails (duplicates,
         # e-mail matches): a change on a device touches the users of its chats' e-mails.
-        for anonymous_id in scope:
+        for device_id in scope:  # not `anonymous_id`: that names the event's device below
             for new in (False, True):
-                for chat in self.device(anonymous_id, new=new).chats:
+                for chat in self.device(device_id, new=new).chats:
                     if chat.email is not None:
                         entry = self.email(chat.email, new=new)
                         touched_users.update(entry.verified, entry.unverified)
@@ -529,6 +605,7 @@ class _Resolver:
             devices=self.new_devices,
             users=self.new_users,
             emails=self.new_emails,
+            tokens=self.new_tokens,
             contacts=changed,
             emits=tuple(emits),
             reads=frozenset(self.reads),
@@ -537,6 +614,8 @@ class _Resolver:
     def _outcome(self, event: InputEvent, timeline: Timeline) -> Applied | Refusal:
         """Applied, unless the guard refused the link (R4) or the logout ended no session."""
         if isinstance(event, Signup | Login):
+            if event.event_id in self.reused(timeline.anonymous_id, new=True):
+                return Refusal("token_reused", "this token's jti was first used on another device")
             if event.event_id in self.refused(event.user_id.strip(), new=True):
                 limit = self.config.shared_device_limit
                 detail = f"user_id linked from more than {limit} devices within the window"

@@ -261,9 +261,11 @@ def test_token_within_leeway_is_accepted(oracle: Oracle) -> None:
 
 
 def test_token_expired_by_record_time_is_refused(oracle: Oracle) -> None:
-    token = ev.jwt_hs256(SECRET, {"user_id": "u1", "exp": 1795514400 + 600})
+    # Valid at the event's time, expired (60 s leeway included) when the record was written,
+    # which is still within the session lateness of R14 (5 min).
+    token = ev.jwt_hs256(SECRET, {"user_id": "u1", "exp": 1795514400 + 120})
     event = ev.model(ev.login(WS, "d1", T.format(0), "u1", SECRET, identity_token=token))
-    result = oracle.apply(event, record_ms=(1795514400 + 3600) * 1000)  # replayed an hour later
+    result = oracle.apply(event, record_ms=(1795514400 + 240) * 1000)
     assert isinstance(result.outcome, Refusal) and result.outcome.reason == "expired_token"
 
 
