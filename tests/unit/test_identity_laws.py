@@ -1,4 +1,4 @@
-"""Hypothesis properties of the pure core: the identity laws of SPEC R8, R11, R12, R13."""
+"""Hypothesis properties of the pure core: the identity laws of SPEC R8, R11, R12, R13, R17."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def an_event(draw: st.DrawFn, workspaces: list[str]) -> dict:
     if kind == "logout":
         return ev.logout(ws, device, ts, user)
     build = ev.login if kind == "login" else ev.signup
-    proof = draw(st.sampled_from(["hash", "hash+email", "token", "token+email"]))
+    proof = draw(st.sampled_from(["hash", "hash+email", "token", "token+email", "token+jti"]))
     extra: dict = {}
     if proof == "hash+email":
         extra["email"] = draw(st.sampled_from(EMAILS))
@@ -49,6 +49,8 @@ def an_event(draw: st.DrawFn, workspaces: list[str]) -> dict:
         claims = {"user_id": user, "exp": 1795600000}
         if proof == "token+email":
             claims["email"] = draw(st.sampled_from(EMAILS))
+        if proof == "token+jti":  # R17: bound to the device of its first use
+            claims["jti"] = draw(st.sampled_from(["j1", "j2"]))
         extra["identity_token"] = ev.jwt_hs256(SECRETS[ws], claims)
     return build(ws, device, ts, user, SECRETS[ws], **extra)
 
