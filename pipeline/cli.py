@@ -58,7 +58,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from pipeline.topics import topic_specs
 
     settings = _settings(args)
-    specs = topic_specs(settings.topic_prefix, settings.partitions)
+    specs = topic_specs(settings.topic_prefix, settings.partitions,
+                        timestamp_type=settings.input_timestamp_type)  # fmt: skip
     created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, specs))
     print(f"topics: {len(created)} created, {len(specs) - len(created)} already there")
     return 0

@@ -29,16 +29,22 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def topic_specs(prefix: str, partitions: int) -> list[TopicSpec]:
+def topic_specs(
+    prefix: str, partitions: int, *, timestamp_type: str = "CreateTime"
+) -> list[TopicSpec]:
     """All topics with their settings.
 
-    Input topics are co-partitioned (same count, keyed by anonymous_id) and kept 7 days, long
-    enough to replay a week for analytics. `identity.profiles` is compacted: the latest profile
+    Input topics have the same partition count, keyed by anonymous_id (co-partitioning helps
+    the known-devices cache, correctness does not depend on it), and are kept 7 days, long
+    enough to replay a week for analytics. Their record timestamps bound event time (R14):
+    `CreateTime` trusts the producer's (the product's backend), `LogAppendTime` makes the
+    broker stamp each record as it arrives (see the README, *Security*). `identity.profiles` is compacted: the latest profile
     of every contact is kept forever, so a consumer rebuilds its view by reading it from the
     start. The event topics keep 7 days too.
     """
     week = {"retention.ms": str(WEEK_MS)}
-    specs = [TopicSpec(prefix + name, partitions, week) for name in INPUT_TOPICS]
+    inputs = {**week, "message.timestamp.type": timestamp_type}
+    specs = [TopicSpec(prefix + name, partitions, inputs) for name in INPUT_TOPICS]
     specs += [
         TopicSpec(prefix + MERGED, partitions, week),
         TopicSpec(prefix + SHUTDOWN, partitions, week),

@@ -9,8 +9,11 @@ credential stamped 10:01. Both are refused `too_late`; nothing the victim owns m
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 
+from pipeline.admin import ensure_topics, remove_run
+from pipeline.topics import topic_specs
 from tests.integration.conftest import SECRETS
 from tests.support import events as ev
 from tests.support.kafka import Pipeline
@@ -58,3 +61,28 @@ async def test_backdated_login_and_logout_are_too_late(pipeline: Pipeline) -> No
     (rejected,) = [r for r in pipeline.outputs.values("identity.rejected")
                    if r["input_event_id"] == login["event_id"]]  # fmt: skip
     assert login["user_hash"] not in rejected["original"]  # the valid proof is not echoed
+
+
+async def test_log_append_time_topics_ignore_a_forged_record_timestamp(
+    servers: tuple[str, str], secrets_file, tmp_path
+) -> None:
+    # A producer that may write to the input topics can stamp its records as it likes
+    # (CreateTime). On topics created with IDP_INPUT_TIMESTAMP_TYPE=LogAppendTime the broker
+    # stamps them on arrival, so a login backdated together with its record is still late.
+    bootstrap, redis_url = servers
+    run = uuid.uuid4().hex[:10]
+    prefix = f"t{run}."
+    await ensure_topics(bootstrap, topic_specs(prefix, 4, timestamp_type="LogAppendTime"))
+    pipe = Pipeline(bootstrap=bootstrap, redis_url=redis_url, prefix=prefix, app_id=f"idp-{run}",
+                    namespace=f"t{run}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
+    await pipe.start()
+    try:
+        pipe.start_worker()
+        login = ev.login(WS, "D", at(2), "mal", SECRET)
+        await pipe.send("telemetry.login", login)  # its record claims the event's own time
+        await pipe.wait_for(lambda out: out.of("identity.rejected"), what="the rejection")
+        (rejected,) = pipe.outputs.values("identity.rejected")
+        assert (rejected["input_event_id"], rejected["reason"]) == (login["event_id"], "too_late")
+    finally:
+        await pipe.close()
+        await remove_run(bootstrap, redis_url, prefix, f"t{run}")
