@@ -88,14 +88,16 @@ async def test_mixed_valid_and_hostile_input_is_all_accounted_for(pipeline: Pipe
         for reason, topic, value in hostile(i):
             messages.append((topic, value, f"hostile-{i}".encode()))
             expected[reason] += 1
-    # An event_id reused with other content, after the original (same topic and key: in order).
+    # An event_id reused on the same device with other content (an earlier time, which would
+    # change its state), after the original (same topic and key: in order). R12: the same
+    # event_id on another device is another event.
     for i in range(REPEATS):
         original = ev.page_view(WS, f"reuse-{i}", "2026-11-24T10:00:00Z")
         messages.append(("telemetry.page_view", orjson.dumps(original), b"reuse"))
         messages.append(
             (
                 "telemetry.page_view",
-                orjson.dumps({**original, "anonymous_id": f"reuse-{i}-b"}),
+                orjson.dumps({**original, "timestamp": "2026-11-24T09:00:00Z"}),
                 b"reuse",
             )
         )

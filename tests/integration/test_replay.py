@@ -78,14 +78,17 @@ async def test_replay_from_a_time_starts_there(pipeline: Pipeline, name: str) ->
     from schemas.time import format_timestamp, from_epoch_ms
     from tests.support import events as ev
 
+    def now() -> str:  # the records of this test are written now, as their events happen
+        return format_timestamp(from_epoch_ms(int(time.time() * 1000)))
+
     pipeline.start_worker()
-    early = [ev.page_view(WS, f"early-{i}", "2026-11-24T10:00:00Z") for i in range(5)]
+    early = [ev.page_view(WS, f"early-{i}", now()) for i in range(5)]
     for event in early:
         await pipeline.send("telemetry.page_view", event)
     cut = int(time.time() * 1000) + 1  # every record produced so far is stamped before this
     while time.time() * 1000 <= cut:
         await asyncio.sleep(0.005)
-    late = [ev.page_view(WS, f"late-{i}", "2026-11-24T10:00:00Z") for i in range(5)]
+    late = [ev.page_view(WS, f"late-{i}", now()) for i in range(5)]
     for event in late:
         await pipeline.send("telemetry.page_view", event)
     await pipeline.wait_for(lambda out: len(out.latest_profiles()) == 10, what="ten visitors live")
