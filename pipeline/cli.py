@@ -13,8 +13,8 @@ from pathlib import Path
 
 import orjson
 
-from pipeline import stack
-from pipeline.settings import SecretsFileError, Settings
+from pipeline.ops import stack
+from pipeline.ops.settings import SecretsFileError, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run the Faust worker in the foreground."""
     import faust
 
-    from pipeline.app import create_app, settle_heap
+    from pipeline.worker.app import create_app, settle_heap
 
     settings = _settings(args)
     try:
@@ -54,8 +54,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_topics(args: argparse.Namespace) -> int:
     """Create the topics of SPEC §3 (idempotent)."""
-    from pipeline.admin import ensure_topics
-    from pipeline.topics import topic_specs
+    from pipeline.ops.admin import ensure_topics
+    from pipeline.ops.topics import topic_specs
 
     settings = _settings(args)
     specs = topic_specs(settings.topic_prefix, settings.partitions,
@@ -103,7 +103,7 @@ def _demo_secrets() -> Path:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Set up everything, start the worker and feed it a generated journey."""
-    from pipeline import demo, journey
+    from pipeline.tools import demo, journey
 
     if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
         return 1
@@ -121,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure throughput against a bare Faust agent, and latency at half the peak."""
-    from pipeline import bench
+    from pipeline.tools import bench
 
     if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
         return 1
@@ -142,7 +142,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_bench_bare(args: argparse.Namespace) -> int:
     """The benchmark's baselines: a Faust agent that only iterates the input topics."""
-    from pipeline import bench
+    from pipeline.tools import bench
 
     bench.run_bare_worker(_settings(args), our_consumer=args.our_consumer)
     return 0
@@ -150,7 +150,7 @@ def cmd_bench_bare(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print the profile an identifier resolves to, with its history."""
-    from pipeline.inspect import inspect
+    from pipeline.tools.inspect import inspect
 
     lines = asyncio.run(inspect(_settings(args), args.workspace_id, args.identifier))
     if not lines:
@@ -163,7 +163,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay the input topics into separate state and output topics."""
-    from pipeline import replay
+    from pipeline.tools import replay
 
     settings = _settings(args)
     since = replay.parse_since(args.since) if args.since else None

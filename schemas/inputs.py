@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from schemas.time import Timestamp
+from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
 
 
 class _Input(BaseModel):
@@ -27,7 +28,7 @@ class _Input(BaseModel):
 class PageView(_Input):
     """A page or screen seen by a device."""
 
-    topic: ClassVar[str] = "telemetry.page_view"
+    topic: ClassVar[str] = PAGE_VIEW
 
     url: str | None = None
     referrer: str | None = None
@@ -38,7 +39,7 @@ class PageView(_Input):
 class ChatStart(_Input):
     """A conversation started in the messenger: turns the visitor into a lead (R5)."""
 
-    topic: ClassVar[str] = "telemetry.chat_start"
+    topic: ClassVar[str] = CHAT_START
 
     conversation_id: str
     email: str | None = None
@@ -79,7 +80,7 @@ class _Verified(_Input):
 class Signup(_Verified):
     """A new account created on a device."""
 
-    topic: ClassVar[str] = "telemetry.signup"
+    topic: ClassVar[str] = SIGNUP
 
     created_at: Timestamp | None = None
 
@@ -87,13 +88,13 @@ class Signup(_Verified):
 class Login(_Verified):
     """A user logged in on a device."""
 
-    topic: ClassVar[str] = "telemetry.login"
+    topic: ClassVar[str] = LOGIN
 
 
 class Logout(_Input):
     """A user logged out on a device (R10)."""
 
-    topic: ClassVar[str] = "telemetry.logout"
+    topic: ClassVar[str] = LOGOUT
     key_identifier: ClassVar[str] = "user_id"
 
     user_id: str

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.time import Timestamp
+from schemas.topics import MERGED, PROFILES, REJECTED, SHUTDOWN
 
 ORIGINAL_MAX_CHARS = 4096  # `original` of a rejection is truncated to this many characters
 DETAIL_MAX_CHARS = 500  # and its `detail` to this many
@@ -97,8 +98,8 @@ class Rejected(_Output):
 
 
 OUTPUT_MODELS: dict[str, type[_Output]] = {
-    "identity.merged": Merged,
-    "identity.shutdown": Shutdown,
-    "identity.profiles": Profile,
-    "identity.rejected": Rejected,
+    MERGED: Merged,
+    SHUTDOWN: Shutdown,
+    PROFILES: Profile,
+    REJECTED: Rejected,
 }

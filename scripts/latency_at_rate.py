@@ -21,10 +21,11 @@ from pathlib import Path
 
 import orjson
 
-from pipeline import bench, journey
-from pipeline.admin import ensure_topics, remove_run
-from pipeline.settings import Settings
-from pipeline.topics import topic_specs
+from pipeline.ops import processes
+from pipeline.ops.admin import ensure_topics, remove_run
+from pipeline.ops.settings import Settings
+from pipeline.ops.topics import topic_specs
+from pipeline.tools import bench, journey
 
 WARM_EVENTS = 30_000
 
@@ -44,20 +45,20 @@ async def main(rate: float, seconds: float, extra: dict[str, str]) -> None:
     await bench.produce(bootstrap, prefix, warm)
     env = bench.environment(settings, prefix, namespace, secrets_file,
                             IDP_APP_ID=f"lat-{run_id}", **extra)  # fmt: skip
-    worker = bench.spawn("worker", env, workdir / "worker.log")
+    worker = processes.spawn("worker", env, workdir / "worker.log")
     try:
         await bench.measure(bootstrap, f"lat-{run_id}", len(warm), timeout=600, process=worker)
         later = steady.take(int(rate * seconds))
         known = {(r.value["workspace_id"], r.key) for r in warm if isinstance(r.value, dict)}
-        cpu, started = bench.cpu_seconds(worker.pid), time.monotonic()
+        cpu, started = processes.cpu_seconds(worker.pid), time.monotonic()
         by_record, _ = await bench.latency(bootstrap, prefix, later, rate, known_devices=known)
-        cpu, took = bench.cpu_seconds(worker.pid) - cpu, time.monotonic() - started
+        cpu, took = processes.cpu_seconds(worker.pid) - cpu, time.monotonic() - started
         figures = " / ".join(f"{bench.percentile(by_record, q):.0f}" for q in (50, 90, 99))
         print(f"{rate:.0f} events/s for {seconds:.0f} s {' '.join(sys.argv[3:])}: worker "
               f"{cpu / took:.0%} of a core, {cpu / len(later) * 1e6:.0f} µs per event; "
               f"latency p50 / p90 / p99 {figures} ms ({len(by_record)} samples)")  # fmt: skip
     finally:
-        bench.stop(worker)
+        processes.stop(worker)
         await remove_run(bootstrap, settings.redis_url, prefix, namespace)
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline import bench, journey
-from pipeline.admin import ensure_topics, remove_run
-from pipeline.settings import Settings
-from pipeline.topics import topic_specs
+from pipeline.ops import processes
+from pipeline.ops.admin import ensure_topics, remove_run
+from pipeline.ops.settings import Settings
+from pipeline.ops.topics import topic_specs
+from pipeline.tools import bench, journey
 
 
 def rss_mb(pid: int) -> float:
@@ -46,7 +47,7 @@ async def main(events: int) -> None:
         print(f"produced {start + len(records):,}", flush=True)
     env = bench.environment(settings, prefix, namespace, secrets,
                             IDP_COMMIT_INTERVAL_S="0.5", IDP_APP_ID=f"mem-{run}")  # fmt: skip
-    worker = bench.spawn("worker", env, Path(f"/tmp/mem-{run}.log"))
+    worker = processes.spawn("worker", env, Path(f"/tmp/mem-{run}.log"))
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     samples: list[tuple[int, float]] = []
@@ -72,7 +73,7 @@ async def main(events: int) -> None:
             await asyncio.sleep(0.5)
     finally:
         await admin.close()
-        bench.stop(worker)
+        processes.stop(worker)
         await remove_run(settings.kafka_bootstrap_servers, settings.redis_url, prefix, namespace)
     warm = next(rss for done, rss in samples if done >= 0.2 * events)
     print(

@@ -42,7 +42,6 @@ from pipeline.core.model import (
 from pipeline.core.profiles import Lead, UserView, first_link, user_profile, visitor_profile
 from pipeline.core.timeline import Merge, Timeline, derive
 from pipeline.core.verify import DEFAULT_POLICY, TokenPolicy, verify
-from pipeline.topics import MERGED, PROFILES, SHUTDOWN
 from schemas import (
     ChatStart,
     InputEvent,
@@ -55,6 +54,7 @@ from schemas import (
     Signup,
 )
 from schemas.time import from_epoch_ms, to_epoch_ms
+from schemas.topics import MERGED, PROFILES, SHUTDOWN
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from pipeline.core.identifiers import Refused, check_email, check_identifier
 
 TOKEN_LEEWAY_MS = 60_000  # clock skew tolerated between the token issuer and the event clock
 
-# The worker refuses secrets shorter than 32 bytes at start (`pipeline.settings`); pure tests
+# The worker refuses secrets shorter than 32 bytes at start (`pipeline.ops.settings`); pure tests
 # may use any, and PyJWT would warn on every decode.
 warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 

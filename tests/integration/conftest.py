@@ -1,7 +1,7 @@
 """Integration fixtures: the real Kafka broker and Redis server, started by the project itself.
 
 If KAFKA_BOOTSTRAP_SERVERS / REDIS_URL are set, those servers are used as they are; otherwise
-`pipeline.stack` starts (or reuses) the local ones. A server that cannot be reached fails the
+`pipeline.ops.stack` starts (or reuses) the local ones. A server that cannot be reached fails the
 test run: these tests never skip.
 """
 
@@ -17,9 +17,9 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline import stack
-from pipeline.admin import ensure_topics, remove_run
-from pipeline.topics import topic_specs
+from pipeline.ops import stack
+from pipeline.ops.admin import ensure_topics, remove_run
+from pipeline.ops.topics import topic_specs
 from tests.support.kafka import Pipeline
 
 pytestmark = pytest.mark.integration

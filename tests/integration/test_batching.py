@@ -8,7 +8,7 @@ import urllib.request
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.admin import remove_keys
+from pipeline.ops.admin import remove_keys
 from tests.integration.test_hostile_soak import free_port
 from tests.support import events as ev
 from tests.support.kafka import Pipeline

@@ -8,8 +8,8 @@ import os
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline import bench
-from pipeline.settings import Settings
+from pipeline.ops.settings import Settings
+from pipeline.tools import bench
 
 # Enough for several offset commits (0.2 s apart) at the bare agent's rate: a rate needs two.
 EVENTS = 40_000
@@ -20,7 +20,7 @@ async def test_a_small_benchmark_reports_rates_and_latencies(servers: tuple[str,
     settings = Settings(kafka_bootstrap_servers=bootstrap, redis_url=redis_url)
     figures = await bench.run(settings, events=EVENTS, latency_seconds=3, seed=5, passes=1)
     assert figures["events"] == EVENTS == sum(figures["mix"].values())
-    # The steady mix (pipeline.journey.STEADY_MIX): 96.5% page views.
+    # The steady mix (pipeline.tools.journey.STEADY_MIX): 96.5% page views.
     assert 0.94 < figures["mix"]["telemetry.page_view"] / EVENTS < 0.99
     for name in ("bare", "consumer", "worker"):
         assert len(figures[f"{name}_passes_events_per_s"]) == 1

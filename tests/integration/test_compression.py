@@ -18,7 +18,7 @@ from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from pipeline import stack
+from pipeline.ops import stack
 from tests.support import events as ev
 from tests.support.kafka import Pipeline
 

@@ -18,7 +18,15 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.ops.admin import ensure_topics, remove_run
-from pipeline.ops.topics import topic_specs from tests.integration.test_partitioners import (     assignments, expected, full_log, produce, recent_journey, settle
+from pipeline.ops.topics import topic_specs
+from tests.integration.test_partitioners import (
+    assignments,
+    expected,
+    full_log,
+    produce,
+    recent_journey,
+    settle,
+)
 from tests.support.kafka import OutputLog, Pipeline
 
 INPUT_PARTITIONS = 5 * 4  # five input topics of 4 partitions

@@ -16,9 +16,10 @@ from collections import Counter
 import orjson
 import pytest
 
-from pipeline import journey, stack
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
+from pipeline.ops import stack
+from pipeline.tools import journey
 from tests.integration.conftest import SECRETS
 from tests.support import events as ev
 from tests.support.kafka import OutputLog, Pipeline
@@ -165,8 +166,8 @@ async def test_broker_restarted_mid_stream(
     """On a broker of its own (the shared one holds thousands of partitions and restarts slowly)."""
     import uuid
 
-    from pipeline.admin import ensure_topics
-    from pipeline.topics import topic_specs
+    from pipeline.ops.admin import ensure_topics
+    from pipeline.ops.topics import topic_specs
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

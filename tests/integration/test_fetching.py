@@ -8,10 +8,11 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from pipeline import fetching
-from pipeline.admin import ensure_topics, remove_run
-from pipeline.fetching import GatheringFetcher
-from pipeline.topics import INPUT_TOPICS, topic_specs
+from pipeline.ops.admin import ensure_topics, remove_run
+from pipeline.ops.topics import topic_specs
+from pipeline.worker import fetching
+from pipeline.worker.fetching import GatheringFetcher
+from schemas.topics import INPUT_TOPICS
 
 RECORDS = 600
 

@@ -17,7 +17,7 @@ from collections import Counter
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline import journey
+from pipeline.tools import journey
 from tests.integration.conftest import SECRETS, TOKEN_EXP
 from tests.support import events as ev
 from tests.support.kafka import Pipeline

@@ -12,8 +12,8 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from pipeline.admin import ensure_topics, remove_run
-from pipeline.topics import topic_specs
+from pipeline.ops.admin import ensure_topics, remove_run
+from pipeline.ops.topics import topic_specs
 from tests.integration.conftest import SECRETS
 from tests.support import events as ev
 from tests.support.kafka import Pipeline

@@ -11,8 +11,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.admin import ensure_topics
-from pipeline.topics import TopicSpec
+from pipeline.ops.admin import ensure_topics
+from pipeline.ops.topics import TopicSpec
 from tests.support.kafka import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration

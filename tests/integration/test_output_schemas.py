@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from pipeline.codec import encode
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
+from pipeline.worker.codec import encode
 from tests.integration.conftest import SECRETS
 from tests.support.kafka import OutputLog, Pipeline
 from tests.support.wire_schemas import (

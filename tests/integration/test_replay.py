@@ -12,8 +12,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from pipeline.admin import remove_keys
-from pipeline.topics import OUTPUT_TOPICS
+from pipeline.ops.admin import remove_keys
+from schemas.topics import OUTPUT_TOPICS
 from tests.integration.test_faults import scenario, settle
 from tests.support.kafka import PROJECT_ROOT, Pipeline, read_topics
 

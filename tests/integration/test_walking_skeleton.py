@@ -100,8 +100,8 @@ async def test_contact_ids_agree_across_independent_pipelines(
     """Same workspace and device, separate state and topics: the same contact_id (R12)."""
     import uuid
 
-    from pipeline.admin import ensure_topics
-    from pipeline.topics import topic_specs
+    from pipeline.ops.admin import ensure_topics
+    from pipeline.ops.topics import topic_specs
 
     run = uuid.uuid4().hex[:10]
     other = Pipeline(

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS
 from schemas.time import parse_timestamp, to_epoch_ms
+from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 

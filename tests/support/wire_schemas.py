@@ -16,14 +16,14 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 
-from pipeline import journey
-from pipeline.codec import Item, Source, decode, rejection
 from pipeline.core import ids
 from pipeline.core.model import Emit, Refusal
 from pipeline.core.oracle import Oracle
-from pipeline.journey import user_hash
-from pipeline.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW
+from pipeline.tools import journey
+from pipeline.tools.journey import user_hash
+from pipeline.worker.codec import Item, Source, decode, rejection
 from schemas.time import format_timestamp, parse_timestamp
+from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW
 
 JSON_DIR = Path(__file__).resolve().parents[2] / "schemas" / "json"
 PROFILES = "identity.profiles"
@@ -94,7 +94,7 @@ def _ms(at: datetime) -> int:
 
 
 def journey_inputs(secrets: dict[str, str], start: datetime, *, people: int = 80) -> list[Input]:
-    """`pipeline.journey.generate`'s journey (junk included), its events moved to begin at `start`.
+    """`pipeline.tools.journey.generate`'s journey (junk included), its events moved to begin at `start`.
 
     The junk (generic anonymous_ids, broken JSON) is refused (R3): those inputs carry reason "".
     """

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pipeline.batching import gathered, should_gather
+from pipeline.worker.batching import gathered, should_gather
 
 
 @dataclass

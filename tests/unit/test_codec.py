@@ -1,8 +1,8 @@
 import orjson
 import pytest
 
-from pipeline.codec import MAX_MESSAGE_BYTES, ORIGINAL_MAX_CHARS, Item, Source, decode, parse
 from pipeline.core.model import Emit
+from pipeline.worker.codec import MAX_MESSAGE_BYTES, ORIGINAL_MAX_CHARS, Item, Source, decode, parse
 
 VALID = {
     "event_id": "e1",

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from faust.transport import consumer as faust_consumer
 
-from pipeline import draining
-from pipeline.draining import run_inline
+from pipeline.worker import draining
+from pipeline.worker.draining import run_inline
 
 # `Consumer._drain_messages` of faust-streaming 0.15.3, which `draining` copies and changes.
 # Another digest means another Faust: read its method, carry its changes over, then update.

@@ -7,8 +7,8 @@ import inspect
 from aiokafka.consumer import consumer as aiokafka_consumer
 from aiokafka.consumer.fetcher import Fetcher
 
-from pipeline import fetching
-from pipeline.fetching import GATHER_BYTES, WAITING_WAIT_MS, GatheringFetcher, request_limits
+from pipeline.worker import fetching
+from pipeline.worker.fetching import GATHER_BYTES, WAITING_WAIT_MS, GatheringFetcher, request_limits
 
 PATIENT = (1, 1500)  # what Faust configures: answer at the first byte, wait up to 1.5 s
 
@@ -71,8 +71,8 @@ def test_the_app_factory_selects_uvloop_unless_told_otherwise() -> None:
 
     import uvloop
 
-    from pipeline.app import faust_app
-    from pipeline.settings import Settings
+    from pipeline.ops.settings import Settings
+    from pipeline.worker.app import faust_app
 
     before = asyncio.get_event_loop_policy()
     try:

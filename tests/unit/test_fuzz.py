@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import Item, Source, decode
 from pipeline.core.model import Emit, Transition
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
-from pipeline.topics import INPUT_TOPICS
+from pipeline.worker.codec import Item, Source, decode
+from schemas.topics import INPUT_TOPICS
 from tests.support import events as ev
 
 EXAMPLES = int(os.environ.get("IDP_FUZZ_EXAMPLES", "1000"))

@@ -3,7 +3,7 @@
 from pipeline.core import ids
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
-from pipeline.inspect import Facts, describe
+from pipeline.tools.inspect import Facts, describe
 from tests.support import events as ev
 
 WS = "ws"

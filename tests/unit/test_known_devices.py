@@ -6,14 +6,14 @@ from collections.abc import Sequence
 
 import orjson
 
-from pipeline.codec import Item, Source, decode
 from pipeline.core.ids import visitor_contact_id
 from pipeline.core.model import profile_from_bytes
 from pipeline.core.rules import CoreConfig
-from pipeline.known import KnownDevices
-from pipeline.processor import Processor
 from pipeline.state.base import Keys, Record
 from pipeline.state.memory import MemoryStore
+from pipeline.worker.codec import Item, Source, decode
+from pipeline.worker.known import KnownDevices
+from pipeline.worker.processor import Processor
 from tests.support import events as ev
 
 SECRET = "known-devices-secret-0123456789ab"

@@ -7,14 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import processor as processor_module
-from pipeline.codec import Item, Source, decode
 from pipeline.core.model import profile_from_bytes
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
-from pipeline.processor import Processor
 from pipeline.state.base import Keys
 from pipeline.state.memory import MemoryStore
+from pipeline.worker import processor as processor_module
+from pipeline.worker.codec import Item, Source, decode
+from pipeline.worker.processor import Processor
 from tests.support import events as ev
 from tests.unit import test_identity_laws as laws
 from tests.unit.test_identity_laws import EXAMPLES

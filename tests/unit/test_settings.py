@@ -3,8 +3,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.app import core_config
-from pipeline.settings import SecretsFileError, Settings
+from pipeline.ops.settings import SecretsFileError, Settings
+from pipeline.worker.app import core_config
 
 
 def test_environment_names_of_the_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

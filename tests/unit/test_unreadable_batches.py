@@ -11,7 +11,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from pipeline.fetching import GatheringFetcher, GuardedRecords, Unreadable, skip_command
+from pipeline.worker.fetching import GatheringFetcher, GuardedRecords, Unreadable, skip_command
 
 TP = TopicPartition("telemetry.page_view", 2)
 READ_UNCOMMITTED = 0

@@ -1,7 +1,7 @@
 """A journey's every input and output against the JSON Schema files, by an independent validator.
 
 The outputs are those of the pure core (the oracle) plus the rejections the codec records,
-encoded as the worker sends them (`pipeline.codec.wire`).
+encoded as the worker sends them (`pipeline.worker.codec.wire`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from pipeline import journey
-from pipeline.codec import wire
 from pipeline.core.model import Emit
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
+from pipeline.tools import journey
+from pipeline.worker.codec import wire
 from tests.support.wire_schemas import (
     Input,
     check_outputs,

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PAGE_VIEW = "telemetry.page_view"
-CHAT_START = "telemetry.chat_start"
-SIGNUP = "telemetry.signup"
-LOGIN = "telemetry.login"
-LOGOUT = "telemetry.logout"
-INPUT_TOPICS = (PAGE_VIEW, CHAT_START, SIGNUP, LOGIN, LOGOUT)
-
-MERGED = "identity.merged"
-SHUTDOWN = "identity.shutdown"
-PROFILES = "identity.profiles"
-REJECTED = "identity.rejected"
-OUTPUT_TOPICS = (MERGED, SHUTDOWN, PROFILES, REJECTED)
+from schemas.topics import INPUT_TOPICS, MERGED, PROFILES, REJECTED, SHUTDOWN
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -38,9 +27,9 @@ def topic_specs(
     the known-devices cache, correctness does not depend on it), and are kept 7 days, long
     enough to replay a week for analytics. Their record timestamps bound event time (R14):
     `CreateTime` trusts the producer's (the product's backend), `LogAppendTime` makes the
-    broker stamp each record as it arrives (see the README, *Security*). `identity.profiles` is compacted: the latest profile
-    of every contact is kept forever, so a consumer rebuilds its view by reading it from the
-    start. The event topics keep 7 days too.
+    broker stamp each record as it arrives (see the README, *Security*). `identity.profiles` is
+    compacted: the latest profile of every contact is kept forever, so a consumer rebuilds its
+    view by reading it from the start. The event topics keep 7 days too.
     """
     week = {"retention.ms": str(WEEK_MS)}
     inputs = {**week, "message.timestamp.type": timestamp_type}

@@ -2,10 +2,10 @@
 
 One run, on fresh topics, consumer groups and Redis namespace:
 
-1. produce N events of a steady-state journey (see `pipeline.journey` for the mix);
+1. produce N events of a steady-state journey (see `pipeline.tools.journey` for the mix);
 2. a bare Faust agent, with the worker's Faust settings and Faust's and aiokafka's own
    consumer, only iterates them: its events/s (the baseline of the ratio); then the same
-   agent on the worker's consumer (`pipeline.fetching`, `pipeline.draining`);
+   agent on the worker's consumer (`pipeline.worker.fetching`, `pipeline.worker.draining`);
 3. the worker processes the same N events into empty state: its sustained events/s;
 4. steps 2 and 3 twice more (new consumer groups, new state), because this shared machine's
    speed drifts by several percent from run to run: each rate is the best of its three passes;
@@ -23,7 +23,6 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -38,13 +37,14 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import journey
-from pipeline.admin import ensure_topics, remove_keys, remove_run
 from pipeline.core import ids
-from pipeline.demo import end_offsets
-from pipeline.settings import Settings
-from pipeline.stack import PROJECT_ROOT
-from pipeline.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, SHUTDOWN, topic_specs
+from pipeline.ops.admin import ensure_topics, remove_keys, remove_run
+from pipeline.ops.processes import cpu_seconds, spawn, stop
+from pipeline.ops.settings import Settings
+from pipeline.ops.topics import topic_specs
+from pipeline.tools import journey
+from pipeline.tools.demo import end_offsets
+from schemas.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, SHUTDOWN
 
 COMMIT_INTERVAL_S = "0.2"
 PASSES = 3  # throughput passes of each of the bare agents and the worker
@@ -62,11 +62,11 @@ def run_bare_worker(settings: Settings, *, our_consumer: bool = False) -> None:
     """A Faust worker whose agent only iterates the input topics (the benchmark's baselines).
 
     With Faust's and aiokafka's own consumer, or with `our_consumer`: the worker's fetch policy
-    and message loop (`pipeline.fetching`, `pipeline.draining`).
+    and message loop (`pipeline.worker.fetching`, `pipeline.worker.draining`).
     """
     import faust
 
-    from pipeline.app import faust_app, settle_heap
+    from pipeline.worker.app import faust_app, settle_heap
 
     app = faust_app(settings, consumer_patches=our_consumer)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
@@ -147,12 +147,6 @@ async def measure(
     raise TimeoutError(message)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of a running process, all its threads (Linux `/proc`)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def environment(
     settings: Settings, prefix: str, namespace: str, secrets_file: Path, **extra: str
 ) -> dict[str, str]:
@@ -166,26 +160,6 @@ def environment(
             "IDP_STATE_NAMESPACE": namespace, "IDP_SECRETS_FILE": str(secrets_file),
             "IDP_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S, "IDP_LOG_LEVEL": "warning",
             **extra}  # fmt: skip
-
-
-def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """Run `idp <command>` (words separated by spaces) in the background."""
-    return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "pipeline.cli", *command.split()],
-        cwd=PROJECT_ROOT, env={**os.environ, **env},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-
-
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 30 s."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def latency(

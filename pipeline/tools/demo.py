@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.journey import Record
-from pipeline.settings import Settings
-from pipeline.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, REJECTED, SHUTDOWN
+from pipeline.ops.settings import Settings
+from pipeline.tools.journey import Record
+from schemas.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, REJECTED, SHUTDOWN
 
 
 async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition, int]:

@@ -23,18 +23,18 @@ from faust.types import TP
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline import draining, fetching, metrics
-from pipeline.batching import gathered
-from pipeline.codec import Item, Source, explain, parse, wire
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
 from pipeline.core.rules import CoreConfig
 from pipeline.core.verify import TokenPolicy
-from pipeline.processor import Processed, Processor, Tally, Wire, outbox_records
-from pipeline.settings import Settings
+from pipeline.ops.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
-from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, PROFILES, REJECTED
+from pipeline.worker import draining, fetching, metrics
+from pipeline.worker.batching import gathered
+from pipeline.worker.codec import Item, Source, explain, parse, wire
+from pipeline.worker.processor import Processed, Processor, Tally, Wire, outbox_records
+from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, PROFILES, REJECTED
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,8 @@ def faust_app(
 
     Also sets what is process-wide and must be chosen before Faust starts its loops: the event
     loop (uvloop unless `IDP_EVENT_LOOP=asyncio`), the fetch policy of the consumer Faust
-    starts (`pipeline.fetching`) and the loop that hands its records to the streams
-    (`pipeline.draining`). Without `consumer_patches` the last two are Faust's and aiokafka's
+    starts (`pipeline.worker.fetching`) and the loop that hands its records to the streams
+    (`pipeline.worker.draining`). Without `consumer_patches` the last two are Faust's and aiokafka's
     own: the benchmark's bare Faust agent.
     """
     if settings.event_loop == "uvloop":

@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 logger = logging.getLogger(__name__)
 
 KAFKA_VERSION = "3.9.2"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POM = PROJECT_ROOT / "deploy" / "local" / "kafka-pom.xml"
 
 
@@ -262,7 +262,7 @@ def _kafka_ready(broker: Endpoint) -> bool:
     """The broker answers a metadata request (the port alone opens before it can serve)."""
     if not port_open(broker):
         return False
-    from pipeline.admin import cluster_ready  # late import: aiokafka is heavy
+    from pipeline.ops.admin import cluster_ready  # late import: aiokafka is heavy
 
     return cluster_ready(f"{broker.host}:{broker.port}")
 

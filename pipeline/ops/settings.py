@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     state_namespace: str = Field("", validation_alias="IDP_STATE_NAMESPACE")
     partitions: int = Field(4, ge=1, validation_alias="IDP_PARTITIONS")
     batch_size: int = Field(500, ge=1, validation_alias="IDP_BATCH_SIZE")
-    # How long a take waits for its batch to fill (see `pipeline.fetching` for why 10 ms).
+    # How long a take waits for its batch to fill (see `pipeline.worker.fetching` for why 10 ms).
     batch_within_s: float = Field(0.01, gt=0, validation_alias="IDP_BATCH_WITHIN_S")
     # How long a worker that is behind may gather takes into one batch (0: never gathers).
     batch_gather_s: float = Field(0.05, ge=0, le=1, validation_alias="IDP_BATCH_GATHER_S")

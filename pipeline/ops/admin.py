@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline.ops.topics import TopicSpec, topic_specs
 from pipeline.state.base import Keys
-from pipeline.topics import TopicSpec, topic_specs
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pipeline.core import ids
 from pipeline.core.facts import Device, EmailEntry, User
 from pipeline.core.model import profile_from_bytes
 from pipeline.core.timeline import Segment, Timeline, derive
-from pipeline.settings import Settings
+from pipeline.ops.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
 from schemas import Profile

@@ -18,7 +18,7 @@ BATCH_EVENTS = Histogram("idp_batch_events", "Input records per processed batch"
 UNREADABLE_RECORDS = Counter("idp_unreadable_state_records",
                              "Stored or outbox records that could not be decoded", ["kind"])
 CONFLICTS = Counter("idp_commit_conflicts", "Workspace commits that lost a race and were redone")
-# An input batch the worker cannot read holds its partition at that offset (`pipeline.fetching`).
+# An input batch the worker cannot read holds its partition at that offset (`worker.fetching`).
 UNREADABLE_BATCHES = Counter("idp_unreadable_batches",
                              "Input record batches found unreadable (each batch counted once)",
                              ["topic", "partition"])  # fmt: skip

@@ -18,10 +18,12 @@ from aiokafka.structs import OffsetAndMetadata
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline import bench, demo
-from pipeline.admin import ensure_topics
-from pipeline.settings import Settings
-from pipeline.topics import INPUT_TOPICS, OUTPUT_TOPICS, topic_specs
+from pipeline.ops.admin import ensure_topics
+from pipeline.ops.processes import spawn, stop
+from pipeline.ops.settings import Settings
+from pipeline.ops.topics import topic_specs
+from pipeline.tools import demo
+from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
 
 async def start_from(settings: Settings, group: str, since: datetime) -> None:
@@ -66,7 +68,7 @@ async def run(
     }  # fmt: skip
     log = Path(os.environ.get("IDP_RUN_DIR", ".run")) / f"replay-{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    worker = bench.spawn("worker", env, log)
+    worker = spawn("worker", env, log)
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
     try:
@@ -75,7 +77,7 @@ async def run(
                 settings.model_copy(update={"app_id": group}), targets, progress, timeout=timeout
             )
     finally:
-        bench.stop(worker)
+        stop(worker)
     if not caught_up:
         console.print(f"[red]the replay did not catch up within {timeout:.0f}s; see {log}[/red]")
         return 1

@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pipeline.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
 from schemas.time import format_timestamp, parse_timestamp, to_epoch_ms
+from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
 
 CITIES = ("Paris", "Berlin", "Dublin", "Lisbon", "Austin", "Osaka", "Nairobi", "Lima", None)
 START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)

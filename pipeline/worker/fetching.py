@@ -22,7 +22,7 @@ rounds cost less per event, and each millisecond of gathering is latency. With F
 message loop a fetch round cost about a millisecond and that loop about 100 µs per record at a
 moderate rate, so session 4 chose 30 ms (takes of 15 ms): offered 5,000 events/s the worker was
 47-63% busy instead of 62-74% with 5 ms, and its p99 latency 61-100 ms instead of 48-317 ms.
-Since `pipeline.draining` replaced that loop, offered 8,000 events/s (half the worker's
+Since `pipeline.worker.draining` replaced that loop, offered 8,000 events/s (half the worker's
 peak), interleaved (`scripts/latency_at_rate.py 8000`; see the README): while the machine was
 fast, 10 ms fetches with 5 ms takes kept the worker 52-56% busy with p99 43-48 ms (four
 runs), 30 ms / 15 ms 42-49% and 78-95 ms; while it was slow, 10 ms / 5 ms 57-68% and p99
@@ -64,7 +64,7 @@ from aiokafka.consumer import consumer as aiokafka_consumer
 from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 from aiokafka.structs import TopicPartition
 
-from pipeline import metrics
+from pipeline.worker import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ class GatheringFetcher(Fetcher):
 def skip_command(found: Unreadable) -> str:
     """The command that moves the worker's consumer group past an unreadable batch."""
     try:  # late import: the settings of the worker this runs in (its group is the app id)
-        from pipeline.settings import Settings
+        from pipeline.ops.settings import Settings
 
         settings = Settings()
         group, bootstrap = settings.app_id, settings.kafka_bootstrap_servers

@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from pipeline.core import ids
 from pipeline.core.model import Emit, OutputMessage
-from pipeline.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, REJECTED, SIGNUP
 from schemas import INPUT_MODELS, InputEvent, Rejected
+from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, REJECTED, SIGNUP
 
 MAX_MESSAGE_BYTES = 64 * 1024  # larger inputs are refused unparsed (reason `too_large`)
 ORIGINAL_MAX_CHARS = 4096  # `original` of a rejection is truncated to this many characters

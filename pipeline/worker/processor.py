@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from pipeline import metrics
-from pipeline.codec import Item, rejection, wire
 from pipeline.core import ids
 from pipeline.core.facts import Device, EmailEntry, TokenUses, User
 from pipeline.core.model import (
@@ -36,10 +34,12 @@ from pipeline.core.model import (
     profile_to_bytes,
 )
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_more, likely_needs
-from pipeline.known import KnownDevices
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
-from pipeline.topics import OUTPUT_TOPICS, PROFILES
+from pipeline.worker import metrics
+from pipeline.worker.codec import Item, rejection, wire
+from pipeline.worker.known import KnownDevices
 from schemas import ChatStart, InputEvent, PageView
+from schemas.topics import OUTPUT_TOPICS, PROFILES
 
 logger = logging.getLogger(__name__)
 
@@ -351,7 +351,7 @@ class Processor:
 
         Such an event changes nothing: `rules.browsing` decides it from the first activity this
         worker learnt earlier, which stays right whatever happened since (see
-        `pipeline.known`): no Redis, no working copy. The caller counts it as unchanged.
+        `pipeline.worker.known`): no Redis, no working copy. The caller counts it as unchanged.
         """
         if type(event) is not PageView:
             return False
