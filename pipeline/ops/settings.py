@@ -65,17 +65,6 @@ class Settings(BaseSettings):
     # outputs, before sending them (0: never).
     fault_exit_after_commits: int = Field(0, ge=0, validation_alias="IDP_FAULT_EXIT_AFTER_COMMITS")
     metrics_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_METRICS_PORT")
-    # SPEC §4: the worker's HTTP endpoints (health, readiness, metrics, the profile API).
-    http_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_HTTP_PORT")
-    http_host: str = Field("127.0.0.1", validation_alias="IDP_HTTP_HOST")
-    api_token: SecretStr | None = Field(None, validation_alias="IDP_API_TOKEN")
-    # SPEC §4: create missing topics at start (else wait for them).
-    create_topics: bool = Field(True, validation_alias="IDP_CREATE_TOPICS")
-    # Replication of the topics the project creates; None: 1, or 3 on three brokers or more.
-    replication_factor: int | None = Field(None, ge=1, validation_alias="IDP_REPLICATION_FACTOR")
-    # R15: entries kept per list of a profile (the most recent by event time).
-    profile_list_limit: int = Field(1000, ge=1, validation_alias="IDP_PROFILE_LIST_LIMIT")
-    log_format: Literal["text", "json"] = Field("text", validation_alias="IDP_LOG_FORMAT")
     # Extra generic values to refuse as identifiers (R3), comma-separated, case-insensitive.
     blocked_values: str = Field("", validation_alias="IDP_BLOCKED_VALUES")
 
