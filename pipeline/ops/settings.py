@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_METRICS_PORT")
     # Extra generic values to refuse as identifiers (R3), comma-separated, case-insensitive.
     blocked_values: str = Field("", validation_alias="IDP_BLOCKED_VALUES")
+    # Replication factor of the topics the project creates; None: 1, or 3 when the cluster has
+    # at least three brokers (SPEC §4). With 3 or more, `min.insync.replicas` is 2.
+    replication_factor: int | None = Field(None, ge=1, validation_alias="IDP_REPLICATION_FACTOR")
+    # On a Redis Cluster, how many replicas a commit waits for (WAIT; 0: none; docs/clusters.md).
+    redis_wait_replicas: int = Field(1, ge=0, validation_alias="IDP_REDIS_WAIT_REPLICAS")
 
     @model_validator(mode="after")
     def _prefixed_defaults(self) -> Settings:

@@ -451,3 +451,304 @@ def start_worker(env: dict[str, str]) -> str:
 def stop_worker() -> bool:
     """Stop the background worker; False if none ran."""
     return _stop(run_dir() / "worker" / "worker.pid", "worker")
+
+
+# --------------------------------------------------------------------------- cluster mode
+#
+# `idp stack up --redis-cluster 3 --brokers 3`: Redis masters with one replica each and KRaft
+# nodes that are each broker and controller (a quorum of all of them), on loopback ports that
+# do not meet the single-node stack's, data under `.run/cluster/`. Each node has the pid file,
+# log and readiness probe of the single-node services.
+
+CLUSTER_KAFKA_PORT = 29092  # broker i listens on 29092 + i, its controller on 29192 + i
+CLUSTER_CONTROLLER_OFFSET = 100
+CLUSTER_REDIS_PORT = 7000  # masters and replicas on 7000, 7001, ...
+CLUSTER_HOST = "127.0.0.1"
+# How long a master may be silent before its replica takes over (Redis's default is 15 s;
+# loopback needs no more than 2 s, and the tests kill masters).
+CLUSTER_NODE_TIMEOUT_MS = 2000
+
+
+def cluster_dir() -> Path:
+    """Where the cluster mode keeps each node's data, log and pid file."""
+    return run_dir() / "cluster"
+
+
+def cluster_bootstrap(brokers: int = 3) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS of the local Kafka cluster."""
+    return ",".join(f"{CLUSTER_HOST}:{CLUSTER_KAFKA_PORT + i}" for i in range(brokers))
+
+
+def cluster_redis_url() -> str:
+    """REDIS_URL of the local Redis Cluster (any node would do; the first is the one named)."""
+    return f"redis://{CLUSTER_HOST}:{CLUSTER_REDIS_PORT}/0"
+
+
+def _broker_home(index: int) -> Path:
+    return cluster_dir() / f"kafka-{index}"
+
+
+def _cluster_kafka_properties(index: int, brokers: int, data: Path) -> str:
+    port = CLUSTER_KAFKA_PORT + index
+    controller = port + CLUSTER_CONTROLLER_OFFSET
+    voters = ",".join(
+        f"{i + 1}@{CLUSTER_HOST}:{CLUSTER_KAFKA_PORT + i + CLUSTER_CONTROLLER_OFFSET}"
+        for i in range(brokers)
+    )
+    replication = min(3, brokers)
+    isr = 2 if replication >= 3 else 1
+    return f"""\
+# Written by `idp stack up --brokers {brokers}`: node {index + 1}, a broker and a controller.
+process.roles=broker,controller
+node.id={index + 1}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://{CLUSTER_HOST}:{port},CONTROLLER://{CLUSTER_HOST}:{controller}
+advertised.listeners=PLAINTEXT://{CLUSTER_HOST}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=4
+default.replication.factor={replication}
+min.insync.replicas={isr}
+auto.create.topics.enable=false
+offsets.topic.replication.factor={replication}
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={isr}
+transaction.state.log.num.partitions=8
+group.initial.rebalance.delay.ms=0
+unclean.leader.election.enable=false
+log.retention.hours=168
+log.segment.bytes=67108864
+"""
+
+
+def _cluster_java(home: Path) -> list[str]:
+    log4j = home / "log4j.properties"
+    log4j.write_text(
+        "log4j.rootLogger=INFO, stdout\n"
+        "log4j.appender.stdout=org.apache.log4j.ConsoleAppender\n"
+        "log4j.appender.stdout.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        "log4j.logger.kafka=INFO\nlog4j.logger.org.apache.kafka=INFO\n"
+        "log4j.logger.state.change.logger=WARN\nlog4j.logger.kafka.controller=WARN\n"
+    )
+    # Three JVMs share the machine with the tests: small heaps and one GC thread each.
+    return ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC",
+            f"-Dlog4j.configuration=file:{log4j}", "-cp", f"{install_kafka()}/*"]  # fmt: skip
+
+
+def start_cluster_broker(index: int, brokers: int = 3) -> None:
+    """Start node `index` of the local Kafka cluster (formatting its storage the first time)."""
+    home = _broker_home(index)
+    pid_file, log = home / "kafka.pid", home / "kafka.log"
+    if _read_pid(pid_file) is not None:
+        return
+    port = CLUSTER_KAFKA_PORT + index
+    for taken in (port, port + CLUSTER_CONTROLLER_OFFSET):
+        if port_open(Endpoint(CLUSTER_HOST, taken)):
+            message = f"port {taken} on {CLUSTER_HOST} is taken by another process; stop it"
+            raise StackError(message)
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    config = home / "server.properties"
+    config.write_text(_cluster_kafka_properties(index, brokers, data))
+    java = _cluster_java(home)
+    id_file = cluster_dir() / "kafka-cluster-id"
+    if not id_file.exists():
+        id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+    if not (data / "meta.properties").exists():
+        argv = [*java, "kafka.tools.StorageTool", "format",
+                f"--cluster-id={id_file.read_text().strip()}", "-c", str(config)]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        if result.returncode != 0:
+            message = f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}"
+            raise StackError(message)
+    _spawn([*java, "kafka.Kafka", str(config)], log=log, pid_file=pid_file, cwd=home)
+
+
+def wait_cluster_broker(index: int, *, timeout: float = 120) -> None:
+    """Wait until node `index` answers metadata requests."""
+    endpoint = Endpoint(CLUSTER_HOST, CLUSTER_KAFKA_PORT + index)
+    wait_until(lambda: _kafka_ready(endpoint), timeout=timeout, what=f"Kafka node {index + 1}",
+               log=_broker_home(index) / "kafka.log")  # fmt: skip
+
+
+def stop_cluster_broker(index: int, *, kill: bool = False) -> bool:
+    """Stop node `index` (SIGTERM, or SIGKILL with `kill`); False if it was not running."""
+    pid_file = _broker_home(index) / "kafka.pid"
+    if kill:
+        pid = _read_pid(pid_file)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _read_pid(pid_file) is None, timeout=30, what=f"node {index + 1} gone")
+        pid_file.unlink(missing_ok=True)
+        return True
+    return _stop(pid_file, f"Kafka node {index + 1}", timeout=30)
+
+
+def start_kafka_cluster(brokers: int = 3) -> str:
+    """Start the local Kafka cluster unless it runs already; return a one-line status."""
+    if brokers < 1:
+        raise StackError("--brokers must be at least 1")
+    for index in range(brokers):
+        start_cluster_broker(index, brokers)
+    for index in range(brokers):
+        wait_cluster_broker(index)
+    return f"kafka cluster: {brokers} KRaft nodes on {cluster_bootstrap(brokers)}"
+
+
+def _cluster_brokers() -> list[int]:
+    return sorted(
+        int(path.name.removeprefix("kafka-"))
+        for path in cluster_dir().glob("kafka-*")
+        if path.is_dir() and path.name.removeprefix("kafka-").isdigit()
+    )
+
+
+def _redis_home(port: int) -> Path:
+    return cluster_dir() / f"redis-{port}"
+
+
+def _cluster_redis_conf(port: int, home: Path) -> str:
+    return (
+        f"bind {CLUSTER_HOST}\nport {port}\ndir {home}\ndaemonize no\n"
+        f"cluster-enabled yes\ncluster-config-file nodes.conf\n"
+        f"cluster-node-timeout {CLUSTER_NODE_TIMEOUT_MS}\n"
+        'appendonly yes\nappendfsync everysec\nsave ""\n'
+        "protected-mode yes\nmaxmemory-policy noeviction\n"
+    )
+
+
+def start_cluster_redis(port: int) -> None:
+    """Start the Redis Cluster node on `port` (it rejoins its cluster from its nodes.conf)."""
+    home = _redis_home(port)
+    pid_file, log = home / "redis.pid", home / "redis.log"
+    if _read_pid(pid_file) is None:
+        if port_open(Endpoint(CLUSTER_HOST, port)):
+            message = f"port {port} on {CLUSTER_HOST} is taken by another process; stop it"
+            raise StackError(message)
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "redis.conf"
+        config.write_text(_cluster_redis_conf(port, home))
+        _spawn([install_redis(), str(config)], log=log, pid_file=pid_file, cwd=home)
+    wait_until(lambda: _redis_ready(Endpoint(CLUSTER_HOST, port)), timeout=30,
+               what=f"Redis node {port}", log=log)  # fmt: skip
+
+
+def stop_cluster_redis(port: int, *, kill: bool = False) -> bool:
+    """Stop the node on `port` (SIGTERM, or SIGKILL with `kill`); False if it was not running."""
+    pid_file = _redis_home(port) / "redis.pid"
+    if kill:
+        pid = _read_pid(pid_file)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: _read_pid(pid_file) is None, timeout=30, what=f"Redis {port} gone")
+        pid_file.unlink(missing_ok=True)
+        return True
+    return _stop(pid_file, f"Redis node {port}", timeout=30)
+
+
+def redis_cli(port: int, *args: str) -> str:
+    """Run `redis-cli` against a local node; its output (raises StackError on failure)."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise StackError("redis-cli is missing: run `sudo apt-get install redis-tools`")
+    argv = [cli, "-h", CLUSTER_HOST, "-p", str(port), *args]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
+    if result.returncode != 0:
+        message = f"redis-cli {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+        raise StackError(message)
+    return result.stdout
+
+
+def _cluster_info(port: int) -> dict[str, str]:
+    try:
+        text = redis_cli(port, "cluster", "info")
+    except (StackError, subprocess.TimeoutExpired):
+        return {}
+    return dict(line.strip().split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def redis_cluster_healthy(ports: list[int], *, masters: int) -> bool:
+    """Every node sees the cluster ok: `masters` masters serving all slots, no node failing."""
+    for port in ports:
+        info = _cluster_info(port)
+        if info.get("cluster_state") != "ok" or info.get("cluster_size") != str(masters):
+            return False
+        if info.get("cluster_known_nodes") != str(len(ports)):
+            return False
+        nodes = redis_cli(port, "cluster", "nodes")
+        if "fail" in nodes or "handshake" in nodes or "noaddr" in nodes:
+            return False
+    return True
+
+
+def start_redis_cluster(masters: int = 3, *, replicas: int = 1) -> str:
+    """Start the local Redis Cluster unless it runs already; return a one-line status.
+
+    The first start creates it (`redis-cli --cluster create`); later starts reload each node's
+    nodes.conf, so the cluster comes back as it was, masters promoted by failovers included.
+    """
+    if masters < 3:
+        raise StackError("a Redis Cluster needs at least 3 masters (--redis-cluster 3)")
+    ports = [CLUSTER_REDIS_PORT + i for i in range(masters * (1 + replicas))]
+    for port in ports:
+        start_cluster_redis(port)
+    if all(_cluster_info(port).get("cluster_known_nodes") == "1" for port in ports):
+        redis_cli(ports[0], "--cluster", "create",
+                  *(f"{CLUSTER_HOST}:{port}" for port in ports),
+                  "--cluster-replicas", str(replicas), "--cluster-yes")  # fmt: skip
+    wait_until(lambda: redis_cluster_healthy(ports, masters=masters), timeout=60,
+               what="the Redis Cluster", log=_redis_home(ports[0]) / "redis.log")  # fmt: skip
+    return (f"redis cluster: {masters} masters with {replicas} replica(s) each on "
+            f"{CLUSTER_HOST}:{ports[0]}-{ports[-1]} (REDIS_URL={cluster_redis_url()})")  # fmt: skip
+
+
+def _cluster_redis_ports() -> list[int]:
+    return sorted(
+        int(path.name.removeprefix("redis-"))
+        for path in cluster_dir().glob("redis-*")
+        if path.is_dir() and path.name.removeprefix("redis-").isdigit()
+    )
+
+
+def stop_cluster() -> list[str]:
+    """Stop every node of the cluster mode, all at once (a quorum stopped one by one stalls)."""
+    pid_files = [(f"kafka node {i + 1}", _broker_home(i) / "kafka.pid") for i in _cluster_brokers()]
+    pid_files += [(f"redis {p}", _redis_home(p) / "redis.pid") for p in _cluster_redis_ports()]
+    running = [(name, pid_file, _read_pid(pid_file)) for name, pid_file in pid_files]
+    for _, _, pid in running:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+    lines = []
+    for name, pid_file, pid in running:
+        if pid is None:
+            lines.append(f"{name}: was not running")
+            continue
+        _stop(pid_file, name, timeout=30)
+        lines.append(f"{name}: stopped")
+    return lines
+
+
+def cluster_status() -> list[str]:
+    """One line per node of the cluster mode (none when it was never started)."""
+    lines = []
+    for index in _cluster_brokers():
+        pid = _read_pid(_broker_home(index) / "kafka.pid")
+        where = f"{CLUSTER_HOST}:{CLUSTER_KAFKA_PORT + index}"
+        lines.append(f"kafka node {index + 1}: " + (f"running (pid {pid}) on {where}" if pid
+                                                     else "stopped"))  # fmt: skip
+    for port in _cluster_redis_ports():
+        pid = _read_pid(_redis_home(port) / "redis.pid")
+        role = ""
+        if pid is not None:
+            role = " as " + ("master" if "role:master" in redis_cli(port, "info", "replication")
+                             else "replica")  # fmt: skip
+        where = f"{CLUSTER_HOST}:{port}"
+        lines.append(f"redis {port}: " + (f"running (pid {pid}) on {where}{role}" if pid
+                                          else "stopped"))  # fmt: skip
+    return lines

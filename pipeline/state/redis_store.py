@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-from pipeline.state.base import ABSENT, Commit, Record
+from pipeline.state.base import ABSENT, Commit, Record, Store
 
 REPLY_TIMEOUT_S = 10.0  # far above any script's run time; see `from_url`
 CONNECT_TIMEOUT_S = 5.0
@@ -63,8 +63,22 @@ class RedisStore:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_url(cls, url: str, *, marker_ttl_s: int) -> RedisStore:
-        """Connect lazily to the Redis at `url`."""
+    def from_url(cls, url: str, *, marker_ttl_s: int) -> Store:
+        """The store for `url`, standalone or Redis Cluster: `pipeline.state.factory.open_store`.
+
+        Commits on a cluster wait for `IDP_REDIS_WAIT_REPLICAS` replicas (`Settings`).
+        """
+        from pipeline.ops.settings import Settings
+        from pipeline.state.factory import open_store
+
+        settings = Settings()
+        return open_store(
+            url, marker_ttl_s=marker_ttl_s, wait_replicas=settings.redis_wait_replicas
+        )
+
+    @classmethod
+    def standalone(cls, url: str, *, marker_ttl_s: int) -> RedisStore:
+        """Connect lazily to the standalone Redis at `url`."""
         # A reply that never comes (a connection half-open across a Redis restart) must end
         # in an error the worker retries, not in a wait that never ends.
         client = aioredis.Redis.from_url(url, socket_timeout=REPLY_TIMEOUT_S,
