@@ -67,6 +67,11 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 def cmd_stack(args: argparse.Namespace) -> int:
     """Start, stop or show the local Kafka and Redis, or run one of Kafka's own tools."""
+    if args.action != "kafka-tool" and (
+        getattr(args, "tool", None) or getattr(args, "tool_args", None)
+    ):
+        words = [*([args.tool] if args.tool else []), *args.tool_args]
+        args = _stack_options().parse_args(words, namespace=args)
     settings = _settings(args)
     try:
         if args.action == "kafka-tool":
@@ -76,10 +81,16 @@ def cmd_stack(args: argparse.Namespace) -> int:
                       file=sys.stderr)  # fmt: skip
                 return 2
             return stack.kafka_tool(args.tool, args.tool_args)
+        masters, brokers = getattr(args, "redis_cluster", None), getattr(args, "brokers", None)
+        if args.action == "up" and (masters or (brokers or 1) > 1):
+            return _stack_up_cluster(args, masters=masters, brokers=brokers)
         if args.action == "up":
             print(stack.start_redis(settings.redis_url), flush=True)
             print(stack.start_kafka(settings.kafka_bootstrap_servers), flush=True)
             return cmd_topics(args)
+        if args.action == "down" and getattr(args, "cluster", False):
+            print("\n".join(stack.stop_cluster()) or "cluster: was never started")
+            return 0
         if args.action == "down":
             for name, stop in (("worker", stack.stop_worker), ("kafka", stack.stop_kafka),
                                ("redis", stack.stop_redis)):  # fmt: skip
@@ -87,10 +98,32 @@ def cmd_stack(args: argparse.Namespace) -> int:
             return 0
         for line in stack.status(settings.kafka_bootstrap_servers, settings.redis_url):
             print(line)
+        for line in stack.cluster_status():
+            print(line)
         return 0
     except stack.StackError as exc:
         print(f"idp stack {args.action}: {exc}", file=sys.stderr)
         return 1
+
+
+def _stack_up_cluster(args: argparse.Namespace, *, masters: int | None, brokers: int | None) -> int:
+    """`stack up --redis-cluster N --brokers M`: the cluster mode, then its topics."""
+    env = {}
+    if masters:
+        print(stack.start_redis_cluster(masters), flush=True)
+        env["REDIS_URL"] = stack.cluster_redis_url()
+    else:
+        print(stack.start_redis(_settings(args).redis_url), flush=True)
+    if (brokers or 1) > 1:
+        print(stack.start_kafka_cluster(brokers), flush=True)
+        env["KAFKA_BOOTSTRAP_SERVERS"] = stack.cluster_bootstrap(brokers)
+    else:
+        print(stack.start_kafka(_settings(args).kafka_bootstrap_servers), flush=True)
+    print("point the pipeline at it:\n" + "\n".join(f"  export {k}={v}" for k, v in env.items()))
+    overrides = {"kafka_bootstrap_servers": env.get("KAFKA_BOOTSTRAP_SERVERS"),
+                 "redis_url": env.get("REDIS_URL")}  # fmt: skip
+    return cmd_topics(argparse.Namespace(**{**vars(args), **{k: v for k, v in overrides.items()
+                                                              if v is not None}}))  # fmt: skip
 
 
 def _demo_secrets() -> Path:
@@ -172,6 +205,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                   timeout=args.timeout))  # fmt: skip
 
 
+def _stack_options() -> argparse.ArgumentParser:
+    """The options of `idp stack`, also read after the action (`idp stack up --brokers 3`)."""
+    options = argparse.ArgumentParser(prog="idp stack", add_help=False)
+    options.add_argument("--redis-cluster", type=int, metavar="N",
+                         help="with up: a Redis Cluster of N masters (one replica each) on "
+                              "127.0.0.1:7000-")  # fmt: skip
+    options.add_argument("--brokers", type=int, metavar="N",
+                         help="with up: N KRaft brokers on 127.0.0.1:29092-")  # fmt: skip
+    options.add_argument("--cluster", action="store_true",
+                         help="with down: stop the cluster mode's nodes")  # fmt: skip
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `idp`."""
     parser = argparse.ArgumentParser(prog="idp", description=__doc__)
@@ -187,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)
     sub.add_parser("topics", help="create the topics (idempotent)").set_defaults(func=cmd_topics)
-    stack_parser = sub.add_parser("stack", help="local Kafka and Redis without Docker")
+    stack_parser = sub.add_parser("stack", help="local Kafka and Redis without Docker",
+                                  parents=[_stack_options()])  # fmt: skip
     stack_parser.add_argument("action", choices=("up", "down", "status", "kafka-tool"))
     stack_parser.add_argument(
         "tool", nargs="?", help="with kafka-tool: the script name, e.g. kafka-topics"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline.ops.topics import TopicSpec, topic_specs
+from pipeline.ops.settings import Settings
+from pipeline.ops.topics import TopicSpec, default_replication_factor, replicated, topic_specs
 from pipeline.state.base import Keys
+from pipeline.state.factory import open_store
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +33,15 @@ def cluster_ready(bootstrap: str) -> bool:
     return asyncio.run(_describe(bootstrap))
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+async def ensure_topics(
+    bootstrap: str, specs: list[TopicSpec], *, replication_factor: int | None = None
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created.
+
+    `replication_factor` None: `IDP_REPLICATION_FACTOR`, or else 1, or 3 when the cluster has
+    at least three brokers; from 3 on, the topics also get `min.insync.replicas=2`, so that a
+    write acknowledged to an `acks=all` producer is on two brokers (`topics.replicated`).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
@@ -41,14 +49,19 @@ async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> list[str]:
         missing = [spec for spec in specs if spec.name not in existing]
         if not missing:
             return []
+        if replication_factor is None:
+            replication_factor = Settings().replication_factor
+        if replication_factor is None:
+            brokers = len(admin._client.cluster.brokers())  # noqa: SLF001 - the metadata it read
+            replication_factor = default_replication_factor(brokers)
         new = [
             NewTopic(
                 name=spec.name,
                 num_partitions=spec.partitions,
-                replication_factor=1,
+                replication_factor=replication_factor,
                 topic_configs=spec.config,
             )
-            for spec in missing
+            for spec in replicated(missing, replication_factor)
         ]
         response = await admin.create_topics(new, timeout_ms=15000)
         for name, code, *_ in response.topic_errors:
@@ -78,16 +91,11 @@ async def remove_run(bootstrap: str, redis_url: str, prefix: str, namespace: str
 
 
 async def remove_keys(redis_url: str, namespace: str) -> None:
-    """Delete the Redis keys of a state namespace."""
-    client = aioredis.Redis.from_url(redis_url)
+    """Delete the Redis keys of a state namespace (on every master of a Redis Cluster)."""
+    store = open_store(redis_url, marker_ttl_s=1)
     try:
-        batch = []
-        async for key in client.scan_iter(match=Keys(namespace).everything(), count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                await client.unlink(*batch)
-                batch = []
-        if batch:
-            await client.unlink(*batch)
+        keys = await store.scan(Keys(namespace).everything())
+        for start in range(0, len(keys), 1000):
+            await store.delete(keys[start : start + 1000])
     finally:
-        await client.aclose()
+        await store.close()

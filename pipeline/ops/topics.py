@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from schemas.topics import INPUT_TOPICS, MERGED, PROFILES, REJECTED, SHUTDOWN
 
@@ -45,3 +45,27 @@ def topic_specs(
         ),
     ]
     return specs
+
+
+def default_replication_factor(brokers: int) -> int:
+    """SPEC §4: 1, or 3 when the cluster has at least three brokers."""
+    return 3 if brokers >= 3 else 1
+
+
+def min_insync_replicas(replication_factor: int) -> int | None:
+    """2 from a replication factor of 3 on (one broker may be lost), else the broker's default.
+
+    With `acks=all` (the worker's producer and the tests'), a write is acknowledged once two
+    brokers have it; with one of three brokers down, topics stay writable.
+    """
+    return 2 if replication_factor >= 3 else None
+
+
+def replicated(specs: list[TopicSpec], replication_factor: int) -> list[TopicSpec]:
+    """The specs with the `min.insync.replicas` their replication factor calls for."""
+    isr = min_insync_replicas(replication_factor)
+    if isr is None:
+        return specs
+    return [
+        replace(spec, config={**spec.config, "min.insync.replicas": str(isr)}) for spec in specs
+    ]
