@@ -544,6 +544,10 @@ class _Resolver:
             touched_users.update(entry.verified, entry.unverified, old.verified, old.unverified)
         old_timelines = {a: self.timeline(a, new=False) for a in sorted(scope)}
         new_timelines = {a: self.timeline(a, new=True) for a in sorted(scope)}
+        if self.missing:
+            # Timelines derived without a record they depend on (a token's uses, another
+            # device of a shared user) are not to be compared, nor kept: ask for it first.
+            return self.need()
         if not (change.users or change.emails or change.tokens) and new_timelines == old_timelines:
             # The new facts move no segment of any device they can affect and touch no user
             # or e-mail record (a repeated login of the user already linked there, say):
@@ -590,8 +594,10 @@ class _Resolver:
                 profiles.setdefault(segment.contact_id, None)  # vanished: a tombstone
         for user_view in user_views.values():
             profile = user_profile(self.view.workspace_id, user_view)
-            if profile is not None:
-                profiles[profile.contact_id] = profile
+            contact_id = ids.user_contact_id(self.view.workspace_id, user_view.user_id)
+            # None: the user has no linked session (left): a late first use of its token
+            # elsewhere (R17) took its only link; a published profile then gets a tombstone.
+            profiles[contact_id] = profile
         published = {cid: self.published(cid) for cid in sorted(profiles)}
         if self.missing:
             return self.need()

@@ -1,7 +1,8 @@
-"""The Faust app: one agent over the five input topics, thin by design.
+"""The Faust app: one agent over the five input topics, and the wiring of the worker.
 
-decode -> process (load state, pure transition, atomic commit) -> emit. Everything that
-decides lives in `pipeline.core`; everything that stores lives in `pipeline.state`.
+decode (`decoding`) -> process (`processor`: load state, pure transition, atomic commit) ->
+emit (`emitter`, with the `outbox` behind it). Everything that decides lives in
+`pipeline.core`; everything that stores lives in `pipeline.state`.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 
 import faust
 import mode.loop
 from faust.types import TP
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import Emit
@@ -32,16 +30,18 @@ from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
 from pipeline.worker import draining, fetching, metrics
 from pipeline.worker.batching import gathered
-from pipeline.worker.codec import Item, Source, explain, parse, wire
-from pipeline.worker.processor import Processed, Processor, Tally, Wire, outbox_records
-from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, PROFILES, REJECTED
+from pipeline.worker.codec import Item, wire
+from pipeline.worker.decoding import decode_batch
+from pipeline.worker.emitter import Emitter
+from pipeline.worker.outbox import REDIS_DOWN, Outbox
+from pipeline.worker.processor import Processed, Processor, Tally
+from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED
 
 logger = logging.getLogger(__name__)
 
 OUTBOX_SWEEP_S = 15.0  # outbox records older than this are taken to be a dead worker's
 OUTBOX_SCAN_S = 300.0  # how often every worker looks for them anyway (besides rebalances)
 FORGET_FLUSH_S = 1.0  # delivered outbox records wait at most this long for a batch to carry them
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 def core_config(settings: Settings) -> CoreConfig:
@@ -141,19 +141,38 @@ def faust_app(
     )
 
 
+class FaultInjection:
+    """The fault tests' switch: exit right after the N-th commit with outputs, before sending.
+
+    `IDP_FAULT_EXIT_AFTER_COMMITS` (0: never). The exit skips every cleanup, as a crash would.
+    """
+
+    def __init__(self, exit_after_commits: int) -> None:
+        self.exit_after_commits = exit_after_commits
+        self.commits = 0
+
+    def after_commit(self, processed: Processed) -> None:
+        """Called with every processed batch, before its outputs are sent."""
+        if processed.outbox and self.exit_after_commits:
+            self.commits += 1
+            if self.commits >= self.exit_after_commits:
+                logger.warning("fault injection: exiting after a commit, before its outputs")
+                os._exit(86)
+
+
 def create_app(settings: Settings) -> faust.App:
-    """Build the Faust app and its agent for these settings."""
+    """Build the Faust app, its agent and its timers for these settings (wiring only)."""
     app = faust_app(settings)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
     outputs = {name: settings.output_topic(name) for name in OUTPUT_TOPICS}
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
+    keys = Keys(settings.state_namespace)
     store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
-    processor = Processor(store, Keys(settings.state_namespace), core_config(settings),
-                          known_devices=settings.known_devices)  # fmt: skip
+    processor = Processor(store, keys, core_config(settings), known_devices=settings.known_devices)
+    faults = FaultInjection(settings.fault_exit_after_commits)
     totals = Tally()
     metrics.serve(settings.metrics_port)
     seen: Counter[str] = Counter()
-
     pending: set[asyncio.Task] = set()
 
     def in_background(coroutine: Coroutine[object, object, None]) -> None:
@@ -162,143 +181,11 @@ def create_app(settings: Settings) -> faust.App:
         pending.add(task)
         task.add_done_callback(pending.discard)
 
-    commits_with_outputs = [0]  # for the fault-injection switch of the fault tests
+    async def send(topic: str, key: bytes | None, value: bytes | None) -> Awaitable[object]:
+        return await app.producer.send(outputs[topic], key, value, partition=None,
+                                       timestamp=None, headers=None)  # fmt: skip
 
-    async def emit_all(
-        stream: faust.Stream, events: list, wires: list[Wire], outbox: list[str]
-    ) -> None:
-        """Send outputs now; let the batch's offsets be committed only once they are delivered.
-
-        Faust's attached sends wait for the next offset commit (seconds), which is latency;
-        sending directly is not, but then the offsets must not be committed before delivery.
-        Faust commits a partition only up to its first unacknowledged offset, so holding back
-        the batch's earliest event of each partition (one extra reference, released when the
-        broker has acknowledged the batch's outputs) holds back the whole batch: nothing of
-        it or after it in that partition is committed before its outputs are durable. (The
-        outbox in Redis covers the same window a second way: see *Guarantees*.)
-        """
-        if not wires:
-            return
-        earliest: dict = {}
-        for event in events:
-            message = event.message
-            held = earliest.get(message.tp)
-            if held is None or message.offset < held.message.offset:
-                earliest[message.tp] = event
-        held_events = list(earliest.values())
-        for event in held_events:
-            event.message.incref()
-        futures = []
-        for topic, key, value in wires:
-            futures.append(await app.producer.send(
-                outputs[topic], key, value, partition=None, timestamp=None, headers=None
-            ))  # fmt: skip
-        in_background(release(stream, held_events, futures, outbox))
-
-    async def release(stream: faust.Stream, events: list, futures: list, outbox: list[str]) -> None:
-        try:
-            await asyncio.gather(*futures)
-        except Exception:  # noqa: BLE001 - sent again from the outbox; the batch stays held
-            logger.exception("output delivery failed; sending them again from the outbox")
-            await redeliver(outbox)
-        for event in events:
-            await stream.ack(event)
-        processor.forget(outbox)  # delivered: nothing to send again
-
-    async def redeliver(outbox: list[str]) -> None:
-        """Send a batch's outputs again from its outbox records until the broker takes them.
-
-        Until then the batch's held events keep its offsets uncommitted; a worker stopped
-        meanwhile leaves the records to the next one (`drain_at_start`).
-        """
-        delay = 0.5
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await _drain_outbox(0.0, entries=outbox)
-                return
-            except Exception as exc:  # noqa: BLE001 - the broker or Redis is still away
-                logger.warning("outbox re-send failed (%s); retrying in %.1fs", exc, delay)
-                delay = min(delay * 2, 5.0)
-
-    @app.timer(interval=FORGET_FLUSH_S)
-    async def flush_delivered() -> None:
-        """Delete delivered outbox records that no batch has carried away (an idle worker)."""
-        try:
-            await processor.flush()
-        except REDIS_DOWN as exc:  # kept for the next try; the sweep may send them twice
-            logger.warning("could not clear delivered outbox entries (%s)", exc)
-
-    async def drain_outbox(min_age_s: float) -> int:
-        """Send again the outputs of committed batches that were never delivered (a crash).
-
-        Entries younger than `min_age_s` may belong to a live worker's batch in flight; older
-        ones are sent and deleted. Events (merges, shutdowns, rejections) are sent as they
-        were; a profile is sent as it is *now* in Redis, never an older version, so a late
-        re-send cannot overwrite a newer profile on the compacted topic.
-        """
-        try:
-            return await _drain_outbox(min_age_s)
-        except REDIS_DOWN as exc:
-            logger.warning("outbox sweep skipped: Redis unavailable (%s)", exc)
-            return 0
-
-    async def _drain_outbox(min_age_s: float, *, entries: list[str] | None = None) -> int:
-        keys = Keys(settings.state_namespace)
-        if entries is None:  # SCAN walks the whole keyspace: rarely (see OUTBOX_SCAN_S)
-            entries = await store.scan(keys.outbox_pattern())
-        sent = 0
-        for entry, record in zip(entries, await store.read(entries), strict=True):
-            if record.data is None:
-                continue
-            parts = keys.parse(entry)
-            try:
-                assert parts is not None and parts.kind == "outbox"
-                created, records = outbox_records(record.data)
-            except Exception as exc:  # noqa: BLE001 - foreign or damaged bytes: never fatal
-                logger.error("skipping an unreadable outbox record %s (%s: %s)", entry,
-                             type(exc).__name__, exc)  # fmt: skip
-                metrics.UNREADABLE_RECORDS.labels("outbox").inc()
-                continue
-            if time.time() - created < min_age_s:
-                continue
-            contacts = sorted({k.decode() for topic, k, _ in records if topic == PROFILES})
-            events = [(t, k, v) for t, k, v in records if t != PROFILES]
-            futures = [
-                await app.producer.send(
-                    outputs[t], k, v, partition=None, timestamp=None, headers=None
-                )
-                for t, k, v in events
-            ]
-            contact_keys = [keys.of(parts.workspace_id, "contact", c) for c in contacts]
-            versions: list[int] = []
-            while True:  # resend until no profile changed under us
-                current = await store.read(contact_keys)
-                if [r.version for r in current] == versions:
-                    break
-                versions = [r.version for r in current]
-                futures += [
-                    await app.producer.send(outputs[PROFILES], c.encode(), r.data or None,
-                                            partition=None, timestamp=None, headers=None)
-                    for c, r in zip(contacts, current, strict=True)
-                ]  # fmt: skip
-                await asyncio.gather(*futures)
-            await asyncio.gather(*futures)
-            await store.delete([entry])
-            sent += len(records)
-        if sent:
-            logger.warning("re-sent %d undelivered outputs from the outbox", sent)
-        return sent
-
-    @app.timer(interval=OUTBOX_SCAN_S)
-    async def sweep_outbox() -> None:
-        await drain_outbox(OUTBOX_SWEEP_S)
-
-    async def sweep_after_rebalance() -> None:
-        # Partitions of a worker that died may come with its undelivered outputs; once they
-        # are old enough not to be a live worker's batch in flight, send them.
-        await asyncio.sleep(OUTBOX_SWEEP_S)
-        await drain_outbox(OUTBOX_SWEEP_S)
+    outbox = Outbox(store, keys, send)
 
     async def process_with_retry(items: list[Item]) -> Processed:
         """Block (and so stop consuming) while Redis is unreachable; resume when it is back.
@@ -317,7 +204,7 @@ def create_app(settings: Settings) -> faust.App:
                 continue
             if processor.in_doubt:
                 in_doubt, processor.in_doubt = processor.in_doubt, []
-                in_background(redeliver(in_doubt))
+                in_background(outbox.redeliver(in_doubt))
             return processed
 
     @app.agent(inputs, name="resolve")
@@ -328,57 +215,52 @@ def create_app(settings: Settings) -> faust.App:
             except Exception:  # noqa: BLE001 - e.g. no longer assigned: then nothing is waiting
                 return None
 
-        settles = processor.settles
+        emitter = Emitter(send, outbox, ack=stream.ack, forget=processor.forget,
+                          in_background=in_background)  # fmt: skip
         takes = stream.take_events(settings.batch_size, within=settings.batch_within_s)
         batches = gathered(takes, size=settings.batch_size, gather_s=settings.batch_gather_s,
                            highwater=highwater, ack=stream.ack)  # fmt: skip
         async for events in batches:
             metrics.BATCH_EVENTS.observe(len(events))
-            items: list[Item] = []
-            rejected: list[Emit] = []
-            topics: dict[str, int] = {}
-            settled = 0
-            for event in events:
-                message = event.message
-                topic = logical.get(message.topic, message.topic)
-                topics[topic] = topics.get(topic, 0) + 1
-                stamp = int(message.timestamp * 1000) if message.timestamp else None
-                parsed = parse(topic, message.value)
-                # Most events end here: page views of known devices, settled without Redis and
-                # without building anything more for them (`Processor.settles`).
-                if parsed is not None and settles(parsed, stamp):
-                    settled += 1
-                    continue
-                source = Source(topic, message.partition, message.offset, message.key,
-                                message.value, stamp, message.topic)  # fmt: skip
-                decoded = Item(parsed, source) if parsed is not None else explain(source)
-                if isinstance(decoded, Item):
-                    items.append(decoded)
-                else:
-                    rejected.append(decoded)
-                    totals.rejected[decoded.value.reason] += 1  # type: ignore[union-attr]
-            seen.update(topics)
-            for topic, count in topics.items():
+            decoded = decode_batch((e.message for e in events), logical, processor.settles)
+            seen.update(decoded.topics)
+            for topic, count in decoded.topics.items():
                 metrics.EVENTS_IN.labels(topic).inc(count)
+            for emit in decoded.rejected:
+                totals.rejected[emit.value.reason] += 1  # type: ignore[union-attr]
             conflicts_before = processor.conflicts
-            processed = await process_with_retry(items)
-            processed.tally.unchanged += settled
+            processed = await process_with_retry(decoded.items)
+            processed.tally.unchanged += decoded.settled
             totals.add(processed.tally)
-            outputs_now = [*rejected, *processed.emits]
-            _count(processed.tally, outputs_now, processor.conflicts - conflicts_before)
-            if processed.outbox and settings.fault_exit_after_commits:
-                commits_with_outputs[0] += 1
-                if commits_with_outputs[0] >= settings.fault_exit_after_commits:
-                    logger.warning("fault injection: exiting after a commit, before its outputs")
-                    os._exit(86)
-            wires = [(e.topic, *wire(e)) for e in rejected] + processed.wires
-            await emit_all(stream, events, wires, processed.outbox)
+            _count(processed.tally, [*decoded.rejected, *processed.emits],
+                   processor.conflicts - conflicts_before)  # fmt: skip
+            faults.after_commit(processed)
+            wires = [(e.topic, *wire(e)) for e in decoded.rejected] + processed.wires
+            await emitter.emit(events, wires, processed.outbox, processed.profiles)
+
+    @app.timer(interval=FORGET_FLUSH_S)
+    async def flush_delivered() -> None:
+        """Delete delivered outbox records that no batch has carried away (an idle worker)."""
+        try:
+            await processor.flush()
+        except REDIS_DOWN as exc:  # kept for the next try; the sweep may send them twice
+            logger.warning("could not clear delivered outbox entries (%s)", exc)
 
     @app.task
     async def drain_at_start() -> None:
         # A worker that died left its undelivered outputs; a live worker's batch in flight
         # is rarely a second old (if it is, it is sent twice: duplicates are harmless).
-        await drain_outbox(1.0)
+        await outbox.sweep(1.0)
+
+    @app.timer(interval=OUTBOX_SCAN_S)
+    async def sweep_outbox() -> None:
+        await outbox.sweep(OUTBOX_SWEEP_S)
+
+    async def sweep_after_rebalance() -> None:
+        # Partitions of a worker that died may come with its undelivered outputs; once they
+        # are old enough not to be a live worker's batch in flight, send them.
+        await asyncio.sleep(OUTBOX_SWEEP_S)
+        await outbox.sweep(OUTBOX_SWEEP_S)
 
     @app.on_partitions_assigned.connect
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:

@@ -89,6 +89,9 @@ class Processed:
     tally: Tally
     outbox: list[str]  # delete these once `emits` are delivered
     wires: list[Wire] = field(default_factory=list)  # `emits` as sent, encoded once
+    # (workspace_id, contact_id, version) of each profile record the batch committed: what
+    # its profile outputs carry, to be checked against the store once they are delivered.
+    profiles: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 Wire = tuple[str, bytes | None, bytes | None]  # (logical topic, key, value): an output as sent
@@ -229,6 +232,14 @@ class _Working:
                     self.encoded[id(value)] = data
         self.emits.extend(transition.emits)
 
+    def profile_versions(self) -> list[tuple[str, str, int]]:
+        """(workspace, contact_id, version) of each profile record this commit wrote."""
+        return [
+            (self.workspace_id, ident, self.commit.checks.get(self.key("contact", ident), 0) + 1)
+            for table, ident in sorted(self.written)
+            if table == "contacts"
+        ]
+
     def wires(self) -> list[Wire]:
         """The outputs as sent; a profile is encoded once for its record and its message."""
         wires = []
@@ -294,12 +305,13 @@ class Processor:
         emits: list[Emit] = []
         wires: list[Wire] = []
         outbox: list[str] = []
+        profiles: list[tuple[str, str, int]] = []
         if not groups:
             return Processed(emits, tally, outbox, wires)
         pending, prefetch = self._settle_browsing(groups, await self._prefetch(groups), tally)
         for attempt in range(MAX_ATTEMPTS):
             if not pending:
-                return Processed(emits, tally, outbox, wires)
+                return Processed(emits, tally, outbox, wires, profiles)
             if attempt:
                 prefetch = await self._prefetch(pending)
             prepared = []
@@ -337,6 +349,7 @@ class Processor:
                     tally.add(working.tally)
                     if working.outbox is not None:
                         outbox.append(working.outbox)
+                    profiles += working.profile_versions()
                 else:
                     retry[working.workspace_id] = pending[working.workspace_id]
             self.conflicts += len(retry)

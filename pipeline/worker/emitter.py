@@ -1,0 +1,124 @@
+"""Sending a batch's outputs, and holding its offsets until the broker has them.
+
+Faust's attached sends wait for the next offset commit (seconds), which is latency; sending
+directly is not, but then the offsets must not be committed before delivery. Faust commits a
+partition only up to its first unacknowledged offset, so holding back the batch's earliest event
+of each partition (one extra reference, released when the broker has acknowledged the batch's
+outputs) holds back the whole batch: nothing of it or after it in that partition is committed
+before its outputs are durable. The outbox in Redis covers the same window a second way.
+
+Two workers can commit versions of one profile in one order and have the broker receive them in
+the other (each sends after its own commit), which would leave the compacted topic on the older
+one. So once a batch's outputs are delivered, the versions of the profiles it sent are compared
+with the store, and any that changed meanwhile is sent again as it is now: whichever send was
+stale, its sender sends the newer version after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.worker.outbox import Outbox, Send
+from pipeline.worker.processor import Wire
+
+logger = logging.getLogger(__name__)
+
+
+class Held(Protocol):
+    """What the emitter needs of an event: its message's partition, offset and reference."""
+
+    @property
+    def message(self) -> Any:  # noqa: ANN401 - Faust's Message: tp, offset, incref()
+        """The Kafka message the event came in."""
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One batch's outputs on their way: what to release once the broker has them."""
+
+    held: list[Any]  # the earliest event of each partition, its reference taken
+    futures: list[Awaitable[object]]
+    outbox: list[str]
+    profiles: list[tuple[str, str, int]]
+
+
+class Emitter:
+    """Sends outputs at once, and acknowledges a batch's events when they are delivered."""
+
+    def __init__(
+        self,
+        send: Send,
+        outbox: Outbox,
+        *,
+        ack: Callable[[Any], Awaitable[object]],
+        forget: Callable[[Sequence[str]], None],
+        in_background: Callable[[Coroutine[object, object, None]], None],
+    ) -> None:
+        self.send = send
+        self.outbox = outbox
+        self.ack = ack
+        self.forget = forget
+        self.in_background = in_background
+
+    async def emit(
+        self,
+        events: Sequence[Held],
+        wires: Sequence[Wire],
+        outbox: list[str],
+        profiles: list[tuple[str, str, int]] | None = None,
+    ) -> Delivery | None:
+        """Send `wires`; release the batch's held events in the background once delivered."""
+        if not wires:
+            return None
+        earliest: dict = {}
+        for event in events:
+            message = event.message
+            held = earliest.get(message.tp)
+            if held is None or message.offset < held.message.offset:
+                earliest[message.tp] = event
+        delivery = Delivery(list(earliest.values()), [], outbox, profiles or [])
+        for event in delivery.held:
+            event.message.incref()
+        for topic, key, value in wires:
+            delivery.futures.append(await self.send(topic, key, value))
+        self.in_background(self.release(delivery))
+        return delivery
+
+    async def release(self, delivery: Delivery) -> None:
+        """Await the delivery (sending again from the outbox if refused), then acknowledge."""
+        fresh = True
+        try:
+            await asyncio.gather(*delivery.futures)
+        except Exception:  # noqa: BLE001 - sent again from the outbox; the batch stays held
+            logger.exception("output delivery failed; sending them again from the outbox")
+            await self.outbox.redeliver(delivery.outbox)  # sends the profiles as they are now
+        else:
+            fresh = await self.refresh(delivery.profiles)
+        for event in delivery.held:
+            await self.ack(event)
+        if fresh:
+            self.forget(delivery.outbox)  # delivered: nothing to send again
+        # Else the outbox records stay: the sweep sends their profiles as they are then.
+
+    async def refresh(self, profiles: Sequence[tuple[str, str, int]]) -> bool:
+        """Send again, as they are now, the delivered profiles another commit changed since.
+
+        False if that could not be checked (Redis or the broker away).
+        """
+        by_workspace: dict[str, tuple[list[str], list[int]]] = {}
+        for workspace_id, contact_id, version in profiles:
+            contacts, versions = by_workspace.setdefault(workspace_id, ([], []))
+            contacts.append(contact_id)
+            versions.append(version)
+        try:
+            for workspace_id, (contacts, versions) in by_workspace.items():
+                await self.outbox.send_current(workspace_id, contacts, sent=versions)
+        except Exception as exc:  # noqa: BLE001 - left to the outbox sweep
+            logger.warning("could not check the delivered profiles against the store (%s); "
+                           "the outbox sweep sends them", exc)  # fmt: skip
+            return False
+        return True

@@ -1,0 +1,128 @@
+"""The outbox: outputs of committed batches kept in Redis until the broker has them.
+
+A batch's state and its outputs are committed together (the outputs as an outbox record,
+`Keys.outbox`). If the worker dies before they are delivered, the state is already applied, so
+a replay of the inputs would emit nothing: the outbox is what a worker sends again. Events
+(merges, shutdowns, rejections) are sent as they were; a profile is sent as it is *now* in
+Redis, never an older version, so a late re-send cannot overwrite a newer profile on the
+compacted topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.state.base import Keys, Store
+from pipeline.worker import metrics
+from pipeline.worker.processor import outbox_records
+from schemas.topics import PROFILES
+
+logger = logging.getLogger(__name__)
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Send one output (logical topic, key, value) and return what resolves once the broker has it.
+Send = Callable[[str, bytes | None, bytes | None], Awaitable[Awaitable[object]]]
+
+
+class Outbox:
+    """Finds, sends again and deletes the outbox records of a state namespace."""
+
+    def __init__(self, store: Store, keys: Keys, send: Send) -> None:
+        self.store = store
+        self.keys = keys
+        self.send = send
+
+    async def sweep(self, min_age_s: float) -> int:
+        """Send the records older than `min_age_s` (a dead worker's); never raises for Redis.
+
+        Younger ones may belong to a live worker's batch in flight.
+        """
+        try:
+            return await self.drain(min_age_s)
+        except REDIS_DOWN as exc:
+            logger.warning("outbox sweep skipped: Redis unavailable (%s)", exc)
+            return 0
+
+    async def redeliver(self, entries: Sequence[str], *, first_delay_s: float = 0.5) -> None:
+        """Send these records again until the broker and Redis take them (a refused delivery).
+
+        Until then the batch's held events keep its offsets uncommitted; a worker stopped
+        meanwhile leaves the records to the next one's sweep at start.
+        """
+        delay = first_delay_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.drain(0.0, entries=entries)
+                return
+            except Exception as exc:  # noqa: BLE001 - the broker or Redis is still away
+                logger.warning("outbox re-send failed (%s); retrying in %.1fs", exc, delay)
+                delay = min(delay * 2, 5.0)
+
+    async def drain(self, min_age_s: float, *, entries: Sequence[str] | None = None) -> int:
+        """Send and delete outbox records (found by SCAN unless given); return outputs sent.
+
+        An entry that is not an outbox record of this namespace, or that cannot be decoded, is
+        logged, counted (`idp_unreadable_state_records{kind="outbox"}`) and left as it is.
+        """
+        if entries is None:  # SCAN walks the whole keyspace: rarely (see the worker's timers)
+            entries = await self.store.scan(self.keys.outbox_pattern())
+        entries = list(entries)
+        sent = 0
+        for entry, record in zip(entries, await self.store.read(entries), strict=True):
+            if record.data is None:
+                continue
+            parts = self.keys.parse(entry)
+            try:
+                if parts is None or parts.kind != "outbox":
+                    raise ValueError("not an outbox key of this namespace")
+                created, records = outbox_records(record.data)
+            except Exception as exc:  # noqa: BLE001 - foreign or damaged bytes: never fatal
+                logger.error("skipping an unreadable outbox record %s (%s: %s)", entry,
+                             type(exc).__name__, exc)  # fmt: skip
+                metrics.UNREADABLE_RECORDS.labels("outbox").inc()
+                continue
+            if time.time() - created < min_age_s:
+                continue
+            contacts = sorted({k.decode() for t, k, _ in records if t == PROFILES and k})
+            futures = [await self.send(t, k, v) for t, k, v in records if t != PROFILES]
+            futures += await self.send_current(parts.workspace_id, contacts)
+            await asyncio.gather(*futures)
+            await self.store.delete([entry])
+            sent += len(records)
+        if sent:
+            logger.warning("re-sent %d undelivered outputs from the outbox", sent)
+        return sent
+
+    async def send_current(
+        self, workspace_id: str, contacts: Sequence[str], *, sent: Sequence[int] | None = None
+    ) -> list[Awaitable[object]]:
+        """Send the profiles as they are now, until none changed while being sent.
+
+        `sent`: the versions already on their way (a batch's own); those still current are not
+        sent again. Returns the futures of the last round, already delivered.
+        """
+        keys = [self.keys.of(workspace_id, "contact", c) for c in contacts]
+        versions: list[int] | None = None if sent is None else list(sent)
+        futures: list[Awaitable[object]] = []
+        while keys:
+            current = await self.store.read(keys)
+            now = [r.version for r in current]
+            if now == versions:
+                break
+            futures = [
+                await self.send(PROFILES, c.encode(), r.data or None)
+                for c, r, before in zip(contacts, current, versions or [None] * len(keys),
+                                        strict=True)  # fmt: skip
+                if r.version != before
+            ]
+            await asyncio.gather(*futures)
+            versions = now
+        return futures
