@@ -9,9 +9,13 @@ import os
 import secrets
 import signal
 import sys
+import textwrap
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
+from pydantic import ValidationError
 
 from pipeline.ops import stack
 from pipeline.ops.settings import SecretsFileError, Settings
@@ -28,6 +32,80 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**overrides)
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, RFC 3339), level, logger, message, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        line = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(line, default=str).decode()
+
+
+def _logging_config(settings: Settings) -> dict | None:
+    """The worker's logging configuration for Faust (mode's `dictConfig`); None: Faust's own."""
+    if settings.log_format != "json":
+        return None
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonLogFormatter}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            }
+        },  # fmt: skip
+        "root": {"level": settings.log_level.upper(), "handlers": ["default"]},
+    }
+
+
+class Unreachable(Exception):
+    """A server the command needs does not answer; the message is the one line to print."""
+
+
+# How long `idp worker` (`idp topics`) waits at start for Kafka and Redis to answer: a worker
+# started together with them (docker-compose, a pod) waits, a wrong address fails in seconds.
+STARTUP_WAIT_S = 15.0
+TOPICS_WAIT_S = 5.0
+
+
+def _await_servers(settings: Settings, *, kafka: bool, redis: bool, wait_s: float) -> None:
+    """Return once the servers answer (TCP), else raise `Unreachable` after `wait_s`."""
+    try:
+        brokers = [stack.kafka_endpoint(s) for s in settings.kafka_bootstrap_servers.split(",")]
+        redis_at = stack.redis_endpoint(settings.redis_url)
+    except ValueError as exc:
+        raise Unreachable(f"cannot read the server addresses: {exc}") from exc
+    deadline = time.monotonic() + wait_s
+    logged = False
+    while True:
+        missing = []
+        if kafka and not any(stack.port_open(b) for b in brokers):
+            missing.append(f"no Kafka broker answers at {settings.kafka_bootstrap_servers} "
+                           "(KAFKA_BOOTSTRAP_SERVERS, --bootstrap)")  # fmt: skip
+        if redis and not stack.port_open(redis_at):
+            missing.append(f"no Redis answers at {settings.redis_url} (REDIS_URL, --redis)")
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            waited = f"; waited {wait_s:.0f} s" if wait_s else ""
+            raise Unreachable(f"{'; '.join(missing)}{waited}")
+        if not logged:
+            logger.info("waiting up to %.0f s: %s", wait_s, "; ".join(missing))
+            logged = True
+        time.sleep(0.5)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the Faust worker in the foreground."""
     import faust
@@ -35,6 +113,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.worker.app import create_app, settle_heap
 
     settings = _settings(args)
+    if settings.log_format == "json":
+        for handler in logging.getLogger().handlers:  # the lines before Faust takes over
+            handler.setFormatter(JsonLogFormatter())
     try:
         workspaces = settings.workspace_secrets
     except SecretsFileError as exc:
@@ -43,9 +124,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not workspaces:
         print("idp worker: no IDP_SECRETS_FILE (or it is empty): every event will be rejected "
               "as unknown_workspace", file=sys.stderr)  # fmt: skip
+    _await_servers(settings, kafka=True, redis=True, wait_s=STARTUP_WAIT_S)
     app = create_app(settings)
     settle_heap()
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
+                          logging_config=_logging_config(settings))  # fmt: skip
     # Faust's terminal spinner sets the root logger to DEBUG while it spins (~15% slower).
     worker.spinner = None
     worker.execute_from_commandline()
@@ -58,6 +141,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from pipeline.ops.topics import topic_specs
 
     settings = _settings(args)
+    _await_servers(settings, kafka=True, redis=False, wait_s=TOPICS_WAIT_S)
     specs = topic_specs(settings.topic_prefix, settings.partitions,
                         timestamp_type=settings.input_timestamp_type)  # fmt: skip
     created = asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, specs))
@@ -182,15 +266,28 @@ def cmd_bench_bare(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Print the profile an identifier resolves to, with its history."""
-    from pipeline.tools.inspect import inspect
+    """Print the profile an identifier resolves to, with its history; or draw it (--html)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    lines = asyncio.run(inspect(_settings(args), args.workspace_id, args.identifier))
-    if not lines:
+    from pipeline.tools.inspect import describe, load
+    from pipeline.tools.inspect_html import page
+
+    settings = _settings(args)
+    _await_servers(settings, kafka=False, redis=True, wait_s=0)
+    try:
+        found = asyncio.run(load(settings, args.workspace_id, args.identifier))
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise Unreachable(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
+    if found is None:
         print(f"no contact in workspace {args.workspace_id!r} for {args.identifier!r}",
               file=sys.stderr)  # fmt: skip
         return 1
-    print("\n".join(lines))
+    if args.html is None:
+        print("\n".join(describe(*found)))
+        return 0
+    args.html.write_text(page(*found), encoding="utf-8")
+    print(f"wrote {args.html}")
     return 0
 
 
@@ -230,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--topic-prefix", dest="topic_prefix", help="env IDP_TOPIC_PREFIX")
     parser.add_argument("--secrets-file", dest="secrets_file", type=Path,
                         help="workspace secrets JSON (env IDP_SECRETS_FILE)")  # fmt: skip
-    sub = parser.add_subparsers(dest="command", required=True)
+    # COMMAND names the choices, so that the internal command (no help) stays out of --help.
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("worker", help="run the Faust worker").set_defaults(func=cmd_worker)
     sub.add_parser("topics", help="create the topics (idempotent)").set_defaults(func=cmd_topics)
     stack_parser = sub.add_parser("stack", help="local Kafka and Redis without Docker",
@@ -259,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--passes", type=int, default=3, help="throughput passes of each process (best counts)"
     )
     bench_parser.set_defaults(func=cmd_bench)
-    bare_parser = sub.add_parser("bench-bare", help=argparse.SUPPRESS)
+    bare_parser = sub.add_parser("bench-bare")  # internal to `idp bench`: no help, not listed
     bare_parser.add_argument("--our-consumer", action="store_true", help="the worker's consumer")
     bare_parser.set_defaults(func=cmd_bench_bare)
     inspect_parser = sub.add_parser(
@@ -267,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect_parser.add_argument("workspace_id")
     inspect_parser.add_argument("identifier")
+    inspect_parser.add_argument("--html", type=Path, metavar="FILE",
+                                help="write a self-contained page drawing the profile")  # fmt: skip
     inspect_parser.set_defaults(func=cmd_inspect)
     replay_parser = sub.add_parser(
         "replay", help="replay the inputs into separate state and topics"
@@ -276,7 +376,38 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("--from", dest="since", help="start at this RFC 3339 time")
     replay_parser.add_argument("--timeout", type=float, default=3600.0)
     replay_parser.set_defaults(func=cmd_replay)
+    for name, command in sub.choices.items():
+        what, example = _HELP.get(name, ("", ""))
+        command.description = command.description or textwrap.fill(what, 88)
+        command.epilog = command.epilog or (f"example:\n  {example}" if example else None)
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+# What each command does and an example, for its --help.
+_HELP = {
+    "worker": ("Run the Faust worker in the foreground: resolve the telemetry topics into "
+               "identities, with state in Redis.",
+               "IDP_SECRETS_FILE=deploy/example-secrets.json idp worker"),
+    "topics": ("Create the topics of the wire contract that are missing (idempotent).",
+               "idp --bootstrap kafka:9092 --topic-prefix staging. topics"),
+    "stack": ("Start, stop or show the local Kafka (KRaft) and Redis, no Docker needed; or run "
+              "one of Kafka's own tools from the local stack's jars.",
+              "idp stack up; idp stack kafka-tool kafka-topics --bootstrap-server "
+              "127.0.0.1:9092 --list"),
+    "demo": ("Start the stack and a background worker, feed a generated journey and print a "
+             "summary.", "idp demo --people 500 --seed 8"),
+    "bench": ("Measure throughput against a bare Faust agent, then latency at a fraction of the "
+              "worker's peak.", "idp bench --events 100000 --load 0.5"),
+    "bench-bare": ("Internal to `idp bench`: a Faust agent that only iterates the input topics.",
+                   "idp bench-bare --our-consumer"),
+    "inspect": ("Show the profile a user_id, e-mail, anonymous_id or contact_id resolves to: "
+                "its devices, sessions, merges, refused links and why; --html draws it as a page.",
+                "idp inspect acme user-42 --html user-42.html"),
+    "replay": ("Replay the input topics into the Redis namespace replay-NAME and topics "
+               "replay.NAME.identity.*, never touching live state.",
+               "idp replay q4-audit --from 2026-11-01T00:00:00Z"),
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,7 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("IDP_LOG_LEVEL", "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Unreachable as exc:
+        print(f"idp {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a setting from the environment that cannot be read
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+                             for e in exc.errors())  # fmt: skip
+        print(f"idp {args.command}: bad configuration: {problems}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

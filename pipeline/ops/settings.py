@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     )
     dedup_ttl_days: int = Field(30, ge=1, validation_alias="IDP_DEDUP_TTL_DAYS")
     log_level: str = Field("info", validation_alias="IDP_LOG_LEVEL")
+    # The worker's log lines: text, or one JSON object per line (time, level, logger, message).
+    log_format: Literal["text", "json"] = Field("text", validation_alias="IDP_LOG_FORMAT")
     shared_device_limit: int = Field(10, ge=1, validation_alias="IDP_SHARED_DEVICE_LIMIT")
     shared_window_s: int = Field(86400, ge=1, validation_alias="IDP_SHARED_WINDOW_S")
     # Fault injection for the fault tests only: exit right after the N-th commit that has

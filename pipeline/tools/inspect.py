@@ -1,42 +1,99 @@
 """`idp inspect`: one profile, its devices, merged contacts, conversations, and why.
 
-`describe` is pure: it turns stored facts into the lines a support engineer reads. `inspect`
-is the edge: it finds the contact an identifier names and loads what `describe` needs.
+`describe` is pure: it turns stored facts into the lines a support engineer reads. `load` is
+the edge: it finds the contact an identifier names and loads what `describe` (and the drawn
+page of `pipeline.tools.inspect_html`) needs. Timelines are derived by the core's own resolver,
+so the links the worker refused (R4 `shared_identifier`, R17 `token_reused`) link nothing here
+either.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pipeline.core import ids
-from pipeline.core.facts import Device, EmailEntry, User
-from pipeline.core.model import profile_from_bytes
-from pipeline.core.timeline import Segment, Timeline, derive
+from pipeline.core.facts import Device, EmailEntry, TokenUses, User
+from pipeline.core.model import View, profile_from_bytes
+from pipeline.core.rules import CoreConfig, _Resolver
+from pipeline.core.timeline import Segment, Timeline
 from pipeline.ops.settings import Settings
-from pipeline.state.base import Keys
+from pipeline.state.base import KeyKind, Keys
 from pipeline.state.redis_store import RedisStore
 from schemas import Profile
 from schemas.time import format_timestamp, from_epoch_ms
 
+# The resolver's tables and the store's key kinds.
+_KINDS: dict[str, KeyKind] = {"devices": "dev", "users": "user", "emails": "email",
+                              "tokens": "jti"}  # fmt: skip
+# Rounds of loading what the resolver asks for: a device needs its users, a shared user its
+# other devices, their tokens; nothing deeper.
+_MAX_ROUNDS = 8
+
 
 @dataclass
 class Facts:
-    """The stored records of one workspace that a description needs."""
+    """The stored records of one workspace that a description needs.
+
+    `absent` names the (table, key) pairs known not to exist. `config` carries the guard's
+    bounds (R4), which the timelines depend on.
+    """
 
     workspace_id: str
     devices: dict[str, Device] = field(default_factory=dict)
     users: dict[str, User] = field(default_factory=dict)
     emails: dict[str, EmailEntry] = field(default_factory=dict)
+    tokens: dict[str, TokenUses] = field(default_factory=dict)
+    absent: set[tuple[str, str]] = field(default_factory=set)
+    config: CoreConfig = field(default_factory=CoreConfig)
+    _resolver: _Resolver | None = field(default=None, repr=False, compare=False)
+
+    def resolver(self) -> _Resolver:
+        """The core's resolver over the records loaded (rebuilt after each `add`)."""
+        if self._resolver is None:
+            tables: dict[str, dict] = {}
+            for table in _KINDS:
+                loaded: dict = dict(getattr(self, table))
+                loaded.update({key: None for kind, key in self.absent if kind == table})
+                tables[table] = loaded
+            view = View(self.workspace_id, **tables)
+            self._resolver = _Resolver(view, self.config)
+        return self._resolver
+
+    def add(self, table: str, key: str, data: bytes | None) -> None:
+        """Record a loaded record (None: known absent)."""
+        decode = {"devices": Device, "users": User, "emails": EmailEntry, "tokens": TokenUses}
+        if data is None:
+            self.absent.add((table, key))
+        else:
+            getattr(self, table)[key] = decode[table].from_bytes(data)
+        self._resolver = None
+
+    def missing(self, anonymous_ids: Iterable[str]) -> dict[str, set[str]]:
+        """What the timelines of these devices need that is not loaded yet, by table."""
+        resolver = self.resolver()
+        for anonymous_id in anonymous_ids:
+            resolver.timeline(anonymous_id, new=False)
+        missing = {table: set(keys) for table, keys in resolver.missing.items() if table in _KINDS}
+        self._resolver = None  # a resolver that found records missing keeps asking for them
+        return {table: keys for table, keys in missing.items() if keys}
 
     def timeline(self, anonymous_id: str) -> Timeline:
-        """The device's timeline, from the facts loaded."""
+        """The device's timeline as the worker derives it, refusals applied."""
+        return self.resolver().timeline(anonymous_id, new=False)
+
+    def refusals(self, anonymous_id: str) -> dict[str, str]:
+        """The device's links the worker refused: event_id -> reason (R17 first, as it does)."""
+        resolver = self.resolver()
         device = self.devices.get(anonymous_id, Device())
-        verified = {
-            c.email: self.emails.get(c.email, EmailEntry()).verified
-            for c in device.chats
-            if c.email
-        }
-        return derive(self.workspace_id, anonymous_id, device, verified)
+        reasons: dict[str, str] = {}
+        for user_id in sorted({f.user_id for f in device.sessions if f.kind != "logout"}):
+            for event_id in resolver.refused(user_id, new=False):
+                reasons[event_id] = "shared_identifier"
+        for event_id in resolver.reused(anonymous_id, new=False):
+            reasons[event_id] = "token_reused"
+        own = {f.event_id for f in device.sessions}
+        return {event_id: reason for event_id, reason in reasons.items() if event_id in own}
 
 
 def _when(ms: int | None) -> str:
@@ -47,6 +104,27 @@ def _segment_line(segment: Segment) -> str:
     end = "now" if segment.end_key is None else _when(segment.end_key // 2)
     who = f"user {segment.user_id}" if segment.user_id else "anonymous visitor"
     return f"{_when(segment.start_ms)} → {end}: {who} (contact {segment.contact_id})"
+
+
+def devices_of(profile: Profile, facts: Facts) -> list[str]:
+    """The devices that explain a profile, in this order.
+
+    Its own devices; devices of other contacts merged into it (leads matched by e-mail); then
+    devices where a link of its user was refused (R4, R17), which it never absorbed.
+    """
+    chosen = dict.fromkeys(profile.anonymous_ids)
+    for anonymous_id in sorted(facts.devices):
+        if anonymous_id in chosen:
+            continue
+        timeline = facts.timeline(anonymous_id)
+        if any(s.merge and s.merge.into_contact_id == profile.contact_id
+               for s in timeline.visitors()):  # fmt: skip
+            chosen[anonymous_id] = None
+    user = facts.users.get(profile.user_id or "")
+    for anonymous_id in user.devices if user is not None else ():
+        if anonymous_id not in chosen and facts.refusals(anonymous_id):
+            chosen[anonymous_id] = None
+    return list(chosen)
 
 
 def describe(profile: Profile, facts: Facts) -> list[str]:
@@ -106,6 +184,13 @@ def describe(profile: Profile, facts: Facts) -> list[str]:
                 what = (f"absorbed {segment.contact_id} from device {anonymous_id} "
                         f"({merge.reason}, event {merge.cause_event_id})")  # fmt: skip
                 history.append((merge.at, what))
+    for anonymous_id in devices_of(profile, facts):
+        refused = facts.refusals(anonymous_id)
+        for fact in facts.devices.get(anonymous_id, Device()).sessions:
+            if fact.event_id in refused and fact.user_id == profile.user_id:
+                what = (f"{fact.kind} on device {anonymous_id} refused "
+                        f"({refused[fact.event_id]}, event {fact.event_id})")  # fmt: skip
+                history.append((fact.at, what))
     user = facts.users.get(profile.user_id or "")
     if user is not None:
         for claim in user.emails:
@@ -120,53 +205,72 @@ def describe(profile: Profile, facts: Facts) -> list[str]:
     return lines
 
 
-async def inspect(settings: Settings, workspace_id: str, identifier: str) -> list[str]:
-    """Find the contact `identifier` names and describe it; [] when nothing matches."""
+async def load(
+    settings: Settings, workspace_id: str, identifier: str
+) -> tuple[Profile, Facts] | None:
+    """Find the contact `identifier` names and load its facts; None when nothing matches."""
     keys = Keys(settings.state_namespace)
     store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
-    facts = Facts(workspace_id)
+    config = CoreConfig(shared_device_limit=settings.shared_device_limit,
+                        shared_window_ms=settings.shared_window_s * 1000)  # fmt: skip
+    facts = Facts(workspace_id, config=config)
 
-    async def load(kind: str, ident: str) -> bytes | None:
-        (record,) = await store.read([keys.of(workspace_id, kind, ident)])  # type: ignore[arg-type]
-        return record.data or None
+    def known(table: str, key: str) -> bool:
+        return key in getattr(facts, table) or (table, key) in facts.absent
+
+    async def fetch(wanted: dict[str, Iterable[str]]) -> None:
+        pairs = sorted({(t, k) for t, ks in wanted.items() for k in ks if not known(t, k)})
+        if pairs:  # one round trip for all of them
+            records = await store.read([keys.of(workspace_id, _KINDS[t], k) for t, k in pairs])
+            for (table, key), record in zip(pairs, records, strict=True):
+                facts.add(table, key, record.data or None)
+
+    async def complete() -> None:
+        for _ in range(_MAX_ROUNDS):
+            missing = facts.missing(sorted(facts.devices))
+            if not missing:
+                return
+            await fetch(missing)
+
+    async def published(contact_id: str) -> Profile | None:
+        (record,) = await store.read([keys.of(workspace_id, "contact", contact_id)])
+        return profile_from_bytes(record.data) if record.data else None
 
     try:
-        candidates = [identifier, ids.user_contact_id(workspace_id, identifier)]
         email = identifier.strip().lower()
-        if "@" in email and (data := await load("email", email)):
-            entry = EmailEntry.from_bytes(data)
+        await fetch({"devices": [identifier], "emails": [email] if "@" in email else []})
+        candidates = [identifier, ids.user_contact_id(workspace_id, identifier)]
+        if (entry := facts.emails.get(email)) is not None:
             candidates = [ids.user_contact_id(workspace_id, u) for u in sorted(entry.verified)]
             candidates += [ids.user_contact_id(workspace_id, u) for u in entry.unverified]
-        if data := await load("dev", identifier):
-            facts.devices[identifier] = Device.from_bytes(data)
+        if identifier in facts.devices:
+            await complete()
             current = facts.timeline(identifier).segments[-1]
             candidates.insert(
                 0, current.merge.into_contact_id if current.merge else current.contact_id
             )
         profile = None
         for contact_id in candidates:
-            if data := await load("contact", contact_id):
-                profile = profile_from_bytes(data)
+            if (profile := await published(contact_id)) is not None:
                 break
         if profile is None:
-            return []
-        for anonymous_id in profile.anonymous_ids:
-            if anonymous_id not in facts.devices and (data := await load("dev", anonymous_id)):
-                facts.devices[anonymous_id] = Device.from_bytes(data)
-        for device in list(facts.devices.values()):
-            for chat in device.chats:
-                if chat.email and (data := await load("email", chat.email)):
-                    facts.emails[chat.email] = EmailEntry.from_bytes(data)
-        if profile.user_id and (data := await load("user", profile.user_id)):
-            user = facts.users[profile.user_id] = User.from_bytes(data)
-            for claim in user.emails:  # leads on other devices may have been matched by e-mail
-                if data := await load("email", claim.email):
-                    entry = facts.emails[claim.email] = EmailEntry.from_bytes(data)
-                    for anonymous_id in entry.lead_devices:
-                        if anonymous_id not in facts.devices and (
-                            raw := await load("dev", anonymous_id)
-                        ):
-                            facts.devices[anonymous_id] = Device.from_bytes(raw)
-        return describe(profile, facts)
+            return None
+        await fetch({"devices": profile.anonymous_ids,
+                     "users": [profile.user_id] if profile.user_id else []})  # fmt: skip
+        user = facts.users.get(profile.user_id or "")
+        if user is not None:  # its refused links, and leads matched by its e-mails (R7)
+            await fetch({"devices": user.devices, "emails": [c.email for c in user.emails]})
+            leads = [
+                d for c in user.emails for d in facts.emails.get(c.email, EmailEntry()).lead_devices
+            ]
+            await fetch({"devices": leads})
+        await complete()
+        return profile, facts
     finally:
         await store.close()
+
+
+async def inspect(settings: Settings, workspace_id: str, identifier: str) -> list[str]:
+    """Find the contact `identifier` names and describe it; [] when nothing matches."""
+    found = await load(settings, workspace_id, identifier)
+    return [] if found is None else describe(*found)
