@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from pipeline.ops import stack
 from pipeline.ops.settings import SecretsFileError, Settings
+from schemas.time import format_timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
         line = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": format_timestamp(datetime.fromtimestamp(record.created, UTC)),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
