@@ -28,7 +28,7 @@ from pipeline.core.verify import TokenPolicy
 from pipeline.ops.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
-from pipeline.worker import draining, fetching, metrics
+from pipeline.worker import fetching, metrics, transport
 from pipeline.worker.batching import gathered
 from pipeline.worker.codec import Item, wire
 from pipeline.worker.decoding import decode_batch
@@ -113,21 +113,21 @@ def faust_app(
 ) -> faust.App:
     """A Faust app with the pipeline's settings (shared with the benchmark's bare agents).
 
-    Also sets what is process-wide and must be chosen before Faust starts its loops: the event
-    loop (uvloop unless `IDP_EVENT_LOOP=asyncio`), the fetch policy of the consumer Faust
-    starts (`pipeline.worker.fetching`) and the loop that hands its records to the streams
-    (`pipeline.worker.draining`). Without `consumer_patches` the last two are Faust's and aiokafka's
-    own: the benchmark's bare Faust agent.
+    The event loop is process-wide and chosen before Faust starts its loops (uvloop unless
+    `IDP_EVENT_LOOP=asyncio`). With `consumer_patches` the app runs on the worker's transport
+    (`pipeline.worker.transport`: the gathering fetcher and the inline message loop); without,
+    on Faust's and aiokafka's own: the benchmark's bare Faust agent.
     """
     if settings.event_loop == "uvloop":
         mode.loop.use("uvloop")
+    scheme = "kafka"  # Faust's own aiokafka transport
     if consumer_patches:
-        fetching.install(settings.fetch_gather_ms)
-        draining.install()
+        fetching.configure(settings.fetch_gather_ms)
+        scheme = transport.SCHEME
     return faust.App(
         app_id or settings.app_id,
         datadir=scratch_dir(),
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker=f"{scheme}://{settings.kafka_bootstrap_servers}",
         store="memory://",
         web_enabled=False,
         topic_allow_declare=False,

@@ -150,11 +150,22 @@ async def _drain_messages(self: faust_consumer.Consumer, fetcher: Service) -> No
         unset_flag(fetching)
 
 
-def install() -> None:
-    """Make every Faust consumer in this process drain its fetches with `_drain_messages`."""
-    faust_consumer.Consumer._drain_messages = _drain_messages  # noqa: SLF001
+# The digest of Faust 0.15.3's `Consumer._drain_messages`, which `drain_messages` copies.
+# Another digest means another Faust: read its method, carry its changes over, then update.
+FAUST_DRAIN_MESSAGES = "44a2500309e83c63"
 
 
 def stock_source_digest() -> str:
     """A digest of the Faust method this replaces, as the installed release has it."""
     return hashlib.sha256(inspect.getsource(_STOCK).encode()).hexdigest()[:16]
+
+
+def compatible() -> str | None:
+    """None if the installed Faust's method is the one `drain_messages` copies, else why."""
+    digest = stock_source_digest()
+    if digest != FAUST_DRAIN_MESSAGES:
+        return f"Faust's Consumer._drain_messages has changed (digest {digest})"
+    return None
+
+
+drain_messages = _drain_messages  # the worker's transport's method (`pipeline.worker.transport`)

@@ -46,20 +46,23 @@ readable (e.g. installs the missing codec) and restarts the worker. A new assign
 hold too: the partition is then read from its committed offset, and held again if need be.
 
 aiokafka builds its `Fetcher` inside `AIOKafkaConsumer.start()` and offers no hook, so
-`install` replaces the class that module refers to. The methods overridden are private, as
-are the attributes of aiokafka's `FetchResult` and `PartitionRecords` that `GuardedRecords`
-relies on; `tests/unit/test_fetching.py` fails if their shape changes in a new aiokafka
-release.
+`GatheringConsumer` points that module's name at `GatheringFetcher` while it starts, and the
+worker's Faust transport (`pipeline.worker.transport`) builds its consumer as one. The methods
+overridden are private, as are the attributes of aiokafka's `FetchResult` and
+`PartitionRecords` that `GuardedRecords` relies on: `compatible` checks their shape, the worker
+falls back to aiokafka's own fetcher with a warning when it has changed, and the release they
+were written for is pinned (constraints.txt).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import codec
+from aiokafka import AIOKafkaConsumer, codec
 from aiokafka.consumer import consumer as aiokafka_consumer
 from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 from aiokafka.structs import TopicPartition
@@ -281,14 +284,54 @@ def skip_command(found: Unreadable) -> str:
     )
 
 
-def install(gather_wait_ms: int) -> None:
-    """Make every aiokafka consumer started from now on in this process use `GatheringFetcher`.
+def compatible() -> str | None:
+    """None if the installed aiokafka has the private shape `GatheringFetcher` extends, else why.
 
-    With `gather_wait_ms=0` its requests are aiokafka's own (it still counts them). Warns when
-    a compression codec cannot be decoded in this process.
+    The pinned release (constraints.txt) has it; another one may not, and a policy silently
+    bypassed (or a method called with the wrong arguments) is worse than the stock fetcher.
+    """
+    expected = {
+        "_get_actions_per_node": ["self", "assignment"],
+        "_proc_fetch_request": ["self", "assignment", "node_id", "request"],
+    }
+    for name, parameters in expected.items():
+        method = getattr(Fetcher, name, None)
+        if method is None or list(inspect.signature(method).parameters) != parameters:
+            return f"aiokafka's Fetcher.{name} has changed"
+    if "Fetcher(" not in inspect.getsource(aiokafka_consumer.AIOKafkaConsumer.start):
+        return "aiokafka's consumer no longer builds its Fetcher in start()"
+    source = inspect.getsource(Fetcher.__init__)
+    for attribute in ("_fetch_min_bytes", "_fetch_max_wait_ms", "_records"):
+        if attribute not in source:
+            return f"aiokafka's Fetcher no longer has {attribute}"
+    return None
+
+
+class GatheringConsumer(AIOKafkaConsumer):
+    """aiokafka's consumer, building a `GatheringFetcher` when it starts.
+
+    aiokafka builds its `Fetcher` inside `start()` and offers no hook, so the module's name is
+    pointed at `GatheringFetcher` for the duration of this consumer's start only, and restored
+    after: no other consumer of the process is changed (the worker's transport,
+    `pipeline.worker.transport`, makes its consumer one of these).
+    """
+
+    async def start(self) -> None:
+        """Start, with the gathering fetcher."""
+        original = aiokafka_consumer.Fetcher
+        aiokafka_consumer.Fetcher = GatheringFetcher
+        try:
+            await super().start()
+        finally:
+            aiokafka_consumer.Fetcher = original
+
+
+def configure(gather_wait_ms: int) -> None:
+    """Set the gather time of the worker's fetches; warn about codecs this process lacks.
+
+    With `gather_wait_ms=0` its requests are aiokafka's own (it still counts them).
     """
     GatheringFetcher.gather_wait_ms = max(0, gather_wait_ms)
-    aiokafka_consumer.Fetcher = GatheringFetcher
     missing = [name for name, present in (("snappy", codec.has_snappy()), ("lz4", codec.has_lz4()),
                                           ("zstd", codec.has_zstd())) if not present]  # fmt: skip
     if missing:  # such batches would hold their partitions: say why at start already

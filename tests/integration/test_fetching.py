@@ -6,7 +6,7 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
 from pipeline.ops.admin import ensure_topics, remove_run
 from pipeline.ops.topics import topic_specs
@@ -26,9 +26,9 @@ async def trickle_and_read(bootstrap: str, redis_url: str, gather_ms: int) -> tu
     topic = prefix + INPUT_TOPICS[0]
     await ensure_topics(bootstrap, topic_specs(prefix, 1))
     before = GatheringFetcher.gather_wait_ms
-    fetching.install(gather_ms)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=prefix,
-                                auto_offset_reset="earliest", fetch_max_wait_ms=1500)  # fmt: skip
+    fetching.configure(gather_ms)
+    consumer = fetching.GatheringConsumer(topic, bootstrap_servers=bootstrap, group_id=prefix,
+                                          auto_offset_reset="earliest", fetch_max_wait_ms=1500)  # fmt: skip
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
     try:
         await consumer.start()
@@ -52,7 +52,7 @@ async def trickle_and_read(bootstrap: str, redis_url: str, gather_ms: int) -> tu
     finally:
         await producer.stop()
         await consumer.stop()
-        fetching.install(before)
+        fetching.configure(before)
         await remove_run(bootstrap, redis_url, prefix, prefix)  # its topics (it has no keys)
 
 

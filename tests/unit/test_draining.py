@@ -108,7 +108,10 @@ async def test_an_error_after_waiting_reaches_whoever_awaits_the_task() -> None:
         await task
 
 
-def test_install_replaces_faust_s_loop_and_the_replaced_loop_is_the_one_copied() -> None:
-    draining.install()
-    assert faust_consumer.Consumer._drain_messages is draining._drain_messages
-    assert draining.stock_source_digest() == FAUST_DRAIN_MESSAGES
+def test_the_worker_s_transport_has_the_copied_loop_and_faust_keeps_its_own() -> None:
+    from pipeline.worker import transport
+
+    assert draining.stock_source_digest() == FAUST_DRAIN_MESSAGES  # the method it copies
+    assert draining.compatible() is None
+    assert transport.Consumer._drain_messages is draining.drain_messages
+    assert faust_consumer.Consumer._drain_messages is not draining.drain_messages  # not patched

@@ -43,20 +43,32 @@ def test_zero_gather_time_keeps_the_library_behaviour() -> None:
     assert limits == PATIENT
 
 
-def test_install_swaps_the_fetcher_aiokafka_builds() -> None:
+async def test_the_gathering_consumer_builds_its_fetcher_and_changes_no_other() -> None:
+    consumer = fetching.GatheringConsumer(bootstrap_servers="127.0.0.1:1", request_timeout_ms=200,
+                                          api_version="2.0.0")  # fmt: skip
+    try:
+        await consumer.start()  # nothing listens there: start fails after building nothing
+    except Exception:  # noqa: BLE001, S110 - only the restored name matters here
+        pass
+    finally:
+        await consumer.stop()
+    assert aiokafka_consumer.Fetcher is Fetcher  # restored: other consumers keep aiokafka's
+
+
+def test_the_gather_time_is_configured_on_the_worker_s_fetcher_only() -> None:
     before = GatheringFetcher.gather_wait_ms
     try:
-        fetching.install(7)
-        assert aiokafka_consumer.Fetcher is GatheringFetcher
+        fetching.configure(7)
         assert GatheringFetcher.gather_wait_ms == 7
-        fetching.install(0)
-        assert GatheringFetcher.gather_wait_ms == 0
+        assert aiokafka_consumer.Fetcher is Fetcher
     finally:
-        fetching.install(before)
+        fetching.configure(before)
 
 
 def test_the_private_aiokafka_methods_it_overrides_still_have_their_shape() -> None:
-    # A new aiokafka release that renames or reshapes these would silently bypass the policy.
+    # A new aiokafka release that renames or reshapes these would silently bypass the policy;
+    # the worker then falls back to aiokafka's own fetcher (`fetching.compatible`).
+    assert fetching.compatible() is None
     assert list(inspect.signature(Fetcher._get_actions_per_node).parameters) == [
         "self", "assignment"]  # fmt: skip
     assert list(inspect.signature(Fetcher._proc_fetch_request).parameters) == [
