@@ -22,7 +22,18 @@ from pipeline.ops.admin import ensure_topics, remove_run
 from pipeline.ops.topics import topic_specs
 from tests.support.kafka import Pipeline
 
-pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration needs the real broker and Redis: mark it so.
+
+    (A `pytestmark` in a conftest marks nothing.) `pytest -m "not integration"` then runs the
+    pure tests alone.
+    """
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
 
 # Tokens are checked against the Kafka record's timestamp too, which is the wall clock when a
 # test produces: a token sent through the broker must expire after now, not on a fixed date.

@@ -25,13 +25,11 @@ async def test_a_small_benchmark_reports_rates_and_latencies(servers: tuple[str,
     for name in ("bare", "consumer", "worker"):
         assert len(figures[f"{name}_passes_events_per_s"]) == 1
         assert figures[f"{name}_events_per_s"] == figures[f"{name}_passes_events_per_s"][0] > 0
-    ratio = figures["worker_events_per_s"] / figures["bare_events_per_s"]
-    assert abs(figures["ratio"] - ratio) < 0.002
-    ratio = figures["worker_events_per_s"] / figures["consumer_events_per_s"]
-    assert abs(figures["ratio_to_consumer"] - ratio) < 0.002
-    # Logins, signups, logouts and new devices were offered and their outputs timed.
+    # Logins, signups, logouts and new devices were offered and their outputs timed: each
+    # latency is that of an output read within the run (3 s of offering, a few to drain).
     assert figures["latency_samples"] > 0
-    assert 0 <= figures["latency_ms_record"][50] <= figures["latency_ms_record"][99]
+    for quantile in (50, 90, 99):
+        assert 0 < figures["latency_ms_record"][quantile] < 60_000
     # The worker was running and consuming CPU while the events were offered (no more than
     # the machine has).
     assert 0 < figures["latency_worker_cpu"] <= (os.cpu_count() or 1)
