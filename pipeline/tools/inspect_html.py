@@ -321,7 +321,7 @@ def _svg(d: Drawing) -> str:
                        f'<rect x="{x0}" y="{mid - BAR_H / 2}" width="{w}" height="{BAR_H}" '
                        f'rx="5" fill="{colours[bar.contact_id]}"/>')  # fmt: skip
             if bar.end_ms is None:  # still going: fades out towards "now"
-                fade = min(w, 60)
+                fade = min(w * 0.4, 60)
                 out.append(f'<rect x="{x0 + w - fade}" y="{mid - BAR_H / 2}" width="{fade}" '
                            f'height="{BAR_H}" fill="url(#fade)"/>')  # fmt: skip
             if w > 7.2 * len(bar.label) + 24:  # clear of a merge mark at its start

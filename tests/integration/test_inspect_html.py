@@ -45,6 +45,9 @@ def browser() -> Iterator[webdriver.Chrome]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     chrome = webdriver.Chrome(options=options, service=Service(driver))
+    # The window's size includes what a headless window keeps for its frame: set the viewport.
+    chrome.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False})  # fmt: skip
     chrome.set_page_load_timeout(30)
     try:
         yield chrome
@@ -135,3 +138,10 @@ async def test_the_page_draws_mayas_devices_sessions_and_refusals(
     assert browser.execute_script("return document.documentElement.scrollWidth") <= 1280
     shot = tmp_path / "maya.png"
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    header = shot.read_bytes()[:24]  # PNG: the IHDR chunk holds the width and the height
+    assert int.from_bytes(header[16:20]) == 1280 and int.from_bytes(header[20:24]) == 800
+    # The whole chart is in that first screen.
+    bottom = browser.execute_script(
+        "return document.getElementById('timeline').getBoundingClientRect().bottom"
+    )
+    assert bottom <= 800
