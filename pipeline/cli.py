@@ -123,8 +123,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"idp worker: {exc}", file=sys.stderr)
         return 2
     if not workspaces:
-        print("idp worker: no IDP_SECRETS_FILE (or it is empty): every event will be rejected "
-              "as unknown_workspace", file=sys.stderr)  # fmt: skip
+        logger.warning(
+            "no IDP_SECRETS_FILE (or it is empty): every event will be rejected as "
+            "unknown_workspace"
+        )  # a log line: JSON too with IDP_LOG_FORMAT=json
     _await_servers(settings, kafka=True, redis=True, wait_s=STARTUP_WAIT_S)
     app = create_app(settings)
     settle_heap()
