@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -72,7 +73,7 @@ def run_bare_worker(settings: Settings, *, our_consumer: bool = False) -> None:
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
 
     @app.agent(inputs, name="drain")
-    async def drain(stream: faust.Stream) -> None:
+    async def drain(stream: faust.StreamT) -> None:
         async for _ in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             pass
 
@@ -189,8 +190,8 @@ async def latency(
     by_record: list[float] = []
     by_receipt: list[float] = []
 
-    def cause_of(topic: str, key: bytes, value: dict) -> str | None:
-        if topic in (MERGED, SHUTDOWN):
+    def cause_of(topic: str, key: bytes, value: dict | None) -> str | None:
+        if topic in (MERGED, SHUTDOWN) and value is not None:
             return value["cause_event_id"]
         if topic == PROFILES and value is not None:
             return value["contact_id"]  # a new visitor's profile, caused by its first event
@@ -322,6 +323,7 @@ async def run(
         later = steady.take(int(offered * latency_seconds))
         console.print(f"offering {len(later)} more events at {offered:.0f}/s for latency ...")
         known = {(r.value["workspace_id"], r.key) for r in records if isinstance(r.value, dict)}
+        assert worker is not None
         busy = cpu_seconds(worker.pid), time.monotonic()
         by_record, by_receipt = await latency(bootstrap, prefix, later, offered,
                                               known_devices=known)  # fmt: skip
@@ -333,7 +335,7 @@ async def run(
         await remove_run(settings.kafka_bootstrap_servers, settings.redis_url, prefix, namespace)
         for state in namespaces:
             await remove_keys(settings.redis_url, state)
-    figures = {
+    figures: dict[str, Any] = {
         "run": run_id,  # topics bench<run>.*, Redis keys bench<run>-*: removed when done
         "events": len(records),
         "mix": mix,
@@ -370,8 +372,8 @@ async def run(
     for name, label in (("bare", BASELINES["bare"]), ("consumer", BASELINES["consumer"]),
                         ("worker", "worker, sustained")):  # fmt: skip
         table.add_row(f"{label} (best pass)", f"{figures[f'{name}_events_per_s']:,} events/s")
-        passes = " / ".join(f"{r:,}" for r in figures[f"{name}_passes_events_per_s"])
-        table.add_row("  passes", passes)
+        rates = " / ".join(f"{r:,}" for r in figures[f"{name}_passes_events_per_s"])
+        table.add_row("  passes", rates)
     table.add_row("worker / bare Faust agent", f"{figures['ratio']:.0%}")
     table.add_row("worker / bare agent on its consumer", f"{figures['ratio_to_consumer']:.0%}")
     table.add_row("latency offered rate", f"{figures['offered_events_per_s']:,} events/s")

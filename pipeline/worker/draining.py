@@ -128,7 +128,7 @@ async def _drain_messages(self: faust_consumer.Consumer, fetcher: Service) -> No
                     if commit_every is not None and self._n_acked >= commit_every:  # noqa: SLF001
                         self._n_acked = 0  # noqa: SLF001
                         await self.commit()
-                    waiting = run_inline(callback(message))
+                    waiting = run_inline(callback(message))  # type: ignore[arg-type]
                     if waiting is not None:  # blocked: let a rebalance interrupt it, as Faust does
                         await self.wait_first(waiting, self.suspend_flow.wait())
                     set_read_offset(tp, offset)

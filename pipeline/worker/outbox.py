@@ -74,6 +74,7 @@ class Outbox:
         """
         if entries is None:  # SCAN walks the whole keyspace: rarely (see the worker's timers)
             entries = await self.store.scan(self.keys.outbox_pattern())
+            metrics.OUTBOX_FOUND.set(len(entries))
         entries = list(entries)
         sent = 0
         for entry, record in zip(entries, await self.store.read(entries), strict=True):
@@ -117,11 +118,11 @@ class Outbox:
             now = [r.version for r in current]
             if now == versions:
                 break
+            before: list[int | None] = [None] * len(keys) if versions is None else list(versions)
             futures = [
                 await self.send(PROFILES, c.encode(), r.data or None)
-                for c, r, before in zip(contacts, current, versions or [None] * len(keys),
-                                        strict=True)  # fmt: skip
-                if r.version != before
+                for c, r, was in zip(contacts, current, before, strict=True)
+                if r.version != was
             ]
             await asyncio.gather(*futures)
             versions = now

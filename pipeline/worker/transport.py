@@ -46,7 +46,7 @@ class Consumer(driver.Consumer):
 
 
 if (_problem := draining.compatible()) is None:
-    Consumer._drain_messages = draining.drain_messages  # type: ignore[method-assign]
+    Consumer._drain_messages = draining.drain_messages  # type: ignore[assignment]
 else:  # pragma: no cover - another Faust release
     logger.warning("%s: draining with Faust's own message loop", _problem)
 
