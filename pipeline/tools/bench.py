@@ -72,8 +72,8 @@ def run_bare_worker(settings: Settings, *, our_consumer: bool = False) -> None:
     app = faust_app(settings, consumer_patches=our_consumer)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
 
-    @app.agent(inputs, name="drain")
-    async def drain(stream: faust.StreamT) -> None:
+    @app.agent(inputs, name="drain")  # type: ignore[arg-type] # Faust types agents by StreamT
+    async def drain(stream: faust.Stream) -> None:
         async for _ in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             pass
 
@@ -372,8 +372,8 @@ async def run(
     for name, label in (("bare", BASELINES["bare"]), ("consumer", BASELINES["consumer"]),
                         ("worker", "worker, sustained")):  # fmt: skip
         table.add_row(f"{label} (best pass)", f"{figures[f'{name}_events_per_s']:,} events/s")
-        rates = " / ".join(f"{r:,}" for r in figures[f"{name}_passes_events_per_s"])
-        table.add_row("  passes", rates)
+        each = " / ".join(f"{r:,}" for r in figures[f"{name}_passes_events_per_s"])
+        table.add_row("  passes", each)
     table.add_row("worker / bare Faust agent", f"{figures['ratio']:.0%}")
     table.add_row("worker / bare agent on its consumer", f"{figures['ratio_to_consumer']:.0%}")
     table.add_row("latency offered rate", f"{figures['offered_events_per_s']:,} events/s")
