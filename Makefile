@@ -29,5 +29,8 @@ test: setup
 	$(IDP) stack up
 	$(VENV)/bin/pytest -q
 
+# ruff's lint rules (pyproject.toml), its formatter, and mypy over pipeline and schemas.
 lint: setup
 	$(VENV)/bin/ruff check pipeline schemas tests scripts
+	$(VENV)/bin/ruff format --check pipeline schemas tests scripts
+	$(VENV)/bin/mypy
