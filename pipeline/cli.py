@@ -289,7 +289,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.html is None:
         print("\n".join(describe(*found)))
         return 0
-    args.html.write_text(page(*found), encoding="utf-8")
+    try:
+        args.html.write_text(page(*found), encoding="utf-8")
+    except OSError as exc:
+        print(f"idp inspect: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+        return 2
     print(f"wrote {args.html}")
     return 0
 

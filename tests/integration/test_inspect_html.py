@@ -93,6 +93,15 @@ async def test_the_page_draws_mayas_devices_sessions_and_refusals(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"wrote {html}"
+    unwritable = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pipeline.cli", "inspect", WS, "maya", "--html",
+         str(tmp_path / "no-such-dir" / "maya.html")], cwd=PROJECT_ROOT,
+        env={**pipeline.env, **LIMIT}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unwritable.returncode == 2 and "Traceback" not in unwritable.stderr
+    assert unwritable.stderr.startswith("idp inspect: cannot write ")
+    assert unwritable.stderr.count("\n") == 1
 
     browser.get(html.as_uri())
     assert browser.title == f"contact {contact} · idp inspect"
