@@ -11,6 +11,7 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -107,10 +108,24 @@ def _await_servers(settings: Settings, *, kafka: bool, redis: bool, wait_s: floa
         time.sleep(0.5)
 
 
+def _run_once(coroutine: Coroutine[object, object, None]) -> None:
+    """Run a coroutine on a loop of its own, leaving the thread's event loop to Faust.
+
+    `asyncio.run` would leave the main thread without a current loop, which Faust's
+    `get_event_loop` then refuses.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(coroutine)
+    finally:
+        loop.close()
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the Faust worker in the foreground."""
     import faust
 
+    from pipeline.ops.admin import prepare_topics
     from pipeline.worker.app import create_app, settle_heap
 
     settings = _settings(args)
@@ -128,6 +143,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "unknown_workspace"
         )  # a log line: JSON too with IDP_LOG_FORMAT=json
     _await_servers(settings, kafka=True, redis=True, wait_s=STARTUP_WAIT_S)
+    _run_once(prepare_topics(settings))  # created or awaited before Faust subscribes
     app = create_app(settings)
     settle_heap()
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,

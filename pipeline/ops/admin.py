@@ -73,6 +73,68 @@ async def ensure_topics(
         await admin.close()
 
 
+async def missing_topics(bootstrap: str, names: list[str]) -> list[str]:
+    """The topics of `names` that do not exist yet, or have a partition without a leader."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        present = [name for name in names if name in existing]
+        ready = set()
+        for topic in await admin.describe_topics(present) if present else []:
+            leaders = [p.get("leader", -1) for p in topic.get("partitions") or []]
+            if topic.get("error_code") == 0 and leaders and min(leaders) >= 0:
+                ready.add(topic["topic"])
+        return [name for name in names if name not in ready]
+    finally:
+        await admin.close()
+
+
+async def wait_for_topics(bootstrap: str, names: list[str], *, log_every_s: float = 5.0) -> None:
+    """Return once every topic of `names` exists with a leader for each partition.
+
+    Logs which topics it waits for when it starts waiting and every `log_every_s` after that;
+    asks the broker once a second. A broker that does not answer counts as topics missing.
+    """
+    loop = asyncio.get_running_loop()
+    logged_at: float | None = None
+    while True:
+        try:
+            missing = await missing_topics(bootstrap, names)
+        except (KafkaError, OSError) as exc:
+            missing = names
+            logger.debug("cannot list the topics yet (%s)", exc)
+        if not missing:
+            if logged_at is not None:
+                logger.info("every topic exists: %d topics", len(names))
+            return
+        now = loop.time()
+        if logged_at is None or now - logged_at >= log_every_s:
+            logger.warning("waiting for %d missing topics: %s",
+                           len(missing), " ".join(missing))  # fmt: skip
+            logged_at = now
+        await asyncio.sleep(1.0)
+
+
+async def prepare_topics(settings: Settings) -> None:
+    """Before a worker subscribes: create the missing SPEC §3 topics, or wait for them.
+
+    `IDP_CREATE_TOPICS` (default true) creates them as `idp topics` does; either way this
+    returns only once every topic has a leader, since a Faust consumer that subscribes to a
+    topic not yet in the cluster's metadata never picks it up later.
+    """
+    specs = topic_specs(settings.topic_prefix, settings.partitions,
+                        timestamp_type=settings.input_timestamp_type)  # fmt: skip
+    if settings.create_topics:
+        created = await ensure_topics(settings.kafka_bootstrap_servers, specs,
+                                      replication_factor=settings.replication_factor)  # fmt: skip
+        if created:
+            logger.info("created %d missing topics: %s", len(created), " ".join(created))
+    else:
+        logger.info("IDP_CREATE_TOPICS=false: the worker creates no topic, it waits for them")
+    await wait_for_topics(settings.kafka_bootstrap_servers, [spec.name for spec in specs])
+
+
 async def remove_run(bootstrap: str, redis_url: str, prefix: str, namespace: str) -> None:
     """Delete a run's topics (`prefix` + the SPEC §3 names) and its Redis keys (`namespace`).
 

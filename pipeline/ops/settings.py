@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # outputs, before sending them (0: never).
     fault_exit_after_commits: int = Field(0, ge=0, validation_alias="IDP_FAULT_EXIT_AFTER_COMMITS")
     metrics_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_METRICS_PORT")
+    # SPEC §4: create the missing topics at start (else wait for them); the HTTP endpoints
+    # (port 0: none); the bearer token of /v1 (unset: /v1 answers 403).
+    create_topics: bool = Field(True, validation_alias="IDP_CREATE_TOPICS")
+    http_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_HTTP_PORT")
+    http_host: str = Field("127.0.0.1", validation_alias="IDP_HTTP_HOST")
+    api_token: SecretStr | None = Field(None, validation_alias="IDP_API_TOKEN")
     # Extra generic values to refuse as identifiers (R3), comma-separated, case-insensitive.
     blocked_values: str = Field("", validation_alias="IDP_BLOCKED_VALUES")
     # Replication factor of the topics the project creates; None: 1, or 3 when the cluster has

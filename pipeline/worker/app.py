@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Coroutine
 
 import faust
+import mode
 import mode.loop
 from faust.types import TP
 
@@ -33,6 +34,7 @@ from pipeline.worker.batching import gathered
 from pipeline.worker.codec import Item, wire
 from pipeline.worker.decoding import decode_batch
 from pipeline.worker.emitter import Emitter
+from pipeline.worker.http import HttpServer, KafkaProbe, ProfileLookup, Readiness, build_web_app
 from pipeline.worker.outbox import REDIS_DOWN, Outbox
 from pipeline.worker.processor import Processed, Processor, Tally
 from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 OUTBOX_SWEEP_S = 15.0  # outbox records older than this are taken to be a dead worker's
 OUTBOX_SCAN_S = 300.0  # how often every worker looks for them anyway (besides rebalances)
 FORGET_FLUSH_S = 1.0  # delivered outbox records wait at most this long for a batch to carry them
+LAG_SAMPLE_S = 5.0  # how often the consumer lag of each assigned input partition is sampled
 
 
 def core_config(settings: Settings) -> CoreConfig:
@@ -160,6 +163,53 @@ class FaultInjection:
                 os._exit(86)
 
 
+class GroupState:
+    """Whether the worker has joined its consumer group (a partition assignment was received)."""
+
+    def __init__(self) -> None:
+        self.joined = False
+
+
+def http_service(app: faust.App, settings: Settings, group: GroupState) -> type[mode.Service]:
+    """The HTTP endpoints as a service started and stopped with the app (`worker.http`).
+
+    Lookups read through a store of their own, opened as the worker's is (`open_store`), so
+    that a lookup never waits behind a batch's round trip on the worker's connection.
+    """
+    store = metrics.TimedStore(
+        RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
+    )
+    lookup = ProfileLookup(store, Keys(settings.state_namespace), core_config(settings))
+    kafka = KafkaProbe(settings.kafka_bootstrap_servers)
+
+    async def group_joined() -> str | None:
+        if not group.joined:
+            return "group: not joined yet (no partition assignment received)"
+        if app.rebalancing:
+            return "group: rebalancing"
+        return None
+
+    async def redis_answers() -> str | None:
+        # The state is Redis alone for now: it is not behind when Redis answers.
+        return None if await store.ping() else "redis: PING not answered"
+
+    readiness = Readiness([group_joined, kafka, redis_answers])
+    web_app = build_web_app(lookup=lookup, readiness=readiness, api_token=settings.api_token)
+    server = HttpServer(web_app, host=settings.http_host, port=settings.http_port,
+                        on_close=[kafka.close, store.close])  # fmt: skip
+
+    class Http(mode.Service):
+        """Serves `/healthz`, `/readyz`, `/metrics` and `/v1` while the app runs."""
+
+        async def on_start(self) -> None:
+            await server.start()
+
+        async def on_stop(self) -> None:
+            await server.stop()
+
+    return Http
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app, its agent and its timers for these settings (wiring only)."""
     app = faust_app(settings)
@@ -167,11 +217,16 @@ def create_app(settings: Settings) -> faust.App:
     outputs = {name: settings.output_topic(name) for name in OUTPUT_TOPICS}
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     keys = Keys(settings.state_namespace)
-    store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
+    store = metrics.TimedStore(
+        RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
+    )
     processor = Processor(store, keys, core_config(settings), known_devices=settings.known_devices)
     faults = FaultInjection(settings.fault_exit_after_commits)
     totals = Tally()
     metrics.serve(settings.metrics_port)
+    group = GroupState()
+    if settings.http_port:
+        app.service(http_service(app, settings, group))
     seen: Counter[str] = Counter()
     pending: set[asyncio.Task] = set()
 
@@ -264,9 +319,36 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.on_partitions_assigned.connect
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:
+        group.joined = True
         ours = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in logical)
         logger.info("assigned %d input partitions: %s", len(ours), " ".join(ours))
         in_background(sweep_after_rebalance())
+
+    lagging: set[tuple[str, str]] = set()
+
+    @app.timer(interval=LAG_SAMPLE_S)
+    async def sample_lag() -> None:
+        """Export each assigned input partition's lag: highwater - committed (or - position)."""
+        consumer = app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic in logical]
+        metrics.ASSIGNED.set(len(assigned))
+        done: dict[TP, int | None] = {}
+        for tp in assigned:
+            # Faust's own record of the offsets it committed (or found committed at assignment).
+            done[tp] = consumer._committed_offset.get(tp)  # noqa: SLF001
+            if done[tp] is None:
+                try:
+                    done[tp] = await consumer.position(tp)
+                except Exception:  # noqa: BLE001 - revoked meanwhile: no lag to report
+                    done[tp] = None
+
+        def highwater(tp: TP) -> int | None:
+            try:
+                return consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - no longer assigned, or nothing fetched yet
+                return None
+
+        metrics.sample_lag(assigned, highwater, done.get, lagging)
 
     @app.timer(interval=30.0)
     async def report() -> None:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipeline.worker import metrics
 from pipeline.worker.outbox import Outbox, Send
 from pipeline.worker.processor import Wire
 
@@ -85,6 +86,7 @@ class Emitter:
             event.message.incref()
         for topic, key, value in wires:
             delivery.futures.append(await self.send(topic, key, value))
+        metrics.OUTBOX_IN_FLIGHT.inc()
         self.in_background(self.release(delivery))
         return delivery
 
@@ -98,6 +100,8 @@ class Emitter:
             await self.outbox.redeliver(delivery.outbox)  # sends the profiles as they are now
         else:
             fresh = await self.refresh(delivery.profiles)
+        finally:
+            metrics.OUTBOX_IN_FLIGHT.dec()
         for event in delivery.held:
             await self.ack(event)
         if fresh:
