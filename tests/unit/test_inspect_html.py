@@ -158,3 +158,29 @@ def test_identifiers_from_input_are_escaped() -> None:
     html = page(profile, facts)
     assert "<img" not in html and "<u>" not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+
+
+def test_a_shared_computer_shows_the_switch_and_the_logout_of_someone_else() -> None:
+    # Ann logs in on a library PC at 10:00, Bob at 10:10 (R8: Ann's session ends, user_switch);
+    # a logout for Ann at 10:20 finds Bob logged in there: refused, not_logged_in (R10).
+    config = CoreConfig(secrets={WS: (SECRET.encode(),)})
+    oracle = Oracle(config)
+    ann = ev.login(WS, "library-pc", _ts("10:00:00"), "ann", SECRET)
+    bob = ev.login(WS, "library-pc", _ts("10:10:00"), "bob", SECRET)
+    stray = ev.logout(WS, "library-pc", _ts("10:20:00"), "ann")
+    for event in (ann, bob, stray):
+        oracle.apply(ev.model(event))
+    facts = Facts(WS, devices={k: v for (_, k), v in oracle.devices.items()},
+                  users={k: v for (_, k), v in oracle.users.items()}, config=config)  # fmt: skip
+    d = drawing(oracle.profiles()[ids.user_contact_id(WS, "ann")], facts)
+    assert [(b.contact_id, b.start_ms, b.end_ms) for b in d.bars] == [
+        (ids.user_contact_id(WS, "ann"), _ms("10:00:00"), _ms("10:10:00")),
+        (ids.user_contact_id(WS, "bob"), _ms("10:10:00"), None),
+    ]  # the PC never was an anonymous visitor: it logged in straight away
+    assert {(m.kind, m.reason, m.event_id) for m in d.marks} == {
+        ("shutdown", "user_switch", bob["event_id"]),
+        ("refusal", "not_logged_in", stray["event_id"]),
+    }
+    roles = {c.contact_id: c.role for c in d.contacts}
+    assert roles == {ids.user_contact_id(WS, "ann"): "profile",
+                     ids.user_contact_id(WS, "bob"): "other"}  # fmt: skip
