@@ -267,7 +267,7 @@ def create_app(settings: Settings) -> faust.App:
         def highwater(tp: TP) -> int | None:
             try:
                 return app.consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - e.g. no longer assigned: then nothing is waiting
+            except Exception:  # e.g. no longer assigned: then nothing is waiting
                 return None
 
         emitter = Emitter(send, outbox, ack=stream.ack, forget=processor.forget,
@@ -332,20 +332,21 @@ def create_app(settings: Settings) -> faust.App:
         consumer = app.consumer
         assigned = [tp for tp in consumer.assignment() if tp.topic in logical]
         metrics.ASSIGNED.set(len(assigned))
+        # Faust's own record of the offsets it committed (or found committed at assignment).
+        committed = consumer._committed_offset  # type: ignore[attr-defined]
         done: dict[TP, int | None] = {}
         for tp in assigned:
-            # Faust's own record of the offsets it committed (or found committed at assignment).
-            done[tp] = consumer._committed_offset.get(tp)  # noqa: SLF001
+            done[tp] = committed.get(tp)
             if done[tp] is None:
                 try:
                     done[tp] = await consumer.position(tp)
-                except Exception:  # noqa: BLE001 - revoked meanwhile: no lag to report
+                except Exception:  # revoked meanwhile: no lag to report
                     done[tp] = None
 
         def highwater(tp: TP) -> int | None:
             try:
                 return consumer.highwater(tp)
-            except Exception:  # noqa: BLE001 - no longer assigned, or nothing fetched yet
+            except Exception:  # no longer assigned, or nothing fetched yet
                 return None
 
         metrics.sample_lag(assigned, highwater, done.get, lagging)

@@ -33,7 +33,7 @@ class Held(Protocol):
     """What the emitter needs of an event: its message's partition, offset and reference."""
 
     @property
-    def message(self) -> Any:  # noqa: ANN401 - Faust's Message: tp, offset, incref()
+    def message(self) -> Any:  # Faust's Message: tp, offset, incref()
         """The Kafka message the event came in."""
 
 
@@ -95,7 +95,7 @@ class Emitter:
         fresh = True
         try:
             await asyncio.gather(*delivery.futures)
-        except Exception:  # noqa: BLE001 - sent again from the outbox; the batch stays held
+        except Exception:  # sent again from the outbox; the batch stays held
             logger.exception("output delivery failed; sending them again from the outbox")
             await self.outbox.redeliver(delivery.outbox)  # sends the profiles as they are now
         else:
@@ -121,7 +121,7 @@ class Emitter:
         try:
             for workspace_id, (contacts, versions) in by_workspace.items():
                 await self.outbox.send_current(workspace_id, contacts, sent=versions)
-        except Exception as exc:  # noqa: BLE001 - left to the outbox sweep
+        except Exception as exc:  # left to the outbox sweep
             logger.warning("could not check the delivered profiles against the store (%s); "
                            "the outbox sweep sends them", exc)  # fmt: skip
             return False

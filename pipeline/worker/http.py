@@ -172,7 +172,7 @@ class Readiness:
                 return await asyncio.wait_for(check(), PROBE_TIMEOUT_S)
             except TimeoutError:
                 return f"{getattr(check, '__name__', 'check')}: no answer in {PROBE_TIMEOUT_S} s"
-            except Exception as exc:  # noqa: BLE001 - any failure is a reason, never a 500
+            except Exception as exc:  # any failure is a reason, never a 500
                 return f"{getattr(check, '__name__', 'check')}: {type(exc).__name__}: {exc}"
 
         found = await asyncio.gather(*(bounded(check) for check in self.checks))

@@ -144,5 +144,5 @@ class TimedStore:
         """See `Store.close`."""
         await self._store.close()
 
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - the wrapped store's own
+    def __getattr__(self, name: str) -> Any:  # the wrapped store's own
         return getattr(self._store, name)

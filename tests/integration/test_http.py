@@ -65,7 +65,7 @@ class Api:
         status, body, _ = await self.get(f"/v1/workspaces/{WS}/profile", **query)
         return status, body
 
-    async def until(self, path: str, status: int, *, timeout: float, log) -> Any:  # noqa: ANN001
+    async def until(self, path: str, status: int, *, timeout: float, log) -> Any:
         deadline = time.monotonic() + timeout
         last: object = None
         while time.monotonic() < deadline:
@@ -78,7 +78,15 @@ class Api:
             await asyncio.sleep(0.2)
         raise AssertionError(f"{path} never answered {status}; last: {last}\n{log()}")
 
-    async def quiet(self, sent: int, *, timeout: float, log) -> None:  # noqa: ANN001
+    async def until_true(self, condition, *, timeout: float, log) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if await condition():
+                return
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout}s\n{log()}")
+
+    async def quiet(self, sent: int, *, timeout: float, log) -> None:
         """Until every input is accounted for and no batch's outputs are still on their way."""
         deadline = time.monotonic() + timeout
         values: dict[str, float] = {}

@@ -43,7 +43,7 @@ async def existing(bootstrap: str, prefix: str) -> set[str]:
         await admin.close()
 
 
-async def until(condition, *, timeout: float, what: str, log) -> None:  # noqa: ANN001
+async def until(condition, *, timeout: float, what: str, log) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await condition():
