@@ -7,11 +7,11 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from schemas.time import Timestamp
-from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
+from schemas.topics import CHAT_START, ERASE, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
 
 
-class _Input(BaseModel):
-    """Fields every input carries. Unknown fields are ignored (forward compatibility)."""
+class _Message(BaseModel):
+    """Fields every input message carries. Unknown fields are ignored (forward compatibility)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
 
@@ -21,6 +21,11 @@ class _Input(BaseModel):
 
     event_id: str
     workspace_id: str
+
+
+class _Input(_Message):
+    """Telemetry: an event of one device."""
+
     anonymous_id: str
     timestamp: Timestamp
 
@@ -100,7 +105,29 @@ class Logout(_Input):
     user_id: str
 
 
-InputEvent = PageView | ChatStart | Signup | Login | Logout
-INPUT_MODELS: dict[str, type[_Input]] = {
-    model.topic: model for model in (PageView, ChatStart, Signup, Login, Logout)
+class EraseRequest(_Message):
+    """A request to erase a user or a device (R16), produced by the product's backend.
+
+    `subject` is `user:<user_id>` or `device:<anonymous_id>`; `proof` the lowercase hex
+    HMAC-SHA256(secret, "erase:" + subject) with a secret of the workspace.
+    """
+
+    topic: ClassVar[str] = ERASE
+    key_identifier: ClassVar[str] = "subject"
+
+    timestamp: Timestamp
+    subject: str
+    proof: str
+    reason: str | None = None
+
+    @property
+    def anonymous_id(self) -> str:
+        """The device a device erasure names ("" for a user): what names its processed marker."""
+        kind, _, ident = self.subject.partition(":")
+        return ident if kind == "device" else ""
+
+
+InputEvent = PageView | ChatStart | Signup | Login | Logout | EraseRequest
+INPUT_MODELS: dict[str, type[_Message]] = {
+    model.topic: model for model in (PageView, ChatStart, Signup, Login, Logout, EraseRequest)
 }

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.time import Timestamp
-from schemas.topics import MERGED, PROFILES, REJECTED, SHUTDOWN
+from schemas.topics import ERASED, MERGED, PROFILES, REJECTED, SHUTDOWN
 
 ORIGINAL_MAX_CHARS = 4096  # `original` of a rejection is truncated to this many characters
 DETAIL_MAX_CHARS = 500  # and its `detail` to this many
@@ -97,9 +97,27 @@ class Rejected(_Output):
     original: str = Field(max_length=ORIGINAL_MAX_CHARS)
 
 
+class Erased(_Output):
+    """A user or device was erased (`identity.erased`, keyed by its user_id or anonymous_id).
+
+    `contact_ids` are every contact removed (each also got a tombstone on `identity.profiles`);
+    `anonymous_ids` the devices whose facts were removed or rewritten. Downstream copies of
+    those contacts must be deleted.
+    """
+
+    event_id: str
+    workspace_id: str
+    subject: str
+    contact_ids: list[str]
+    anonymous_ids: list[str]
+    cause_event_id: str
+    timestamp: Timestamp
+
+
 OUTPUT_MODELS: dict[str, type[_Output]] = {
     MERGED: Merged,
     SHUTDOWN: Shutdown,
     PROFILES: Profile,
     REJECTED: Rejected,
+    ERASED: Erased,
 }

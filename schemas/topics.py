@@ -5,10 +5,12 @@ CHAT_START = "telemetry.chat_start"
 SIGNUP = "telemetry.signup"
 LOGIN = "telemetry.login"
 LOGOUT = "telemetry.logout"
-INPUT_TOPICS = (PAGE_VIEW, CHAT_START, SIGNUP, LOGIN, LOGOUT)
+ERASE = "privacy.erase"  # erasure requests (R16), compacted by subject and kept forever
+INPUT_TOPICS = (PAGE_VIEW, CHAT_START, SIGNUP, LOGIN, LOGOUT, ERASE)
 
 MERGED = "identity.merged"
 SHUTDOWN = "identity.shutdown"
 PROFILES = "identity.profiles"
 REJECTED = "identity.rejected"
-OUTPUT_TOPICS = (MERGED, SHUTDOWN, PROFILES, REJECTED)
+ERASED = "identity.erased"
+OUTPUT_TOPICS = (MERGED, SHUTDOWN, PROFILES, REJECTED, ERASED)

@@ -53,35 +53,42 @@ class EmailClaim:
 
 @dataclass(frozen=True, slots=True)
 class Device:
-    """One anonymous_id: its session facts, chats and the time of its earliest activity."""
+    """One anonymous_id: its session facts, chats and the time of its earliest activity.
+
+    `erased` is the time of the device's erasure (R16), if it was erased: its events stamped
+    before it are refused, so the check costs nothing for a device never erased.
+    """
 
     sessions: tuple[SessionFact, ...] = ()
     chats: tuple[ChatFact, ...] = ()
     first_activity: int | None = None
+    erased: int | None = None
 
     def with_session(self, fact: SessionFact) -> Device:
         """Add a session fact (kept sorted by time, then event_id)."""
         if fact in self.sessions:
             return self
-        return Device(tuple(sorted((*self.sessions, fact))), self.chats, self.first_activity)
+        sessions = tuple(sorted((*self.sessions, fact)))
+        return Device(sessions, self.chats, self.first_activity, self.erased)
 
     def with_chat(self, fact: ChatFact) -> Device:
         """Add a chat; a chat is activity too."""
         chats = self.chats if fact in self.chats else tuple(sorted((*self.chats, fact)))
-        return Device(self.sessions, chats, self.first_activity).with_activity(fact.at)
+        return Device(self.sessions, chats, self.first_activity, self.erased).with_activity(fact.at)
 
     def with_activity(self, at: int) -> Device:
         """Record activity (a page view or a chat) at `at`."""
         if self.first_activity is not None and self.first_activity <= at:
             return self
-        return Device(self.sessions, self.chats, at)
+        return Device(self.sessions, self.chats, at, self.erased)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
         return orjson.dumps(
             {
                 "s": [
-                    [f.at, f.event_id, f.kind, f.user_id, f.jti] if f.jti
+                    [f.at, f.event_id, f.kind, f.user_id, f.jti]
+                    if f.jti
                     else [f.at, f.event_id, f.kind, f.user_id]
                     for f in self.sessions
                 ],
@@ -90,6 +97,7 @@ class Device:
                     for f in self.chats
                 ],
                 "a": self.first_activity,
+                **({"x": self.erased} if self.erased is not None else {}),
             }
         )
 
@@ -101,6 +109,7 @@ class Device:
             sessions=tuple(SessionFact(*row) for row in raw["s"]),
             chats=tuple(ChatFact(*row) for row in raw["c"]),
             first_activity=raw["a"],
+            erased=raw.get("x"),
         )
 
     @staticmethod
@@ -111,30 +120,36 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class User:
-    """One user_id: the devices it was linked on, its e-mail claims and its latest name."""
+    """One user_id: the devices it was linked on, its e-mail claims and its latest name.
+
+    `erased` is the time of the user's latest erasure (R16) when the user came back after it:
+    its events stamped before it are refused.
+    """
 
     devices: tuple[str, ...] = ()
     emails: tuple[EmailClaim, ...] = ()
     name: tuple[int, str, str] | None = None  # (at, event_id, name): the latest wins
+    erased: int | None = None
 
     def with_device(self, anonymous_id: str) -> User:
         """Remember a device the user linked on."""
         if anonymous_id in self.devices:
             return self
-        return User(tuple(sorted((*self.devices, anonymous_id))), self.emails, self.name)
+        devices = tuple(sorted((*self.devices, anonymous_id)))
+        return User(devices, self.emails, self.name, self.erased)
 
     def with_email(self, claim: EmailClaim) -> User:
         """Add an e-mail claim."""
         if claim in self.emails:
             return self
-        return User(self.devices, tuple(sorted((*self.emails, claim))), self.name)
+        return User(self.devices, tuple(sorted((*self.emails, claim))), self.name, self.erased)
 
     def with_name(self, at: int, event_id: str, name: str) -> User:
         """Keep the name of the latest event."""
         candidate = (at, event_id, name)
         if self.name is not None and self.name >= candidate:
             return self
-        return User(self.devices, self.emails, candidate)
+        return User(self.devices, self.emails, candidate, self.erased)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -143,6 +158,7 @@ class User:
                 "d": list(self.devices),
                 "e": [[c.at, c.event_id, c.email, c.verified] for c in self.emails],
                 "n": list(self.name) if self.name else None,
+                **({"x": self.erased} if self.erased is not None else {}),
             }
         )
 
@@ -154,6 +170,7 @@ class User:
             devices=tuple(raw["d"]),
             emails=tuple(EmailClaim(*row) for row in raw["e"]),
             name=tuple(raw["n"]) if raw["n"] else None,  # type: ignore[arg-type]
+            erased=raw.get("x"),
         )
 
 
@@ -271,3 +288,23 @@ class TokenUses:
         """Inverse of `to_bytes`."""
         uses = orjson.loads(data)["u"]
         return cls(tuple((at, event_id, device) for at, event_id, device in uses))
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureMarker:
+    """An erased subject (R16), stored under a keyed digest of it: the time of its erasure.
+
+    It holds nothing else, so the state keeps no personal data of an erased user; a user's
+    events stamped before `at` are refused, in live processing and in a replay alike.
+    """
+
+    at: int
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the store."""
+        return orjson.dumps({"t": self.at})
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ErasureMarker:
+        """Inverse of `to_bytes`."""
+        return cls(orjson.loads(data)["t"])

@@ -7,10 +7,10 @@ from typing import Literal
 
 import orjson
 
-from pipeline.core.facts import Device, EmailEntry, TokenUses, User
-from schemas import Merged, Profile, Rejected, Shutdown
+from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
+from schemas import Erased, Merged, Profile, Rejected, Shutdown
 
-OutputMessage = Merged | Shutdown | Profile | Rejected
+OutputMessage = Merged | Shutdown | Profile | Rejected | Erased
 
 
 def profile_to_bytes(profile: Profile) -> bytes:
@@ -36,6 +36,7 @@ class View:
     emails: dict[str, EmailEntry | None] = field(default_factory=dict)
     contacts: dict[str, Profile | None] = field(default_factory=dict)
     tokens: dict[str, TokenUses | None] = field(default_factory=dict)
+    erasures: dict[str, ErasureMarker | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class NeedMore:
     users: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()
     tokens: tuple[str, ...] = ()
+    erasures: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +95,17 @@ class Transition:
     """What one event does: records to write, messages to emit, and the outcome.
 
     A refused event may still record its fact (a logout for a user not logged in then is
-    kept, so that a late login gives it the effect it would have had in order).
+    kept, so that a late login gives it the effect it would have had in order). A None user,
+    e-mail or token record is deleted (an erasure, R16); a None contact is a tombstone.
     """
 
     outcome: Outcome
     devices: dict[str, Device] = field(default_factory=dict)
-    users: dict[str, User] = field(default_factory=dict)
-    emails: dict[str, EmailEntry] = field(default_factory=dict)
+    users: dict[str, User | None] = field(default_factory=dict)
+    emails: dict[str, EmailEntry | None] = field(default_factory=dict)
     contacts: dict[str, Profile | None] = field(default_factory=dict)
-    tokens: dict[str, TokenUses] = field(default_factory=dict)
+    tokens: dict[str, TokenUses | None] = field(default_factory=dict)
+    erasures: dict[str, ErasureMarker] = field(default_factory=dict)
     emits: tuple[Emit, ...] = ()
     # The records the decision depended on, as (table, key): the same view entries give the
     # same transition, which lets a caller reuse a decision made ahead of time.
@@ -110,4 +114,7 @@ class Transition:
     @property
     def writes(self) -> bool:
         """Whether the transition changes any record."""
-        return bool(self.devices or self.users or self.emails or self.contacts or self.tokens)
+        return bool(
+            self.devices or self.users or self.emails or self.contacts or self.tokens
+            or self.erasures
+        )  # fmt: skip

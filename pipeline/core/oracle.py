@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.core.facts import Device, EmailEntry, TokenUses, User
+from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
 from pipeline.core.model import Emit, NeedMore, Transition, Unchanged, View
 from pipeline.core.rules import CoreConfig, apply
 from schemas import InputEvent, Profile
@@ -25,6 +25,7 @@ class Oracle:
     emails: dict[tuple[str, str], EmailEntry] = field(default_factory=dict)
     contacts: dict[tuple[str, str], Profile | None] = field(default_factory=dict)
     tokens: dict[tuple[str, str], TokenUses] = field(default_factory=dict)
+    erasures: dict[tuple[str, str], ErasureMarker] = field(default_factory=dict)
     applied: dict[tuple[str, str, str, str], InputEvent] = field(default_factory=dict)
     emitted: list[Emit] = field(default_factory=list)
 
@@ -46,16 +47,13 @@ class Oracle:
             if isinstance(result, Transition):
                 break
             self._load(view, result)
-        for key, device in result.devices.items():
-            self.devices[(ws, key)] = device
-        for key, user in result.users.items():
-            self.users[(ws, key)] = user
-        for key, entry in result.emails.items():
-            self.emails[(ws, key)] = entry
-        for key, profile in result.contacts.items():
-            self.contacts[(ws, key)] = profile
-        for key, uses in result.tokens.items():
-            self.tokens[(ws, key)] = uses
+        for table in ("devices", "users", "emails", "contacts", "tokens", "erasures"):
+            records = getattr(self, table)
+            for key, value in getattr(result, table).items():
+                if value is None and table != "contacts":  # deleted (an erasure, R16)
+                    records.pop((ws, key), None)
+                else:  # a None contact is a tombstone
+                    records[(ws, key)] = value
         if result.writes:
             self.applied[marker] = event
         self.emitted.extend(result.emits)
@@ -63,16 +61,10 @@ class Oracle:
 
     def _load(self, view: View, need: NeedMore) -> None:
         ws = view.workspace_id
-        for key in need.devices:
-            view.devices[key] = self.devices.get((ws, key))
-        for key in need.users:
-            view.users[key] = self.users.get((ws, key))
-        for key in need.emails:
-            view.emails[key] = self.emails.get((ws, key))
-        for key in need.contacts:
-            view.contacts[key] = self.contacts.get((ws, key))
-        for key in need.tokens:
-            view.tokens[key] = self.tokens.get((ws, key))
+        for table in ("devices", "users", "emails", "contacts", "tokens", "erasures"):
+            records, loaded = getattr(self, table), getattr(view, table)
+            for key in getattr(need, table):
+                loaded[key] = records.get((ws, key))
 
     def profiles(self, workspace_id: str | None = None) -> dict[str, Profile]:
         """The current profile of every contact (of one workspace, or all), by contact_id."""

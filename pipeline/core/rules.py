@@ -13,17 +13,18 @@ and the caller loads them and calls again with a larger view.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import jwt
 
-from pipeline.core import ids
+from pipeline.core import erasure, ids
 from pipeline.core.facts import (
     ChatFact,
     Device,
     EmailClaim,
     EmailEntry,
+    ErasureMarker,
     SessionFact,
     TokenUses,
     User,
@@ -34,6 +35,7 @@ from pipeline.core.model import (
     Applied,
     Emit,
     NeedMore,
+    Outcome,
     Refusal,
     Transition,
     Unchanged,
@@ -44,6 +46,7 @@ from pipeline.core.timeline import Merge, Timeline, derive
 from pipeline.core.verify import DEFAULT_POLICY, TokenPolicy, verify
 from schemas import (
     ChatStart,
+    EraseRequest,
     InputEvent,
     Login,
     Logout,
@@ -95,9 +98,11 @@ class _Change:
     """The new records an event's facts produce (only those that changed)."""
 
     devices: dict[str, Device]
-    users: dict[str, User]
-    emails: dict[str, EmailEntry]
-    tokens: dict[str, TokenUses] = field(default_factory=dict)
+    users: dict[str, User | None]  # None: deleted (an erasure)
+    emails: dict[str, EmailEntry | None]
+    tokens: dict[str, TokenUses | None] = field(default_factory=dict)
+    # An event refused that still records its activity (a chat in an erased user's session).
+    refusal: Refusal | None = None
 
 
 def apply(
@@ -107,6 +112,8 @@ def apply(
 
     `record_ms` is the Kafka record's timestamp, against which identity tokens are checked too.
     """
+    if isinstance(event, EraseRequest):
+        return erasure.erase(event, _Resolver(view, config), config, record_ms=record_ms)
     admitted = admit(event, config, record_ms=record_ms)
     if isinstance(admitted, Refusal):
         return Transition(admitted)
@@ -125,6 +132,13 @@ def apply(
         return Transition(Refusal(change.reason, change.detail))
     if resolver.missing:
         return resolver.need()
+    if change.refusal is not None:
+        # Refused, yet it records a fact (an erased user's boundary or activity, R16).
+        refusal = change.refusal
+        if not change.devices:
+            return Transition(refusal, reads=frozenset(resolver.reads))
+        resolver.new_devices, resolver.new_emails = change.devices, change.emails
+        return resolver.rederive(change, {anonymous_id}, lambda _: refusal)
     if not (change.devices or change.users or change.emails or change.tokens):
         # Nothing new: a known device browsing, or a replay.
         return Transition(Unchanged(), reads=frozenset(resolver.reads))
@@ -217,18 +231,24 @@ def likely_needs(event: InputEvent, config: CoreConfig, *, new_device: bool = Fa
             origin = (ids.visitor_contact_id(event.workspace_id, anonymous_id, "origin"),)
         email = _optional_email(event.email, blocked) if isinstance(event, ChatStart) else None
         return NeedMore(contacts=origin, emails=(email,) if email else ())
-    if not isinstance(event, Signup | Login):
+    if not isinstance(event, Signup | Login | Logout):
         return NeedMore()
-    emails = [_optional_email(event.email, blocked)]
     user_id = check_identifier(event.user_id, blocked=blocked)
     if isinstance(user_id, Refused):
         return NeedMore()
+    # A user without a record may have been erased: its marker is read with the record (R16).
+    secrets = config.secrets.get(event.workspace_id)
+    marker = (erasure.subject_digest(secrets, f"user:{user_id}"),) if secrets else ()
+    if isinstance(event, Logout):
+        return NeedMore(users=(user_id,), erasures=marker)
+    emails = [_optional_email(event.email, blocked)]
     if event.identity_token is not None:
         emails.append(_unverified_email(event.identity_token, blocked))
     return NeedMore(
         users=(user_id,),
         emails=tuple(sorted({e for e in emails if e})),
         contacts=(ids.user_contact_id(event.workspace_id, user_id),),
+        erasures=marker,
     )
 
 
@@ -242,7 +262,7 @@ def likely_more(event: InputEvent, view: View, config: CoreConfig) -> NeedMore:
     profiles. Deciding without them would only end in asking for them; like `likely_needs`
     these are hints, and a few may name records that do not exist.
     """
-    if isinstance(event, PageView):
+    if isinstance(event, PageView | EraseRequest):
         return NeedMore()
     blocked = config.blocked_values
     anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
@@ -258,7 +278,8 @@ def likely_more(event: InputEvent, view: View, config: CoreConfig) -> NeedMore:
     elif isinstance(event, ChatStart) and event.email is not None:
         sessions.append(f"email:{event.event_id}")
     contacts = {ids.visitor_contact_id(workspace_id, anonymous_id, s) for s in sessions}
-    users = {f.user_id for f in device.sessions if f.kind != "logout"}
+    users = {f.user_id for f in device.sessions
+             if f.kind != "logout" and not erasure.is_placeholder(f.user_id)}  # fmt: skip
     devices: set[str] = set()
     emails = {c.email for c in device.chats if c.email is not None}
     if not isinstance(event, PageView | ChatStart):
@@ -309,6 +330,8 @@ def _facts(
     """The records the event's own facts change (`at`: the event's time in epoch ms)."""
     blocked = config.blocked_values
     device = resolver.old_device(anonymous_id)
+    if device.erased is not None and at < device.erased:
+        return Refused("erased", "the device was erased after this event's time (R16)")
     if isinstance(event, PageView):
         return _Change(_changed(anonymous_id, device, device.with_activity(at)), {}, {})
     if isinstance(event, ChatStart):
@@ -316,9 +339,15 @@ def _facts(
         if isinstance(conversation_id, Refused):
             return Refused(conversation_id.reason, f"conversation_id: {conversation_id.detail}")
         email = _optional_email(event.email, blocked)
+        if erasure.erased_activity(resolver, anonymous_id, device, at):
+            # The chat belongs to an erased user's session: refused, its activity only kept
+            # (as it would have been, had it come before the erasure).
+            refusal = Refusal("erased", "the user of this session was erased (R16)")
+            return _Change(_changed(anonymous_id, device, device.with_activity(at)), {}, {},
+                           refusal=refusal)  # fmt: skip
         chat = ChatFact(at, event.event_id, conversation_id, email, _text(event.name),
                         _text(event.city))  # fmt: skip
-        emails = {}
+        emails: dict[str, EmailEntry | None] = {}
         if email is not None:
             entry = resolver.old_email(email)
             emails = _changed(email, entry, entry.with_lead(at, event.event_id, anonymous_id))
@@ -326,25 +355,40 @@ def _facts(
     user_id = check_identifier(event.user_id, blocked=blocked)
     if isinstance(user_id, Refused):
         return Refused(user_id.reason, f"user_id: {user_id.detail}")
-    if isinstance(event, Logout):
+    erased_at = erasure.user_erased_at(resolver, user_id)
+    erased = erased_at is not None and at < erased_at
+    if isinstance(event, Logout) and not erased:
         fact = SessionFact(at, event.event_id, "logout", user_id)
         return _Change(_changed(anonymous_id, device, device.with_session(fact)), {}, {})
-    proof = verify(user_id=user_id, user_hash=event.user_hash, identity_token=event.identity_token,
-                   secrets=secrets, event_ms=at, record_ms=record_ms,
-                   policy=config.policies.get(event.workspace_id, DEFAULT_POLICY))  # fmt: skip
-    if isinstance(proof, Refused):
-        return proof
+    if not isinstance(event, Logout):
+        proof = verify(user_id=user_id, user_hash=event.user_hash,
+                       identity_token=event.identity_token, secrets=secrets, event_ms=at,
+                       record_ms=record_ms,
+                       policy=config.policies.get(event.workspace_id, DEFAULT_POLICY))  # fmt: skip
+        if isinstance(proof, Refused):
+            return proof
     kind = "login" if isinstance(event, Login) else "signup"
+    if erased:
+        # An erased user's event: refused, but the boundary it draws is kept as the erased
+        # user's placeholder's, as the erasure left those it saw (R16), so that other people's
+        # sessions on the device end and begin where they would have.
+        kind = "logout" if isinstance(event, Logout) else kind
+        fact = SessionFact(at, event.event_id, kind, erasure.placeholder_of(secrets, user_id))
+        refusal = Refusal("erased", "the user was erased after this event's time (R16)")
+        scrubbed, emails = erasure.scrub(resolver, anonymous_id, device.with_session(fact))
+        return _Change(_changed(anonymous_id, device, scrubbed), {}, emails, refusal=refusal)
     fact = SessionFact(at, event.event_id, kind, user_id, proof.jti or "")
-    tokens: dict[str, TokenUses] = {}
+    tokens: dict[str, TokenUses | None] = {}
     if proof.jti:
         uses = resolver.old_token(proof.jti)
         tokens = _changed(proof.jti, uses, uses.with_use(at, event.event_id, anonymous_id))
     user = resolver.old_user(user_id)
+    if user.erased is None and erased_at is not None:
+        user = User(erased=erased_at)  # the user comes back after its erasure: a new profile
     new_user = user.with_device(anonymous_id)
     if event.name and _text(event.name):
         new_user = new_user.with_name(at, event.event_id, _text(event.name) or "")
-    emails: dict[str, EmailEntry] = {}
+    emails = {}
     claimed = proof.email or _optional_email(event.email, blocked)
     if claimed is not None:
         claim = EmailClaim(at, event.event_id, claimed, verified=proof.email == claimed)
@@ -388,9 +432,9 @@ class _Resolver:
         self.missing: dict[str, set[str]] = {}
         self.reads: set[tuple[str, str]] = set()
         self.new_devices: dict[str, Device] = {}
-        self.new_users: dict[str, User] = {}
-        self.new_emails: dict[str, EmailEntry] = {}
-        self.new_tokens: dict[str, TokenUses] = {}
+        self.new_users: dict[str, User | None] = {}
+        self.new_emails: dict[str, EmailEntry | None] = {}
+        self.new_tokens: dict[str, TokenUses | None] = {}
         self._timelines: dict[tuple[str, bool], Timeline] = {}
 
     # -- reading, old (as stored) and new (with this event's facts)
@@ -414,9 +458,12 @@ class _Resolver:
     def old_token(self, jti: str) -> TokenUses:
         return self._get("tokens", self.view.tokens, jti, TokenUses())  # type: ignore[return-value]
 
+    def erasure(self, digest: str) -> ErasureMarker | None:
+        return self._get("erasures", self.view.erasures, digest, None)  # type: ignore[return-value]
+
     def token(self, jti: str, *, new: bool) -> TokenUses:
         if new and jti in self.new_tokens:
-            return self.new_tokens[jti]
+            return self.new_tokens[jti] or TokenUses()
         return self.old_token(jti)
 
     def reused(self, anonymous_id: str, *, new: bool) -> frozenset[str]:
@@ -448,11 +495,13 @@ class _Resolver:
 
     def user(self, user_id: str, *, new: bool = True) -> User:
         if new and user_id in self.new_users:
-            return self.new_users[user_id]
+            return self.new_users[user_id] or User()
         return self.old_user(user_id)
 
     def refused(self, user_id: str, *, new: bool) -> frozenset[str]:
         """The user's links refused by the shared-identifier guard (R4)."""
+        if erasure.is_placeholder(user_id):
+            return frozenset()  # an erased user's boundaries are kept as they were
         user = self.user(user_id, new=new)
         if len(user.devices) <= self.config.shared_device_limit:
             return frozenset()  # too few devices for any refusal: spare the loads
@@ -467,7 +516,7 @@ class _Resolver:
 
     def email(self, email: str, *, new: bool) -> EmailEntry:
         if new and email in self.new_emails:
-            return self.new_emails[email]
+            return self.new_emails[email] or EmailEntry()
         return self.old_email(email)
 
     def need(self) -> NeedMore:
@@ -478,9 +527,14 @@ class _Resolver:
             users=tuple(sorted(get("users", ()))),
             emails=tuple(sorted(get("emails", ()))),
             tokens=tuple(sorted(get("tokens", ()))),
+            erasures=tuple(sorted(get("erasures", ()))),
         )
 
     # -- deriving
+
+    def forget_timelines(self) -> None:
+        """Derive timelines again: the new records changed (an erasure decides in steps)."""
+        self._timelines.clear()
 
     def timeline(self, anonymous_id: str, *, new: bool) -> Timeline:
         # Derived once per decision: the view does not change while the resolver decides.
@@ -520,7 +574,25 @@ class _Resolver:
         self, event: InputEvent, anonymous_id: str, change: _Change
     ) -> Transition | NeedMore:
         """Re-derive what the change can affect; emit what differs from what was published."""
-        scope = {anonymous_id}
+
+        def outcome(timelines: Mapping[str, Timeline]) -> Outcome:
+            return self._outcome(event, timelines[anonymous_id])
+
+        return self.rederive(change, {anonymous_id}, outcome)
+
+    def rederive(
+        self,
+        change: _Change,
+        devices: set[str],
+        outcome: Callable[[Mapping[str, Timeline]], Outcome],
+    ) -> Transition | NeedMore:
+        """Re-derive what a change of these devices' (and other) records can affect.
+
+        Profiles, merges and shutdowns that differ from what was published are emitted; those
+        of an erased user's placeholder (R16) never are: it links to no profile.
+        """
+        placeholder = erasure.is_placeholder
+        scope = set(devices)
         touched_users = set(change.users)
         # A link can move the guard's verdicts (R4) on the user's other devices, even when the
         # user's record does not change (a second login from a device it already has).
@@ -528,18 +600,18 @@ class _Resolver:
             fact.user_id
             for anonymous_id, device in change.devices.items()
             for fact in (*device.sessions, *self.device(anonymous_id, new=False).sessions)
-            if fact.kind != "logout"
+            if fact.kind != "logout" and not placeholder(fact.user_id)
         }
         for user_id in sorted(linkers):
             for new in (False, True):
                 user = self.user(user_id, new=new)
                 if len(user.devices) > self.config.shared_device_limit:
                     scope.update(user.devices)
-        for jti, uses in change.tokens.items():
+        for jti in change.tokens:
             # The token's first use decides which of its devices it links (R17).
-            scope.update(uses.devices(), self.token(jti, new=False).devices())
-        for email, entry in change.emails.items():
-            old = self.email(email, new=False)
+            scope.update(self.token(jti, new=True).devices(), self.token(jti, new=False).devices())
+        for email in change.emails:
+            entry, old = self.email(email, new=True), self.email(email, new=False)
             scope.update(entry.lead_devices, old.lead_devices)
             touched_users.update(entry.verified, entry.unverified, old.verified, old.unverified)
         old_timelines = {a: self.timeline(a, new=False) for a in sorted(scope)}
@@ -554,7 +626,7 @@ class _Resolver:
             # every profile, merge and shutdown is derived from the same inputs as before, so
             # nothing differs from what was published. The facts are recorded all the same.
             return Transition(
-                self._outcome(event, new_timelines[anonymous_id]),
+                outcome(new_timelines),
                 devices=self.new_devices,
                 reads=frozenset(self.reads),
             )
@@ -569,6 +641,7 @@ class _Resolver:
                     if chat.email is not None:
                         entry = self.email(chat.email, new=new)
                         touched_users.update(entry.verified, entry.unverified)
+        touched_users = {u for u in touched_users if not placeholder(u)}
         workspace_id = self.view.workspace_id
         self.want_published(
             s.contact_id
@@ -585,6 +658,8 @@ class _Resolver:
         profiles: dict[str, Profile | None] = {}
         for timeline in new_timelines.values():
             for segment in timeline.visitors():
+                if erasure.erased_segment(segment):
+                    continue  # merged into an erased user: removed (a tombstone below)
                 lead = Lead(segment, timeline)
                 emails = {c.email: self.email(c.email, new=True)
                           for c in segment.chats if c.email}  # fmt: skip
@@ -607,7 +682,7 @@ class _Resolver:
         emits += self._merges(old_timelines, new_timelines, user_views)
         emits += [Emit(PROFILES, cid, changed[cid]) for cid in sorted(changed)]
         return Transition(
-            self._outcome(event, new_timelines[anonymous_id]),
+            outcome(new_timelines),
             devices=self.new_devices,
             users=self.new_users,
             emails=self.new_emails,
@@ -643,7 +718,7 @@ class _Resolver:
         for anonymous_id, timeline in new.items():
             before = set(old[anonymous_id].shutdowns)
             for s in timeline.shutdowns:
-                if s in before:
+                if s in before or erasure.is_placeholder(s.user_id):
                     continue
                 event_id = ids.output_event_id("shutdown", s.cause_event_id, anonymous_id,
                                                s.user_id or "", s.contact_id)  # fmt: skip
@@ -676,7 +751,7 @@ class _Resolver:
         before = merges(old)
         emits = []
         for (from_id, into_id, cause), merge in sorted(merges(new).items()):
-            if (from_id, into_id, cause) in before:
+            if (from_id, into_id, cause) in before or erasure.is_placeholder(merge.user_id):
                 continue
             link = first_link(users[merge.user_id])
             created = merge.reason != "email_match" and link is not None and link[1] == cause

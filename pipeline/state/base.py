@@ -31,12 +31,15 @@ class Commit:
     """One atomic change: `checks` are the versions read; `writes` replace data (version + 1).
 
     `expiring` names written keys that expire after the store's dedup horizon (processed
-    event markers); other records live until deleted.
+    event markers); other records live until deleted. `deleting` names written keys that are
+    deleted instead (an erasure's records, R16: their keys name the subject); a deleted key
+    reads as absent, version 0.
     """
 
     checks: dict[str, int] = field(default_factory=dict)
     writes: dict[str, bytes] = field(default_factory=dict)
     expiring: set[str] = field(default_factory=set)
+    deleting: set[str] = field(default_factory=set)
 
 
 class Store(Protocol):
@@ -66,7 +69,7 @@ class Store(Protocol):
         ...
 
 
-KeyKind = Literal["dev", "user", "email", "contact", "evt", "jti"]
+KeyKind = Literal["dev", "user", "email", "contact", "evt", "jti", "erased"]
 
 # The characters that give a key its structure, escaped reversibly wherever a value from input
 # (a workspace, device, user or e-mail id) becomes part of a key: `%` first, so `%3A` in an

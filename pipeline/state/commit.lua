@@ -1,7 +1,7 @@
 -- Compare-and-set of one workspace's records (all KEYS share the {workspace} hash tag).
 -- ARGV[1] = seconds before an expiring record (a processed-event marker) expires.
 -- Then one (expected_version, mode, data) triple per key, mode being
---   'c' check only, 'w' write, 'x' write and expire.
+--   'c' check only, 'w' write, 'x' write and expire, 'd' delete.
 -- Returns 1 when every key still had its expected version and the writes were made, else 0
 -- and nothing was changed.
 local ttl = tonumber(ARGV[1])
@@ -13,7 +13,9 @@ for i = 1, #KEYS do
 end
 for i = 1, #KEYS do
   local mode = ARGV[3 * i]
-  if mode ~= 'c' then
+  if mode == 'd' then
+    redis.call('DEL', KEYS[i])
+  elseif mode ~= 'c' then
     redis.call('HSET', KEYS[i], 'v', tonumber(ARGV[3 * i - 1]) + 1, 'd', ARGV[3 * i + 1])
     if mode == 'x' then
       redis.call('EXPIRE', KEYS[i], ttl)

@@ -27,6 +27,9 @@ class MemoryStore:
             ok = all(self.records.get(k, ABSENT).version == v for k, v in commit.checks.items())
             if ok:
                 for key, data in commit.writes.items():
+                    if key in commit.deleting:
+                        self.records.pop(key, None)
+                        continue
                     version = self.records.get(key, ABSENT).version
                     self.records[key] = Record(version + 1, data)
             results.append(ok)

@@ -129,7 +129,8 @@ class RedisStore:
                 if key not in commit.writes:
                     args += ["c", b""]
                 else:
-                    args += ["x" if key in commit.expiring else "w", commit.writes[key]]
+                    mode = "d" if key in commit.deleting else "w"
+                    args += ["x" if key in commit.expiring else mode, commit.writes[key]]
             calls.append((keys, args))
         return [bool(result) for result in await self._run(COMMIT_LUA, calls)]
 

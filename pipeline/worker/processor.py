@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from pipeline.core import ids
-from pipeline.core.facts import Device, EmailEntry, TokenUses, User
+from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
 from pipeline.core.model import (
     Applied,
     Emit,
@@ -118,8 +118,10 @@ def outbox_records(blob: bytes) -> tuple[float, list[Wire]]:
     records: list[Wire] = []
     for entry in raw.get("emits") or ():
         topic, key, value = entry
-        if topic not in OUTPUT_TOPICS or not isinstance(key, str | None) or not isinstance(
-            value, str | None
+        if (
+            topic not in OUTPUT_TOPICS
+            or not isinstance(key, str | None)
+            or not isinstance(value, str | None)
         ):
             raise ValueError(f"not an output: {str(entry)[:80]}")
         records.append((topic, None if key is None else base64.b64decode(key, validate=True),
@@ -150,6 +152,7 @@ _TABLES: tuple[tuple[str, KeyKind, Callable, Callable], ...] = (
     ("emails", "email", EmailEntry.from_bytes, EmailEntry.to_bytes),
     ("contacts", "contact", profile_from_bytes, profile_to_bytes),
     ("tokens", "jti", TokenUses.from_bytes, TokenUses.to_bytes),
+    ("erasures", "erased", ErasureMarker.from_bytes, ErasureMarker.to_bytes),
 )
 _KINDS: dict[str, KeyKind] = {table: kind for table, kind, _, _ in _TABLES}
 _BY_KIND = {kind: (table, decode) for table, kind, decode, _ in _TABLES}
@@ -205,7 +208,7 @@ class _Working:
         table, decode = _BY_KIND[kind]
         try:
             getattr(self.view, table)[ident] = decode(data) if data else None
-        except Exception as exc:  # noqa: BLE001 - any decoding failure of foreign bytes
+        except Exception as exc:
             logger.error("unreadable %s record %s (%s: %s)", kind, key, type(exc).__name__, exc)
             metrics.UNREADABLE_RECORDS.labels(kind).inc()
             self.unreadable.add(key)
@@ -224,9 +227,13 @@ class _Working:
             loaded = getattr(self.view, table)
             for ident, value in getattr(transition, table).items():
                 loaded[ident] = value
-                # A None contact is a tombstone: stored as empty data, read back as absent.
+                # A None contact is a tombstone: stored as empty data, read back as absent;
+                # another None record is deleted (an erasure: its key names the subject).
                 data = b"" if value is None else encode(value)
-                self.commit.writes[self.key(kind, ident)] = data
+                key = self.key(kind, ident)
+                self.commit.writes[key] = data
+                if value is None and table != "contacts":
+                    self.commit.deleting.add(key)
                 self.written.add((table, ident))
                 if table == "contacts" and value is not None:
                     self.encoded[id(value)] = data
@@ -373,7 +380,7 @@ class Processor:
             return False
         try:
             return browsing(event, first, self.config, record_ms=record_ms)
-        except Exception:  # noqa: BLE001 - the general path records the failure
+        except Exception:
             return False
 
     def _settle_known(self, items: Sequence[Item], tally: Tally) -> dict[str, list[Item]]:
@@ -434,7 +441,7 @@ class Processor:
         of = self.keys.of
         try:
             hint = likely_needs(item.event, self.config, new_device=True)
-        except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
+        except Exception:
             logger.exception("likely_needs failed on event %s", item.event.event_id)
             return set()
         keys = {of(workspace_id, "evt", event_marker(item))}
@@ -468,7 +475,7 @@ class Processor:
                         self.known.learn(workspace_id, item.event.anonymous_id.strip(), first)
                         settled = browsing(item.event, first, config,
                                            record_ms=item.source.timestamp_ms)  # fmt: skip
-                    except Exception:  # noqa: BLE001 - the general path records the failure
+                    except Exception:
                         settled = False
                     if settled:
                         tally.unchanged += 1
@@ -534,7 +541,7 @@ class Processor:
             return []  # the device exists (or was not loaded): no hint
         try:
             hint = likely_needs(event, self.config, new_device=True)
-        except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
+        except Exception:
             return []
         keys = working.missing(hint)
         marker = event_marker(item)
@@ -546,7 +553,7 @@ class Processor:
         """Missing keys the records loaded so far say the event will ask for (`likely_more`)."""
         try:
             hint = likely_more(item.event, working.view, self.config)
-        except Exception:  # noqa: BLE001 - a hint only: the core asks for what it needs
+        except Exception:
             logger.exception("likely_more failed on event %s", item.event.event_id)
             return []
         return working.missing(hint)

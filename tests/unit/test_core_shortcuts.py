@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from pipeline.core import ids
 from pipeline.core.facts import Device
 from pipeline.core.model import NeedMore, Transition, Unchanged, View
@@ -47,9 +50,12 @@ def test_other_events_and_refusable_page_views_are_never_browsing() -> None:
 def test_a_login_is_likely_to_need_its_user_its_e_mail_and_the_user_s_contact() -> None:
     login = ev.model(ev.login("ws", "d1", "2026-11-24T10:00:00Z", " u1 ", SECRET,
                               email=" Ann@Example.com"))  # fmt: skip
+    # And the user's erasure marker (R16), named by HMAC(secret, "erased:user:u1").
+    marker = hmac.new(SECRET.encode(), b"erased:user:u1", hashlib.sha256).hexdigest()[:32]
     assert likely_needs(login, CONFIG) == NeedMore(
-        users=("u1",), emails=("ann@example.com",), contacts=(ids.user_contact_id("ws", "u1"),)
-    )
+        users=("u1",), emails=("ann@example.com",), contacts=(ids.user_contact_id("ws", "u1"),),
+        erasures=(marker,),
+    )  # fmt: skip
 
 
 def test_a_token_s_e_mail_claim_is_a_hint_even_before_its_signature_is_checked() -> None:

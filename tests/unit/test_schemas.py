@@ -25,8 +25,8 @@ def test_one_schema_file_per_topic_of_the_spec() -> None:
     names = {name.removesuffix(".schema.json") for name in rendered()}
     assert names == {
         "telemetry.page_view", "telemetry.chat_start", "telemetry.signup", "telemetry.login",
-        "telemetry.logout", "identity.merged", "identity.shutdown", "identity.profiles",
-        "identity.rejected",
+        "telemetry.logout", "privacy.erase", "identity.merged", "identity.shutdown",
+        "identity.profiles", "identity.rejected", "identity.erased",
     }  # fmt: skip
 
 

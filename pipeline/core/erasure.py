@@ -1,0 +1,329 @@
+"""Erasure (R16): a user or a device forgotten, in a way that survives replay.
+
+An erasure is itself a fact: a marker keyed by a keyed digest of the subject (HMAC with the
+workspace's first secret, so guessing e-mails or ids cannot reverse it) holding the erasure
+time E. Facts of the subject stamped before E are removed, and the subject's events stamped
+before E are refused (`erased`) when they arrive later, so processing the erasure before or
+after them ends in the same state.
+
+Erasing a user removes its session facts on every device, but not the boundaries they drew: a
+login or logout of the user becomes the same fact of a *placeholder* user (a keyed digest that
+no real user_id can equal: it starts with a NUL character, which R3 refuses), so the device's
+other sessions keep their start and end, their visitors keep their contact_ids and no one
+else's profile changes. A placeholder links to no profile: its sessions, and the visitors
+merged into it, are never published, and their conversations are removed with the user's
+e-mail claims and name. Erasing a device removes its facts stamped before E; the device's
+record keeps only E (and activity after it), so its later events need no other read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from pipeline.core import ids
+from pipeline.core.facts import ChatFact, Device, EmailEntry, ErasureMarker, SessionFact, User
+from pipeline.core.identifiers import Refused, check_identifier
+from pipeline.core.model import Applied, Emit, NeedMore, Refusal, Transition, Unchanged
+from pipeline.core.timeline import Segment
+from schemas import Erased, EraseRequest
+from schemas.time import from_epoch_ms, to_epoch_ms
+from schemas.topics import ERASED
+
+if TYPE_CHECKING:
+    from pipeline.core.rules import CoreConfig, _Change, _Resolver
+
+PLACEHOLDER = "\x00erased:"  # a placeholder user_id: R3 refuses control characters
+ERASE_AHEAD_OF_RECORD_MS = 60_000  # an erasure stamped later than this after its record
+
+
+def proof_of(secret: bytes, subject: str) -> str:
+    """The proof an erase request carries: hex HMAC-SHA256(secret, "erase:" + subject)."""
+    return hmac.new(secret, b"erase:" + subject.encode(), hashlib.sha256).hexdigest()
+
+
+def subject_digest(secrets: tuple[bytes, ...], subject: str) -> str:
+    """The keyed digest that names an erased subject in the state (`user:<id>`, `device:<id>`)."""
+    mac = hmac.new(secrets[0], b"erased:" + subject.encode(), hashlib.sha256)
+    return mac.hexdigest()[:32]
+
+
+def placeholder_of(secrets: tuple[bytes, ...], user_id: str) -> str:
+    """The user_id of the placeholder that keeps an erased user's session boundaries."""
+    return PLACEHOLDER + subject_digest(secrets, f"user:{user_id}")
+
+
+def is_placeholder(user_id: str | None) -> bool:
+    """Whether a session fact's user_id stands for an erased user."""
+    return user_id is not None and user_id.startswith(PLACEHOLDER)
+
+
+def erased_segment(segment: Segment) -> bool:
+    """A session of an erased user, or a visitor that was merged into one."""
+    if is_placeholder(segment.user_id):
+        return True
+    return segment.merge is not None and is_placeholder(segment.merge.user_id)
+
+
+def user_erased_at(resolver: _Resolver, user_id: str) -> int | None:
+    """When the user was last erased, if ever: from its record, or else from its marker.
+
+    A user's record carries the time of its erasure when it came back after it; a user with
+    no record may have been erased, which only the marker knows (read with the user's record).
+    """
+    user = resolver.old_user(user_id)
+    if user != User() or resolver.view.users.get(user_id) is not None:
+        return user.erased
+    secrets = resolver.config.secrets[resolver.view.workspace_id]
+    marker = resolver.erasure(subject_digest(secrets, f"user:{user_id}"))
+    return marker.at if marker is not None else None
+
+
+def erased_activity(resolver: _Resolver, anonymous_id: str, device: Device, at: int) -> bool:
+    """Whether activity at `at` falls into a session of an erased user on the device."""
+    if not any(is_placeholder(f.user_id) for f in device.sessions):
+        return False  # most devices: no erased user ever used them
+    return erased_segment(resolver.timeline(anonymous_id, new=False).at(at))
+
+
+def scrub(
+    resolver: _Resolver, anonymous_id: str, device: Device
+) -> tuple[Device, dict[str, EmailEntry | None]]:
+    """The device without the chats of erased users' sessions; the e-mail records changed.
+
+    A new placeholder fact can put chats that came earlier into an erased session.
+    """
+    resolver.new_devices = {anonymous_id: device}
+    resolver.forget_timelines()
+    doomed = {c for s in resolver.timeline(anonymous_id, new=True).segments
+              if erased_segment(s) for c in s.chats}  # fmt: skip
+    resolver.forget_timelines()
+    if not doomed:
+        return device, {}
+    device = _without_chats(device, doomed)
+    emails: dict[str, EmailEntry | None] = {}
+    _forget_leads(resolver, emails, {anonymous_id: device}, {anonymous_id: doomed})
+    return device, _changed_emails(resolver, emails)
+
+
+def erase(
+    request: EraseRequest, resolver: _Resolver, config: CoreConfig, *, record_ms: int | None
+) -> Transition | NeedMore:
+    """Decide an erase request: refuse it, or remove the subject's facts before its time."""
+    admitted = _admit(request, config, record_ms=record_ms)
+    if isinstance(admitted, Refusal):
+        return Transition(admitted)
+    kind, ident, at = admitted
+    subject = f"{kind}:{ident}"
+    digest = subject_digest(config.secrets[request.workspace_id], subject)
+    marker = resolver.erasure(digest)
+    if resolver.missing:
+        return resolver.need()
+    if marker is not None and marker.at >= at:
+        # Erased at this time or later already: nothing before it is left, nor ever admitted.
+        return Transition(Unchanged(), reads=frozenset(resolver.reads))
+    if kind == "user":
+        change = _erase_user(resolver, ident, digest, at)
+    else:
+        change = _erase_device(resolver, ident, at)
+    if resolver.missing:
+        return resolver.need()
+    resolver.new_devices, resolver.new_users = change.devices, change.users
+    resolver.new_emails, resolver.new_tokens = change.emails, change.tokens
+    resolver.forget_timelines()
+    result = resolver.rederive(change, set(change.devices), lambda _: Applied())
+    if isinstance(result, NeedMore):
+        return result
+    removed = sorted(cid for cid, profile in result.contacts.items() if profile is None)
+    record = Erased(
+        event_id=ids.output_event_id("erased", request.workspace_id, digest, request.event_id),
+        workspace_id=request.workspace_id,
+        subject=subject,
+        contact_ids=removed,
+        anonymous_ids=sorted(change.devices),
+        cause_event_id=request.event_id,
+        timestamp=from_epoch_ms(at),
+    )
+    return replace(
+        result,
+        erasures={digest: ErasureMarker(at)},
+        emits=(*result.emits, Emit(ERASED, ident, record)),
+    )
+
+
+def _admit(
+    request: EraseRequest, config: CoreConfig, *, record_ms: int | None
+) -> tuple[str, str, int] | Refusal:
+    """(subject kind, normalised id, epoch ms), or why the request cannot be applied."""
+    from pipeline.core.rules import EARLIEST_MS, LATEST_MS
+
+    secrets = config.secrets.get(request.workspace_id)
+    if secrets is None:
+        return Refusal("unknown_workspace", "no secret is configured for it")
+    blocked = config.blocked_values
+    event_id = check_identifier(request.event_id, blocked=blocked)
+    if isinstance(event_id, Refused):
+        return Refusal(event_id.reason, f"event_id: {event_id.detail}")
+    kind, colon, raw = request.subject.partition(":")
+    if not colon or kind not in ("user", "device"):
+        return Refusal("invalid_field", "subject: must be user:<user_id> or device:<anonymous_id>")
+    ident = check_identifier(raw, blocked=blocked)
+    if isinstance(ident, Refused):
+        return Refusal(ident.reason, f"subject: {ident.detail}")
+    if not any(hmac.compare_digest(proof_of(s, request.subject), request.proof) for s in secrets):
+        return Refusal(
+            "unverified_identity", "proof is not HMAC-SHA256(secret, 'erase:' + subject)"
+        )
+    at = to_epoch_ms(request.timestamp)
+    if not EARLIEST_MS <= at < LATEST_MS:
+        return Refusal("timestamp_out_of_range", "before 2000 or after 2099")
+    if record_ms is not None and at > record_ms + ERASE_AHEAD_OF_RECORD_MS:
+        # An erasure stamped in the future would refuse the subject's events until then.
+        return Refusal("timestamp_out_of_range", "stamped more than 60 s after its Kafka record")
+    return kind, ident, at
+
+
+def _erase_user(resolver: _Resolver, user_id: str, digest: str, at: int) -> _Change:
+    """The records a user's erasure at `at` changes (see the module's docstring)."""
+    from pipeline.core.rules import _Change
+
+    placeholder = PLACEHOLDER + digest
+    user = resolver.old_user(user_id)
+    entries = {c.email: resolver.old_email(c.email) for c in user.emails}
+    lead_devices = {d for entry in entries.values() for d in entry.lead_devices}
+    old = {d: resolver.old_device(d) for d in sorted({*user.devices, *lead_devices})}
+    if resolver.missing:
+        return _Change({}, {}, {})
+    # The user's facts before `at` become the placeholder's: the same boundaries, no one's.
+    removed_sessions: set[tuple[str, str]] = set()
+    devices: dict[str, Device] = {}
+    for anonymous_id, device in old.items():
+        sessions = []
+        for fact in device.sessions:
+            if fact.user_id == user_id and fact.at < at:
+                removed_sessions.add((anonymous_id, fact.event_id))
+                fact = SessionFact(fact.at, fact.event_id, fact.kind, placeholder)
+            sessions.append(fact)
+        devices[anonymous_id] = replace(device, sessions=tuple(sorted(sessions)))
+    claims = tuple(c for c in user.emails if c.at >= at)
+    emails: dict[str, EmailEntry | None] = {}
+    for email, entry in entries.items():
+        verified = {u: first for u, first in entry.verified.items() if u != user_id}
+        unverified = tuple(u for u in entry.unverified if u != user_id)
+        kept = EmailEntry(verified, unverified, entry.leads)
+        for claim in claims:
+            if claim.email == email:
+                kept = kept.with_claim(user_id, claim)
+        emails[email] = kept
+    # Conversations of the erased sessions, of the visitors merged into them, and of the leads
+    # merged into the user by an e-mail match (R7) before the erasure.
+    resolver.new_devices, resolver.new_emails = (
+        devices,
+        {e: v or EmailEntry() for e, v in emails.items()},
+    )
+    resolver.forget_timelines()
+    removed_chats: dict[str, set[ChatFact]] = {}
+    for anonymous_id in devices:
+        doomed = {c for s in resolver.timeline(anonymous_id, new=True).segments
+                  if erased_segment(s) for c in s.chats}  # fmt: skip
+        doomed |= {c for s in resolver.timeline(anonymous_id, new=False).segments
+                   if _matched_into(s, user_id) for c in s.chats if c.at < at}  # fmt: skip
+        if doomed:
+            removed_chats[anonymous_id] = doomed
+    if resolver.missing:
+        return _Change({}, {}, {})
+    devices = {a: _without_chats(d, removed_chats.get(a, set())) for a, d in devices.items()}
+    _forget_leads(resolver, emails, devices, removed_chats)
+    tokens = _forget_uses(resolver, old, removed_sessions)
+    linked = tuple(a for a in user.devices
+                   if any(f.user_id == user_id for f in devices[a].sessions))  # fmt: skip
+    name = user.name if user.name is not None and user.name[0] >= at else None
+    new_user = User(linked, claims, name, at) if (linked or claims or name) else None
+    changed_devices = {a: d for a, d in devices.items() if d != old[a]}
+    return _Change(changed_devices, {user_id: new_user}, _changed_emails(resolver, emails), tokens)  # type: ignore[arg-type]
+
+
+def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
+    """The records a device's erasure at `at` changes: its facts before `at` are removed."""
+    from pipeline.core.rules import _Change
+
+    device = resolver.old_device(anonymous_id)
+    gone_sessions = [f for f in device.sessions if f.at < at]
+    sessions = tuple(f for f in device.sessions if f.at >= at)
+    gone_chats = {c for c in device.chats if c.at < at}
+    chats = tuple(c for c in device.chats if c.at >= at)
+    first = device.first_activity
+    if first is not None and first < at:
+        first = min((c.at for c in chats), default=None)
+    erased = max(at, device.erased or at)
+    new_device = Device(sessions, chats, first, erased)
+    users: dict[str, User | None] = {}
+    for user_id in sorted({f.user_id for f in gone_sessions if f.kind != "logout"}):
+        user = resolver.old_user(user_id)
+        if anonymous_id in user.devices and not any(f.user_id == user_id for f in sessions):
+            users[user_id] = replace(
+                user, devices=tuple(d for d in user.devices if d != anonymous_id)
+            )
+    emails: dict[str, EmailEntry | None] = {
+        c.email: resolver.old_email(c.email) for c in gone_chats if c.email is not None
+    }
+    if resolver.missing:
+        return _Change({}, {}, {})
+    _forget_leads(resolver, emails, {anonymous_id: new_device}, {anonymous_id: gone_chats})
+    tokens = _forget_uses(resolver, {anonymous_id: device},
+                          {(anonymous_id, f.event_id) for f in gone_sessions})  # fmt: skip
+    return _Change({anonymous_id: new_device}, users, _changed_emails(resolver, emails), tokens)  # type: ignore[arg-type]
+
+
+def _changed_emails(resolver: _Resolver, emails: dict[str, EmailEntry | None]) -> dict:
+    """The e-mail records that differ from the stored ones; an empty one is deleted."""
+    changed = {}
+    for email, entry in emails.items():
+        if entry != resolver.old_email(email):
+            changed[email] = None if entry == EmailEntry() else entry
+    return changed
+
+
+def _matched_into(segment: Segment, user_id: str) -> bool:
+    merge = segment.merge
+    return merge is not None and merge.reason == "email_match" and merge.user_id == user_id
+
+
+def _without_chats(device: Device, chats: set[ChatFact]) -> Device:
+    if not chats:
+        return device
+    return replace(device, chats=tuple(c for c in device.chats if c not in chats))
+
+
+def _forget_leads(
+    resolver: _Resolver,
+    emails: dict[str, EmailEntry | None],
+    devices: dict[str, Device],
+    removed: dict[str, set[ChatFact]],
+) -> None:
+    """Drop from the e-mail index the leads of removed chats (a device's other chat may stay)."""
+    for anonymous_id, chats in removed.items():
+        for email in sorted({c.email for c in chats if c.email is not None}):
+            entry = emails.get(email) or resolver.old_email(email)
+            leads = tuple(lead for lead in entry.leads if lead[2] != anonymous_id)
+            kept = EmailEntry(entry.verified, entry.unverified, leads)
+            for chat in devices[anonymous_id].chats:
+                if chat.email == email:
+                    kept = kept.with_lead(chat.at, chat.event_id, anonymous_id)
+            emails[email] = kept
+
+
+def _forget_uses(
+    resolver: _Resolver, devices: dict[str, Device], removed: set[tuple[str, str]]
+) -> dict:
+    """Token uses (R17) of removed session facts: deleted, the record too once empty."""
+    tokens: dict = {}
+    for anonymous_id, device in devices.items():
+        for fact in device.sessions:
+            if fact.jti and (anonymous_id, fact.event_id) in removed:
+                uses = tokens.get(fact.jti) or resolver.old_token(fact.jti)
+                kept = tuple(u for u in uses.uses if (u[2], u[1]) not in removed)
+                tokens[fact.jti] = replace(uses, uses=kept)
+    return {jti: (uses if uses.uses else None) for jti, uses in tokens.items()}
