@@ -325,6 +325,47 @@ def cmd_replay(args: argparse.Namespace) -> int:
                                   timeout=args.timeout))  # fmt: skip
 
 
+def cmd_erase(args: argparse.Namespace) -> int:
+    """Produce a proven erase request (R16) on privacy.erase."""
+    import uuid
+
+    from aiokafka import AIOKafkaProducer
+
+    from pipeline.core.erasure import erase_request
+    from schemas.topics import ERASE
+
+    settings = _settings(args)
+    try:
+        entry = settings.workspaces.get(args.workspace_id)
+    except SecretsFileError as exc:
+        print(f"idp erase: {exc}", file=sys.stderr)
+        return 2
+    if entry is None:
+        print(f"idp erase: no secret for workspace {args.workspace_id!r} in IDP_SECRETS_FILE",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    subject = f"user:{args.user_id}" if args.user_id is not None else f"device:{args.anonymous_id}"
+    request = erase_request(
+        args.workspace_id, subject, entry.secrets[0].get_secret_value().encode(),
+        event_id=f"erase-{uuid.uuid4().hex}", timestamp=format_timestamp(datetime.now(UTC)),
+        reason=args.reason,
+    )  # fmt: skip
+    _await_servers(settings, kafka=True, redis=False, wait_s=TOPICS_WAIT_S)
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topic(ERASE), orjson.dumps(request),
+                                         key=subject.encode())  # fmt: skip
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    print(f"erase request {request['event_id']} for {subject} sent to {settings.topic(ERASE)}")
+    return 0
+
+
 def _stack_options() -> argparse.ArgumentParser:
     """The options of `idp stack`, also read after the action (`idp stack up --brokers 3`)."""
     options = argparse.ArgumentParser(prog="idp stack", add_help=False)
@@ -399,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay_parser.add_argument("--from", dest="since", help="start at this RFC 3339 time")
     replay_parser.add_argument("--timeout", type=float, default=3600.0)
     replay_parser.set_defaults(func=cmd_replay)
+    erase_parser = sub.add_parser("erase", help="erase a user or a device (right to be forgotten)")
+    erase_parser.add_argument("workspace_id")
+    erased = erase_parser.add_mutually_exclusive_group(required=True)
+    erased.add_argument("--user-id", help="the user_id to erase")
+    erased.add_argument("--anonymous-id", help="the device's anonymous_id to erase")
+    erase_parser.add_argument("--reason", help="free text (the worker keeps none of it)")
+    erase_parser.set_defaults(func=cmd_erase)
     for name, command in sub.choices.items():
         what, example = _HELP.get(name, ("", ""))
         command.description = command.description or textwrap.fill(what, 88)
@@ -430,6 +478,9 @@ _HELP = {
     "replay": ("Replay the input topics into the Redis namespace replay-NAME and topics "
                "replay.NAME.identity.*, never touching live state.",
                "idp replay q4-audit --from 2026-11-01T00:00:00Z"),
+    "erase": ("Produce a request proven with the workspace's secret on privacy.erase: the "
+              "worker removes the user's or device's profiles and facts (R16).",
+              "idp erase acme --user-id user-42 --reason 'support ticket 1234'"),
 }  # fmt: skip
 
 

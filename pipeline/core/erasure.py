@@ -12,7 +12,10 @@ no real user_id can equal: it starts with a NUL character, which R3 refuses), so
 other sessions keep their start and end, their visitors keep their contact_ids and no one
 else's profile changes. A placeholder links to no profile: its sessions, and the visitors
 merged into it, are never published, and their conversations are removed with the user's
-e-mail claims and name. Erasing a device removes its facts stamped before E; the device's
+e-mail claims and name. A chat that arrives later inside such a session is kept but never
+published: a boundary that comes later still (a logout read after it) may move it into the
+next visitor's session, and removing it would make the outcome depend on the order.
+Erasing a device removes its facts stamped before E; the device's
 record keeps only E (and activity after it), so its later events need no other read.
 """
 
@@ -42,6 +45,21 @@ ERASE_AHEAD_OF_RECORD_MS = 60_000  # an erasure stamped later than this after it
 def proof_of(secret: bytes, subject: str) -> str:
     """The proof an erase request carries: hex HMAC-SHA256(secret, "erase:" + subject)."""
     return hmac.new(secret, b"erase:" + subject.encode(), hashlib.sha256).hexdigest()
+
+
+def erase_request(
+    workspace_id: str,
+    subject: str,
+    secret: bytes,
+    *,
+    event_id: str,
+    timestamp: str,
+    reason: str | None = None,
+) -> dict:
+    """The message of a proven erase request, as `idp erase` produces it."""
+    request = {"event_id": event_id, "workspace_id": workspace_id, "timestamp": timestamp,
+               "subject": subject, "proof": proof_of(secret, subject)}  # fmt: skip
+    return request if reason is None else {**request, "reason": reason}
 
 
 def subject_digest(secrets: tuple[bytes, ...], subject: str) -> str:
@@ -79,33 +97,6 @@ def user_erased_at(resolver: _Resolver, user_id: str) -> int | None:
     secrets = resolver.config.secrets[resolver.view.workspace_id]
     marker = resolver.erasure(subject_digest(secrets, f"user:{user_id}"))
     return marker.at if marker is not None else None
-
-
-def erased_activity(resolver: _Resolver, anonymous_id: str, device: Device, at: int) -> bool:
-    """Whether activity at `at` falls into a session of an erased user on the device."""
-    if not any(is_placeholder(f.user_id) for f in device.sessions):
-        return False  # most devices: no erased user ever used them
-    return erased_segment(resolver.timeline(anonymous_id, new=False).at(at))
-
-
-def scrub(
-    resolver: _Resolver, anonymous_id: str, device: Device
-) -> tuple[Device, dict[str, EmailEntry | None]]:
-    """The device without the chats of erased users' sessions; the e-mail records changed.
-
-    A new placeholder fact can put chats that came earlier into an erased session.
-    """
-    resolver.new_devices = {anonymous_id: device}
-    resolver.forget_timelines()
-    doomed = {c for s in resolver.timeline(anonymous_id, new=True).segments
-              if erased_segment(s) for c in s.chats}  # fmt: skip
-    resolver.forget_timelines()
-    if not doomed:
-        return device, {}
-    device = _without_chats(device, doomed)
-    emails: dict[str, EmailEntry | None] = {}
-    _forget_leads(resolver, emails, {anonymous_id: device}, {anonymous_id: doomed})
-    return device, _changed_emails(resolver, emails)
 
 
 def erase(

@@ -339,12 +339,6 @@ def _facts(
         if isinstance(conversation_id, Refused):
             return Refused(conversation_id.reason, f"conversation_id: {conversation_id.detail}")
         email = _optional_email(event.email, blocked)
-        if erasure.erased_activity(resolver, anonymous_id, device, at):
-            # The chat belongs to an erased user's session: refused, its activity only kept
-            # (as it would have been, had it come before the erasure).
-            refusal = Refusal("erased", "the user of this session was erased (R16)")
-            return _Change(_changed(anonymous_id, device, device.with_activity(at)), {}, {},
-                           refusal=refusal)  # fmt: skip
         chat = ChatFact(at, event.event_id, conversation_id, email, _text(event.name),
                         _text(event.city))  # fmt: skip
         emails: dict[str, EmailEntry | None] = {}
@@ -359,7 +353,13 @@ def _facts(
     erased = erased_at is not None and at < erased_at
     if isinstance(event, Logout) and not erased:
         fact = SessionFact(at, event.event_id, "logout", user_id)
-        return _Change(_changed(anonymous_id, device, device.with_session(fact)), {}, {})
+        # The user's record lists the devices of its logouts too, so that an erasure finds
+        # every fact that names it (R16).
+        user = resolver.old_user(user_id)
+        if user.erased is None and erased_at is not None:
+            user = User(erased=erased_at)
+        return _Change(_changed(anonymous_id, device, device.with_session(fact)),
+                       _changed(user_id, user, user.with_device(anonymous_id)), {})  # fmt: skip
     if not isinstance(event, Logout):
         proof = verify(user_id=user_id, user_hash=event.user_hash,
                        identity_token=event.identity_token, secrets=secrets, event_ms=at,
@@ -375,8 +375,10 @@ def _facts(
         kind = "logout" if isinstance(event, Logout) else kind
         fact = SessionFact(at, event.event_id, kind, erasure.placeholder_of(secrets, user_id))
         refusal = Refusal("erased", "the user was erased after this event's time (R16)")
-        scrubbed, emails = erasure.scrub(resolver, anonymous_id, device.with_session(fact))
-        return _Change(_changed(anonymous_id, device, scrubbed), {}, emails, refusal=refusal)
+        # Chats it puts into the erased session are hidden, not removed: a later boundary (a
+        # logout read after it) may still move them into the next visitor's session.
+        new_device = device.with_session(fact)
+        return _Change(_changed(anonymous_id, device, new_device), {}, {}, refusal=refusal)
     fact = SessionFact(at, event.event_id, kind, user_id, proof.jti or "")
     tokens: dict[str, TokenUses | None] = {}
     if proof.jti:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from schemas.topics import INPUT_TOPICS, MERGED, PROFILES, REJECTED, SHUTDOWN
+from schemas.topics import ERASE, ERASED, INPUT_TOPICS, MERGED, PROFILES, REJECTED, SHUTDOWN
 
 WEEK_MS = 7 * 24 * 3600 * 1000
+# How soon an erased profile's values leave the compacted profiles topic (R16): a tombstone
+# makes its key's older records eligible for compaction at once, and the log cleaner must
+# compact a segment holding one within a day (KIP-354); the tombstone itself stays a day, so
+# a consumer reading the topic from the start within that time sees it.
+PROFILES_COMPACTION_LAG_MS = 24 * 3600 * 1000
+PROFILES_TOMBSTONE_RETENTION_MS = 24 * 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,21 +33,33 @@ def topic_specs(
     the known-devices cache, correctness does not depend on it), and are kept 7 days, long
     enough to replay a week for analytics. Their record timestamps bound event time (R14):
     `CreateTime` trusts the producer's (the product's backend), `LogAppendTime` makes the
-    broker stamp each record as it arrives (see the README, *Security*). `identity.profiles` is
-    compacted: the latest profile of every contact is kept forever, so a consumer rebuilds its
-    view by reading it from the start. The event topics keep 7 days too.
+    broker stamp each record as it arrives (see the README, *Security*). `privacy.erase` is
+    compacted and kept forever. `identity.profiles` is compacted: the latest profile of every
+    contact is kept forever, so a consumer rebuilds its view by reading it from the start, and
+    an erased one is gone within the bounds above (R16). The event topics keep 7 days too.
     """
     week = {"retention.ms": str(WEEK_MS)}
     inputs = {**week, "message.timestamp.type": timestamp_type}
-    specs = [TopicSpec(prefix + name, partitions, inputs) for name in INPUT_TOPICS]
+    specs = [TopicSpec(prefix + name, partitions, inputs) for name in INPUT_TOPICS if name != ERASE]
+    # Erase requests are kept forever (the latest per subject), so a replay erases again.
+    forever = {"cleanup.policy": "compact", "retention.ms": "-1"}
+    specs.append(
+        TopicSpec(prefix + ERASE, partitions, {**forever, "message.timestamp.type": timestamp_type})
+    )
     specs += [
         TopicSpec(prefix + MERGED, partitions, week),
         TopicSpec(prefix + SHUTDOWN, partitions, week),
         TopicSpec(prefix + REJECTED, partitions, week),
+        TopicSpec(prefix + ERASED, partitions, week),
         TopicSpec(
             prefix + PROFILES,
             partitions,
-            {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+            {
+                "cleanup.policy": "compact",
+                "min.compaction.lag.ms": "60000",
+                "max.compaction.lag.ms": str(PROFILES_COMPACTION_LAG_MS),
+                "delete.retention.ms": str(PROFILES_TOMBSTONE_RETENTION_MS),
+            },
         ),
     ]
     return specs

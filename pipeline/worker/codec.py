@@ -77,10 +77,10 @@ def rejection(
 # A proof's value in a message's text, JSON-escaped or not, wherever it is: in a message that
 # is truncated or not JSON at all the same search finds it. The value ends at its closing
 # quote (an escaped quote inside it does not end it), or at the end of the text.
-_PROOF = re.compile(r'("(?:user_hash|identity_token)"\s*:\s*")((?:[^"\\]|\\.)*)("?)')
+_PROOF = re.compile(r'("(?:user_hash|identity_token|proof)"\s*:\s*")((?:[^"\\]|\\.)*)("?)')
 
 
-_PROOFS = ("user_hash", "identity_token")
+_PROOFS = ("user_hash", "identity_token", "proof")  # `proof`: an erase request's (R16)
 
 
 def fingerprint(proof: str) -> str:
@@ -95,7 +95,7 @@ def redact(text: str) -> str:
     and a `user_hash` never expires. The result is truncated to ORIGINAL_MAX_CHARS after the
     proofs are replaced, so a cut can never leave part of one behind.
     """
-    if "user_hash" in text or "identity_token" in text:
+    if "user_hash" in text or "identity_token" in text or "proof" in text:
         text = _PROOF.sub(lambda m: m.group(1) + fingerprint(m.group(2)) + m.group(3), text)
     if "\\u" in text:  # a field name spelt with JSON escapes: redact the parsed object
         try:
