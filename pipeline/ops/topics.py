@@ -25,7 +25,11 @@ class TopicSpec:
 
 
 def topic_specs(
-    prefix: str, partitions: int, *, timestamp_type: str = "CreateTime"
+    prefix: str,
+    partitions: int,
+    *,
+    timestamp_type: str = "CreateTime",
+    retention_ms: int = WEEK_MS,
 ) -> list[TopicSpec]:
     """All topics with their settings.
 
@@ -38,7 +42,7 @@ def topic_specs(
     contact is kept forever, so a consumer rebuilds its view by reading it from the start, and
     an erased one is gone within the bounds above (R16). The event topics keep 7 days too.
     """
-    week = {"retention.ms": str(WEEK_MS)}
+    week = {"retention.ms": str(retention_ms)}
     inputs = {**week, "message.timestamp.type": timestamp_type}
     specs = [TopicSpec(prefix + name, partitions, inputs) for name in INPUT_TOPICS if name != ERASE]
     # Erase requests are kept forever (the latest per subject), so a replay erases again.

@@ -23,7 +23,6 @@ from pipeline.ops.topics import topic_specs
 from tests.support.kafka import Pipeline
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test under tests/integration needs the real broker and Redis: mark it so.
 
@@ -34,6 +33,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in Path(item.path).parents:
             item.add_marker(pytest.mark.integration)
+
+# Test topics keep their records whatever their timestamps: many tests stamp events on fixed
+# dates (a record carries its event's time, R14), which a week's retention would delete at
+# the broker's next retention check, possibly mid-test.
+KEEP = -1
 
 # Tokens are checked against the Kafka record's timestamp too, which is the wall clock when a
 # test produces: a token sent through the broker must expire after now, not on a fixed date.
@@ -82,7 +86,7 @@ async def pipeline(
     bootstrap, redis_url = servers
     run = uuid.uuid4().hex[:10]
     prefix = f"t{run}."
-    await ensure_topics(bootstrap, topic_specs(prefix, 4))
+    await ensure_topics(bootstrap, topic_specs(prefix, 4, retention_ms=KEEP))
     pipe = Pipeline(bootstrap=bootstrap, redis_url=redis_url, prefix=prefix, app_id=f"idp-{run}",
                     namespace=f"t{run}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
     await pipe.start()

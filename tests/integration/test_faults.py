@@ -20,7 +20,7 @@ from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
 from pipeline.ops import stack
 from pipeline.tools import journey
-from tests.integration.conftest import SECRETS
+from tests.integration.conftest import KEEP, SECRETS
 from tests.support import events as ev
 from tests.support.kafka import OutputLog, Pipeline
 
@@ -179,7 +179,7 @@ async def test_broker_restarted_mid_stream(
     pipe = Pipeline(bootstrap=bootstrap, redis_url=servers[1], prefix=f"t{tag}.", app_id=f"idp-{tag}",
                     namespace=f"t{tag}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
     try:
-        await ensure_topics(bootstrap, topic_specs(pipe.prefix, 4))
+        await ensure_topics(bootstrap, topic_specs(pipe.prefix, 4, retention_ms=KEEP))
         await pipe.start()
         messages, profiles, merges, logouts = scenario(seed=500 + run)
         worker = pipe.start_worker(SLOW)

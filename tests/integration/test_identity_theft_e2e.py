@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 from pipeline.ops.admin import ensure_topics, remove_run
 from pipeline.ops.topics import topic_specs
-from tests.integration.conftest import SECRETS
+from tests.integration.conftest import KEEP, SECRETS
 from tests.support import events as ev
 from tests.support.kafka import Pipeline
 
@@ -72,7 +72,7 @@ async def test_log_append_time_topics_ignore_a_forged_record_timestamp(
     bootstrap, redis_url = servers
     run = uuid.uuid4().hex[:10]
     prefix = f"t{run}."
-    await ensure_topics(bootstrap, topic_specs(prefix, 4, timestamp_type="LogAppendTime"))
+    await ensure_topics(bootstrap, topic_specs(prefix, 4, timestamp_type="LogAppendTime", retention_ms=KEEP))
     pipe = Pipeline(bootstrap=bootstrap, redis_url=redis_url, prefix=prefix, app_id=f"idp-{run}",
                     namespace=f"t{run}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
     await pipe.start()

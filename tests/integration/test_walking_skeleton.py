@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from tests.integration.conftest import KEEP
 from tests.support import events as ev
 from tests.support.kafka import Pipeline
 
@@ -114,7 +115,7 @@ async def test_contact_ids_agree_across_independent_pipelines(
         log_dir=tmp_path / "other",
     )
     (tmp_path / "other").mkdir()
-    await ensure_topics(servers[0], topic_specs(other.prefix, 4))
+    await ensure_topics(servers[0], topic_specs(other.prefix, 4, retention_ms=KEEP))
     await other.start()
     try:
         for pipe in (pipeline, other):
