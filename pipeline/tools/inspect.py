@@ -9,7 +9,7 @@ either.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.core import ids
@@ -26,6 +26,10 @@ from schemas.time import format_timestamp, from_epoch_ms
 # The resolver's tables and the store's key kinds.
 _KINDS: dict[str, KeyKind] = {"devices": "dev", "users": "user", "emails": "email",
                               "tokens": "jti"}  # fmt: skip
+_DECODE: dict[str, Callable[[bytes], object]] = {
+    "devices": Device.from_bytes, "users": User.from_bytes, "emails": EmailEntry.from_bytes,
+    "tokens": TokenUses.from_bytes,
+}  # fmt: skip
 # Rounds of loading what the resolver asks for: a device needs its users, a shared user its
 # other devices, their tokens; nothing deeper.
 _MAX_ROUNDS = 8
@@ -62,11 +66,10 @@ class Facts:
 
     def add(self, table: str, key: str, data: bytes | None) -> None:
         """Record a loaded record (None: known absent)."""
-        decode = {"devices": Device, "users": User, "emails": EmailEntry, "tokens": TokenUses}
         if data is None:
             self.absent.add((table, key))
         else:
-            getattr(self, table)[key] = decode[table].from_bytes(data)
+            getattr(self, table)[key] = _DECODE[table](data)
         self._resolver = None
 
     def missing(self, anonymous_ids: Iterable[str]) -> dict[str, set[str]]:
@@ -218,7 +221,7 @@ async def load(
     def known(table: str, key: str) -> bool:
         return key in getattr(facts, table) or (table, key) in facts.absent
 
-    async def fetch(wanted: dict[str, Iterable[str]]) -> None:
+    async def fetch(wanted: Mapping[str, Iterable[str]]) -> None:
         pairs = sorted({(t, k) for t, ks in wanted.items() for k in ks if not known(t, k)})
         if pairs:  # one round trip for all of them
             records = await store.read([keys.of(workspace_id, _KINDS[t], k) for t, k in pairs])
