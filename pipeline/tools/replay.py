@@ -23,21 +23,28 @@ from pipeline.ops.processes import spawn, stop
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import topic_specs
 from pipeline.tools import demo
-from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
+from schemas.topics import ERASE, INPUT_TOPICS, OUTPUT_TOPICS
 
 
 async def start_from(settings: Settings, group: str, since: datetime) -> None:
-    """Commit the group's offsets at the first record stamped at or after `since`."""
-    inputs = [settings.topic(name) for name in INPUT_TOPICS]
+    """Commit the group's offsets at the first record stamped at or after `since`.
+
+    Every input topic but `privacy.erase`: erasure requests are read from the beginning
+    whatever the time, so that a replay erases every subject erased before it (R16).
+    """
+    inputs = [settings.topic(name) for name in INPUT_TOPICS if name != ERASE]
     ends = await demo.end_offsets(settings.kafka_bootstrap_servers, inputs)
+    erasures = await demo.end_offsets(settings.kafka_bootstrap_servers, [settings.topic(ERASE)])
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, group_id=group,
                                 enable_auto_commit=False)  # fmt: skip
     await consumer.start()
     try:
-        consumer.assign(list(ends))
+        consumer.assign([*ends, *erasures])
         found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in ends})
         offsets = {tp: OffsetAndMetadata(found[tp].offset if found[tp] else ends[tp], "")
                    for tp in ends}  # fmt: skip
+        starts = await consumer.beginning_offsets(list(erasures))
+        offsets.update({tp: OffsetAndMetadata(starts[tp], "") for tp in erasures})
         await consumer.commit(offsets)
     finally:
         await consumer.stop()
