@@ -33,6 +33,42 @@ def cluster_ready(bootstrap: str) -> bool:
     return asyncio.run(_describe(bootstrap))
 
 
+async def _brokers(bootstrap: str) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    try:
+        await admin.start()
+        return len((await admin.describe_cluster())["brokers"])
+    except (KafkaError, OSError):
+        return 0
+    finally:
+        await admin.close()
+
+
+def live_brokers(bootstrap: str) -> int:
+    """How many brokers the broker at `bootstrap` knows to be up (0: it does not answer)."""
+    return asyncio.run(_brokers(bootstrap))
+
+
+async def topics_visible(bootstrap: str, names: list[str], *, timeout: float = 30.0) -> None:
+    """Wait until every broker of `bootstrap` lists the topics (new ones take a moment)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    for broker in bootstrap.split(","):
+        while True:
+            admin = AIOKafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=3000)
+            try:
+                await admin.start()
+                if set(names) <= set(await admin.list_topics()):
+                    break
+            except (KafkaError, OSError):
+                pass
+            finally:
+                await admin.close()
+            if asyncio.get_running_loop().time() > deadline:
+                message = f"{broker} does not list the topics {names} after {timeout:.0f}s"
+                raise TimeoutError(message)
+            await asyncio.sleep(0.1)
+
+
 async def ensure_topics(
     bootstrap: str, specs: list[TopicSpec], *, replication_factor: int | None = None
 ) -> list[str]:
@@ -52,7 +88,8 @@ async def ensure_topics(
         if replication_factor is None:
             replication_factor = Settings().replication_factor
         if replication_factor is None:
-            brokers = len(admin._client.cluster.brokers())  # noqa: SLF001 - the metadata it read
+            # The brokers alive now: set IDP_REPLICATION_FACTOR where one may be down.
+            brokers = len((await admin.describe_cluster())["brokers"])
             replication_factor = default_replication_factor(brokers)
         new = [
             NewTopic(

@@ -114,7 +114,7 @@ def _read_pid(pid_file: Path) -> int | None:
 def _spawn(argv: list[str], *, log: Path, pid_file: Path, cwd: Path) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        process = subprocess.Popen(  # noqa: S603 - argv is built by us
+        process = subprocess.Popen(
             argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     pid_file.write_text(f"{process.pid}\n")
@@ -169,7 +169,7 @@ def install_kafka() -> Path:
         "dependency:copy-dependencies",
         f"-DoutputDirectory={lib}", "-DincludeScope=runtime",
     ]  # fmt: skip
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         message = f"Maven could not resolve Kafka:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         raise StackError(message)
@@ -229,7 +229,7 @@ def kafka_tool(name: str, args: list[str]) -> int:
     if shutil.which("java") is None:
         message = "Java is missing: install a JDK 17 (e.g. apt-get install openjdk-17-jre-headless)"
         raise StackError(message)
-    return subprocess.run(kafka_tool_argv(name, args), check=False).returncode  # noqa: S603
+    return subprocess.run(kafka_tool_argv(name, args), check=False).returncode
 
 
 def _kafka_properties(broker: Endpoint, data: Path) -> str:
@@ -302,7 +302,7 @@ def start_kafka(bootstrap: str) -> str:
         # `=`: a random id may begin with `-`, which the tool would take for an option.
         argv = [*java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                 "-c", str(config)]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             message = f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}"
             raise StackError(message)
@@ -336,7 +336,7 @@ def _apt_install(package: str, program: str) -> str:
     print(f"Installing Debian's {package} ...", flush=True)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
-        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             message = f"{' '.join(argv)} failed:\n{result.stderr[-3000:]}"
             raise StackError(message)
@@ -362,7 +362,7 @@ def install_redis() -> str:
         return found
     server = _apt_install("redis-server", "redis-server")
     # Debian starts a system-wide redis on 6379 after installing it; ours has its own config.
-    subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)  # noqa: S607
+    subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)
     return server
 
 
@@ -391,7 +391,7 @@ def start_redis(url: str) -> str:
         raise StackError(message)
     server = install_redis()
     if port_open(endpoint):  # the package's own service may have just started
-        subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)  # noqa: S607
+        subprocess.run(["service", "redis-server", "stop"], capture_output=True, check=False)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "redis.conf"
     config.write_text(
@@ -440,7 +440,7 @@ def start_worker(env: dict[str, str]) -> str:
         return f"worker already running (pid {pid}, log {log})"
     argv = [sys.executable, "-m", "pipeline.cli", "worker"]
     with log.open("ab") as out:
-        process = subprocess.Popen(  # noqa: S603
+        process = subprocess.Popen(
             argv, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
             env={**os.environ, **env}, start_new_session=True,
         )  # fmt: skip
@@ -561,7 +561,7 @@ def start_cluster_broker(index: int, brokers: int = 3) -> None:
     if not (data / "meta.properties").exists():
         argv = [*java, "kafka.tools.StorageTool", "format",
                 f"--cluster-id={id_file.read_text().strip()}", "-c", str(config)]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             message = f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}"
             raise StackError(message)
@@ -597,6 +597,13 @@ def start_kafka_cluster(brokers: int = 3) -> str:
         start_cluster_broker(index, brokers)
     for index in range(brokers):
         wait_cluster_broker(index)
+    from pipeline.ops.admin import live_brokers  # late import: aiokafka is heavy
+
+    # Topics created before every broker has registered would get fewer replicas.
+    for index in range(brokers):
+        broker = f"{CLUSTER_HOST}:{CLUSTER_KAFKA_PORT + index}"
+        wait_until(lambda b=broker: live_brokers(b) == brokers, timeout=60,
+                   what=f"{broker} to see {brokers} brokers")  # fmt: skip
     return f"kafka cluster: {brokers} KRaft nodes on {cluster_bootstrap(brokers)}"
 
 
@@ -658,7 +665,7 @@ def redis_cli(port: int, *args: str) -> str:
     if cli is None:
         raise StackError("redis-cli is missing: run `sudo apt-get install redis-tools`")
     argv = [cli, "-h", CLUSTER_HOST, "-p", str(port), *args]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)  # noqa: S603
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
     if result.returncode != 0:
         message = f"redis-cli {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
         raise StackError(message)

@@ -13,10 +13,11 @@ reply was lost as "in doubt", its outputs sent from its outbox record).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
@@ -25,6 +26,7 @@ from redis.exceptions import (
     ClusterDownError,
     MovedError,
     NoScriptError,
+    RedisClusterException,
     ResponseError,
     SlotNotCoveredError,
     TryAgainError,
@@ -57,7 +59,8 @@ class ClusterRedisStore(RedisStore):
     `wait_replicas` > 0 makes every commit wait (`WAIT`, on the connection that ran it) until
     that many replicas of its master have it, or `wait_timeout_ms` passed: replication is
     asynchronous, and a commit acknowledged by a master that dies before its replica has it
-    is lost with it. See docs/clusters.md for what it costs.
+    is lost with it. A master found short of replicas is not waited on until ROLE lists them
+    again (a commit is never held back by a replica that is down). See docs/clusters.md.
     """
 
     def __init__(
@@ -74,7 +77,8 @@ class ClusterRedisStore(RedisStore):
         self._wait_timeout_ms = wait_timeout_ms
         self._refresh = True  # load the slot map before the first call
         self._scripted: set[tuple[str, str]] = set()  # (node, sha) known to have the script
-        self.under_replicated = 0  # commits a WAIT found on fewer replicas than asked
+        self._degraded: set[str] = set()  # masters last seen with fewer replicas than asked
+        self.under_replicated = 0  # commit round trips that reached fewer replicas than asked
 
     @classmethod
     def cluster_from_url(
@@ -103,7 +107,7 @@ class ClusterRedisStore(RedisStore):
         (restarted, or a replica just promoted) answers NOSCRIPT without running anything, gets
         SCRIPT LOAD and the call again.
         """
-        sha = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+        sha = hashlib.sha1(script.encode()).hexdigest()
         commands: list[tuple[int, tuple]] = [
             (key_slot(keys[0].encode()), ("EVALSHA", sha, len(keys), *keys, *args))
             for keys, args in calls
@@ -192,7 +196,8 @@ class ClusterRedisStore(RedisStore):
         counts the replicas that acknowledged this connection's writes.
         """
         sent: list[tuple] = []
-        if (node.name, sha) not in self._scripted:
+        load = (node.name, sha) not in self._scripted  # decided once: calls run concurrently
+        if load:
             sent.append(("SCRIPT LOAD", script))
         for command in commands:
             if asking:
@@ -200,7 +205,11 @@ class ClusterRedisStore(RedisStore):
             sent.append(command)
         waits = wait and self._wait_replicas > 0
         if waits:
-            sent.append(("WAIT", self._wait_replicas, self._wait_timeout_ms))
+            # A master without its replicas (one just promoted, its old master not back yet)
+            # would make every commit wait the whole timeout: ask ROLE instead until they are.
+            degraded = node.name in self._degraded
+            sent.append(("ROLE",) if degraded else
+                        ("WAIT", self._wait_replicas, self._wait_timeout_ms))  # fmt: skip
         connection = node.acquire_connection()
         try:
             await connection.send_packed_command(connection.pack_commands(sent), check_health=False)
@@ -215,16 +224,22 @@ class ClusterRedisStore(RedisStore):
             raise
         finally:
             node.release(connection)
-        if (node.name, sha) not in self._scripted:
+        if load:
             loaded = raw.pop(0)
             if isinstance(loaded, ResponseError):
                 raise loaded
             self._scripted.add((node.name, sha))
         if waits:
-            acknowledged = raw.pop()
-            if isinstance(acknowledged, int) and acknowledged < self._wait_replicas:
+            answer = raw.pop()
+            if degraded:
+                if isinstance(answer, list) and len(answer) > 2:
+                    if len(answer[2]) >= self._wait_replicas:
+                        self._degraded.discard(node.name)
                 self.under_replicated += 1
-                _warn_under_replicated(node.name, acknowledged, self._wait_replicas)
+            elif isinstance(answer, int) and answer < self._wait_replicas:
+                self.under_replicated += 1
+                self._degraded.add(node.name)
+                _warn_under_replicated(node.name, answer, self._wait_replicas)
         if asking:
             raw = raw[1::2]  # the reply of each command, not of its ASKING
         return raw
@@ -233,21 +248,26 @@ class ClusterRedisStore(RedisStore):
         """UNLINK the keys, one command per workspace on the master of its slot."""
         groups = _by_slot(keys)
         if groups:
-            await asyncio.gather(*(self._cluster.unlink(*group) for group in groups.values()))
+            async with _unavailable_as_connection_error():
+                await asyncio.gather(*(self._cluster.unlink(*group) for group in groups.values()))
 
     async def scan(self, pattern: str) -> list[str]:
         """SCAN every master for keys matching `pattern`."""
-        await self._cluster.initialize()
         found: set[str] = set()
-        for node in self._cluster.get_primaries():
-            async for key in self._cluster.scan_iter(match=pattern, count=1000, target_nodes=node):
-                found.add(key.decode())
+        async with _unavailable_as_connection_error():
+            await self._cluster.initialize()
+            for node in self._cluster.get_primaries():
+                async for key in self._cluster.scan_iter(
+                    match=pattern, count=1000, target_nodes=node
+                ):
+                    found.add(key.decode())
         return sorted(found)
 
     async def ping(self) -> bool:
         """Whether every master answers."""
-        await self._cluster.initialize()
-        replies = await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
+        async with _unavailable_as_connection_error():
+            await self._cluster.initialize()
+            replies = await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
         return bool(replies)
 
     async def close(self) -> None:
@@ -255,14 +275,27 @@ class ClusterRedisStore(RedisStore):
         await self._cluster.aclose()
 
 
+@contextlib.asynccontextmanager
+async def _unavailable_as_connection_error() -> AsyncIterator[None]:
+    """A cluster that cannot serve (no node reachable, failing over) is "Redis away" to callers.
+
+    redis-py raises `RedisClusterException` or `ClusterDownError` there, which the worker
+    would take for a bug; its retry-while-away path expects a `ConnectionError`.
+    """
+    try:
+        yield
+    except (RedisClusterException, ClusterDownError, TryAgainError) as exc:
+        raise ClusterUnavailable(str(exc)) from exc
+
+
 async def _refresh_slots(client: RedisCluster) -> None:
     """Load the slot map again from any node that answers (after a failover or a MOVED)."""
     try:
-        if client._initialize:  # noqa: SLF001 - first use: redis-py builds its node cache
+        if client._initialize:
             await client.initialize()
         else:
             await client.nodes_manager.initialize()
-    except (RedisConnectionError, RedisTimeoutError, OSError, SlotNotCoveredError) as exc:
+    except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as exc:
         message = f"no node of the cluster could tell who serves the slots ({exc})"
         raise ClusterUnavailable(message) from exc
 
