@@ -18,7 +18,7 @@ def cpu_seconds(pid: int) -> float:
 
 def spawn(command: str, env: dict[str, str], log: Path) -> subprocess.Popen:
     """Run `idp <command>` (words separated by spaces) in the background."""
-    return subprocess.Popen(  # noqa: S603
+    return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", *command.split()],
         cwd=PROJECT_ROOT, env={**os.environ, **env},
         stdout=log.open("wb"), stderr=subprocess.STDOUT,

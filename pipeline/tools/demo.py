@@ -42,7 +42,7 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # noqa: SLF001 - aiokafka has no public call
+    await consumer._client.force_metadata_update()  # aiokafka has no public call
     return consumer.partitions_for_topic(topic) or set()
 
 

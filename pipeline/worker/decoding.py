@@ -28,9 +28,7 @@ class Decoded:
     topics: dict[str, int] = field(default_factory=dict)  # records read, by logical topic
 
 
-def decode_batch(
-    messages: Iterable[Any], logical: Mapping[str, str], settles: Settles
-) -> Decoded:
+def decode_batch(messages: Iterable[Any], logical: Mapping[str, str], settles: Settles) -> Decoded:
     """Decode Kafka messages (`topic`, `partition`, `offset`, `key`, `value`, `timestamp` in s).
 
     `logical` maps each physical input topic to its name without the prefix.

@@ -42,11 +42,11 @@ from mode import Service
 
 PAUSED_TIMEOUT_S = 10 / 1000  # a fetch's wait while a partition is paused for buffer pressure
 STOCK_TIMEOUT_S = 1.0  # Faust's
-_STOCK = faust_consumer.Consumer._drain_messages  # noqa: SLF001
+_STOCK = faust_consumer.Consumer._drain_messages
 
 
 @types.coroutine
-def _resume(coroutine: Coroutine, yielded: Any) -> Generator[Any, Any, Any]:  # noqa: ANN401
+def _resume(coroutine: Coroutine, yielded: Any) -> Generator[Any, Any, Any]:
     """Go on running `coroutine`, which yielded `yielded` at its first step: `yield from`, late.
 
     `run_inline` advances this generator to its first, bare `yield` before a task takes it, so
@@ -59,7 +59,7 @@ def _resume(coroutine: Coroutine, yielded: Any) -> Generator[Any, Any, Any]:  # 
         except GeneratorExit:
             coroutine.close()
             raise
-        except BaseException as exc:  # noqa: BLE001 - a cancellation, passed on as it came
+        except BaseException as exc:  # a cancellation, passed on as it came
             try:
                 yielded = coroutine.throw(exc)
             except StopIteration as stop:
@@ -93,15 +93,15 @@ async def _drain_messages(self: faust_consumer.Consumer, fetcher: Service) -> No
     """`Consumer._drain_messages` of Faust 0.15, with the two changes of the module's docstring."""
     callback = self.callback
     getmany = self.getmany
-    consumer_should_stop = cast(Service, self)._stopped.is_set  # noqa: SLF001
-    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set  # noqa: SLF001
-    get_read_offset = self._read_offset.__getitem__  # noqa: SLF001
-    set_read_offset = self._read_offset.__setitem__  # noqa: SLF001
+    consumer_should_stop = cast(Service, self)._stopped.is_set
+    fetcher_should_stop = cast(Service, fetcher)._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
     set_flag = self.diag.set_flag
     unset_flag = self.diag.unset_flag
-    commit_every = self._commit_every  # noqa: SLF001
+    commit_every = self._commit_every
     acks_enabled_for = self.app.topics.acks_enabled_for
-    paused = self._buffered_partitions  # noqa: SLF001 - partitions paused for buffer pressure
+    paused = self._buffered_partitions  # partitions paused for buffer pressure
     fetching = faust_consumer.CONSUMER_FETCHING
     yield_every = 100
     num_since_yield = 0
@@ -124,9 +124,9 @@ async def _drain_messages(self: faust_consumer.Consumer, fetcher: Service) -> No
                 if r_offset is None or offset >= r_offset:
                     gap = offset - (r_offset or 0)
                     if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)  # noqa: SLF001
-                    if commit_every is not None and self._n_acked >= commit_every:  # noqa: SLF001
-                        self._n_acked = 0  # noqa: SLF001
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
                         await self.commit()
                     waiting = run_inline(callback(message))  # type: ignore[arg-type]
                     if waiting is not None:  # blocked: let a rebalance interrupt it, as Faust does

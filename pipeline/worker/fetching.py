@@ -116,14 +116,14 @@ class _LastBatch:
 
     __slots__ = ("batch", "records")
 
-    def __init__(self, records: Any) -> None:  # noqa: ANN401 - aiokafka's (C) MemoryRecords
+    def __init__(self, records: Any) -> None:  # aiokafka's (C) MemoryRecords
         self.records = records
         self.batch: Any = None
 
     def has_next(self) -> bool:
         return self.records.has_next()
 
-    def next_batch(self) -> Any:  # noqa: ANN401
+    def next_batch(self) -> Any:
         self.batch = None  # until the next one has been parsed
         self.batch = self.records.next_batch()
         return self.batch
@@ -138,10 +138,10 @@ class GuardedRecords:
     is told.
     """
 
-    def __init__(self, inner: PartitionRecords, on_unreadable: Any) -> None:  # noqa: ANN401
+    def __init__(self, inner: PartitionRecords, on_unreadable: Any) -> None:
         self._inner = inner
-        self._batches = _LastBatch(inner._records)  # noqa: SLF001
-        inner._records = self._batches  # noqa: SLF001 - read first when the first record is taken
+        self._batches = _LastBatch(inner._records)
+        inner._records = self._batches  # read first when the first record is taken
         self._on_unreadable = on_unreadable
 
     @property
@@ -152,12 +152,12 @@ class GuardedRecords:
     def __iter__(self) -> GuardedRecords:
         return self
 
-    def __next__(self) -> Any:  # noqa: ANN401 - aiokafka's ConsumerRecord
+    def __next__(self) -> Any:  # aiokafka's ConsumerRecord
         try:
             return next(self._inner)
         except StopIteration:
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever a batch does, the worker goes on
+        except Exception as exc:  # whatever a batch does, the worker goes on
             self._on_unreadable(self._describe(exc))
             raise StopIteration from None
 
@@ -173,7 +173,7 @@ class GuardedRecords:
         error = str(exc)  # aiokafka's errors name their class; others are named here
         if not error.startswith(type(exc).__name__):
             error = f"{type(exc).__name__}: {error}"
-        return Unreadable(self._inner._tp, offset, error, skip_to, where)  # noqa: SLF001
+        return Unreadable(self._inner._tp, offset, error, skip_to, where)
 
 
 @dataclass(slots=True)
@@ -186,11 +186,11 @@ class _Hold:
 class _WithoutHeld:
     """An assignment as `_get_actions_per_node` sees it: the held partitions left out."""
 
-    def __init__(self, assignment: Any, held: set[TopicPartition]) -> None:  # noqa: ANN401
+    def __init__(self, assignment: Any, held: set[TopicPartition]) -> None:
         self._assignment = assignment
         self.tps = assignment.tps - held
 
-    def __getattr__(self, name: str) -> Any:  # noqa: ANN401
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._assignment, name)
 
 
@@ -202,7 +202,7 @@ class GatheringFetcher(Fetcher):
 
     gather_wait_ms = 5
 
-    def __init__(self, *args: object, **kwargs: object) -> None:  # noqa: D107
+    def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)
         self._patient = (self._fetch_min_bytes, self._fetch_max_wait_ms)
         self._brought_records = False
@@ -210,7 +210,7 @@ class GatheringFetcher(Fetcher):
         self.held: dict[TopicPartition, _Hold] = {}
         self._counted: set[tuple[TopicPartition, int]] = set()  # batches counted in the metric
 
-    def _get_actions_per_node(self, assignment):  # noqa: ANN001, ANN202 - aiokafka's signature
+    def _get_actions_per_node(self, assignment):  # aiokafka's signature
         self._fetch_min_bytes, self._fetch_max_wait_ms = request_limits(
             brought_records=self._brought_records, records_waiting=bool(self._records),
             gather_wait_ms=self.gather_wait_ms, patient=self._patient,
@@ -221,7 +221,7 @@ class GatheringFetcher(Fetcher):
             assignment = _WithoutHeld(assignment, set(self.held))
         return super()._get_actions_per_node(assignment)
 
-    async def _proc_fetch_request(self, assignment, node_id, request):  # noqa: ANN001, ANN202
+    async def _proc_fetch_request(self, assignment, node_id, request):
         before = {tp: id(result) for tp, result in self._records.items()}
         brought = await super()._proc_fetch_request(assignment, node_id, request)
         self.requests += 1
@@ -229,14 +229,14 @@ class GatheringFetcher(Fetcher):
         # No record of what the response added has been taken yet: nothing ran in between.
         for tp, result in self._records.items():
             if type(result) is FetchResult and before.get(tp) != id(result):
-                records = result._partition_records  # noqa: SLF001
+                records = result._partition_records
                 if type(records) is PartitionRecords:
-                    result._partition_records = GuardedRecords(  # noqa: SLF001
+                    result._partition_records = GuardedRecords(
                         records, lambda found, a=assignment: self._hold(found, a)
                     )
         return brought
 
-    def _hold(self, found: Unreadable, assignment: Any) -> None:  # noqa: ANN401
+    def _hold(self, found: Unreadable, assignment: Any) -> None:
         tp = found.tp
         labels = (tp.topic, str(tp.partition))
         if (tp, found.offset) not in self._counted:
@@ -252,7 +252,7 @@ class GatheringFetcher(Fetcher):
             found.error, HOLD_RETRY_S, skip_command(found),
         )  # fmt: skip
 
-    def _release(self, assignment: Any) -> None:  # noqa: ANN401
+    def _release(self, assignment: Any) -> None:
         now = time.monotonic()
         for tp, hold in list(self.held.items()):
             state = assignment.state_value(tp)
@@ -275,7 +275,7 @@ def skip_command(found: Unreadable) -> str:
 
         settings = Settings()
         group, bootstrap = settings.app_id, settings.kafka_bootstrap_servers
-    except Exception:  # noqa: BLE001 - only the hint is at stake
+    except Exception:  # only the hint is at stake
         group, bootstrap = "<IDP_APP_ID>", "<KAFKA_BOOTSTRAP_SERVERS>"
     return (
         f"idp stack kafka-tool kafka-consumer-groups --bootstrap-server {bootstrap} "

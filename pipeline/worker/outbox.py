@@ -62,7 +62,7 @@ class Outbox:
             try:
                 await self.drain(0.0, entries=entries)
                 return
-            except Exception as exc:  # noqa: BLE001 - the broker or Redis is still away
+            except Exception as exc:  # the broker or Redis is still away
                 logger.warning("outbox re-send failed (%s); retrying in %.1fs", exc, delay)
                 delay = min(delay * 2, 5.0)
 
@@ -85,7 +85,7 @@ class Outbox:
                 if parts is None or parts.kind != "outbox":
                     raise ValueError("not an outbox key of this namespace")
                 created, records = outbox_records(record.data)
-            except Exception as exc:  # noqa: BLE001 - foreign or damaged bytes: never fatal
+            except Exception as exc:  # foreign or damaged bytes: never fatal
                 logger.error("skipping an unreadable outbox record %s (%s: %s)", entry,
                              type(exc).__name__, exc)  # fmt: skip
                 metrics.UNREADABLE_RECORDS.labels("outbox").inc()

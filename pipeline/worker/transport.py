@@ -28,7 +28,7 @@ SCHEME = "idp"
 class ConsumerThread(driver.AIOKafkaConsumerThread):
     """Faust's aiokafka consumer thread, building the worker's gathering consumer."""
 
-    def _create_worker_consumer(self, transport: Any) -> Any:  # noqa: ANN401 - Faust's types
+    def _create_worker_consumer(self, transport: Any) -> Any:  # Faust's types
         consumer = super()._create_worker_consumer(transport)
         problem = fetching.compatible()
         if problem is None:

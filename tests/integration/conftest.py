@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if here in Path(item.path).parents:
             item.add_marker(pytest.mark.integration)
 
+
 # Test topics keep their records whatever their timestamps: many tests stamp events on fixed
 # dates (a record carries its event's time, R14), which a week's retention would delete at
 # the broker's next retention check, possibly mid-test.

@@ -45,8 +45,12 @@ async def test_backdated_login_and_logout_are_too_late(pipeline: Pipeline) -> No
     logout = ev.logout(WS, "D", at(1), "vic")
     await pipeline.send("telemetry.login", login, timestamp_ms=now_ms)
     await pipeline.send("telemetry.logout", logout, timestamp_ms=now_ms)
-    await pipeline.wait_for(lambda out: len(out.of("identity.rejected")) == 2, what="two rejections")
-    reasons = {r["input_event_id"]: r["reason"] for r in pipeline.outputs.values("identity.rejected")}
+    await pipeline.wait_for(
+        lambda out: len(out.of("identity.rejected")) == 2, what="two rejections"
+    )
+    reasons = {
+        r["input_event_id"]: r["reason"] for r in pipeline.outputs.values("identity.rejected")
+    }
     assert reasons == {login["event_id"]: "too_late", logout["event_id"]: "too_late"}
     # The worker has gone past them: a later event of another device is processed.
     await pipeline.send("telemetry.page_view", ev.page_view(WS, "E", at(0)), key="D",
@@ -72,7 +76,9 @@ async def test_log_append_time_topics_ignore_a_forged_record_timestamp(
     bootstrap, redis_url = servers
     run = uuid.uuid4().hex[:10]
     prefix = f"t{run}."
-    await ensure_topics(bootstrap, topic_specs(prefix, 4, timestamp_type="LogAppendTime", retention_ms=KEEP))
+    await ensure_topics(
+        bootstrap, topic_specs(prefix, 4, timestamp_type="LogAppendTime", retention_ms=KEEP)
+    )
     pipe = Pipeline(bootstrap=bootstrap, redis_url=redis_url, prefix=prefix, app_id=f"idp-{run}",
                     namespace=f"t{run}", secrets_file=secrets_file, log_dir=tmp_path)  # fmt: skip
     await pipe.start()

@@ -21,7 +21,12 @@ pytestmark = pytest.mark.integration
 async def idp_kafka_tool(*args: str, timeout: float = 45.0) -> subprocess.CompletedProcess:
     argv = [sys.executable, "-m", "pipeline.cli", "stack", "kafka-tool", *args]
     return await asyncio.to_thread(
-        subprocess.run, argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
+        subprocess.run,
+        argv,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
 

@@ -125,7 +125,7 @@ async def test_redis_store_reconnects_after_its_connection_is_killed(
     admin = aioredis.Redis.from_url(servers[1])
     try:
         await store.commit([Commit(checks={key + "a": 0}, writes={key + "a": b"one"})])
-        (own_id,) = await store._round_trip([("CLIENT", "ID")])  # noqa: SLF001 - the one to kill
+        (own_id,) = await store._round_trip([("CLIENT", "ID")])  # the one to kill
         await admin.client_kill_filter(_id=own_id)
         try:  # the call on the killed connection may fail; it must not leave the store stuck
             await store.read([key + "a"])
@@ -142,7 +142,7 @@ async def test_redis_store_raises_an_error_reply(servers: tuple[str, str], key: 
 
     store = RedisStore.from_url(servers[1], marker_ttl_s=3600)
     try:
-        await store._client.set(key + "s", b"not a hash")  # noqa: SLF001 - a broken record
+        await store._client.set(key + "s", b"not a hash")  # a broken record
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await store.read([key + "s", key + "a"])
         assert await store.read([key + "a"]) == [Record(0, None)]  # and it goes on

@@ -213,7 +213,7 @@ async def read_topics(bootstrap: str, topics: list[str], prefix: str) -> OutputL
     try:
         partitions = []
         for topic in topics:
-            await consumer._client.force_metadata_update()  # noqa: SLF001
+            await consumer._client.force_metadata_update()
             partitions += [
                 TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
             ]

@@ -51,7 +51,9 @@ def victim_world() -> Oracle:
 
 
 @pytest.mark.parametrize("lag_ms", [3 * HOUR, DAY, 30 * DAY, 365 * DAY, 3650 * DAY])
-def test_a_backdated_login_is_too_late_and_steals_nothing(victim_world: Oracle, lag_ms: int) -> None:
+def test_a_backdated_login_is_too_late_and_steals_nothing(
+    victim_world: Oracle, lag_ms: int
+) -> None:
     before = victim_world.profiles()
     login = ev.login(WS, "D", "2026-11-24T10:02:00Z", "mal", SECRET)
     result = apply(victim_world, login, record_ms=ms(login["timestamp"]) + lag_ms)
@@ -61,7 +63,9 @@ def test_a_backdated_login_is_too_late_and_steals_nothing(victim_world: Oracle, 
 
 
 @pytest.mark.parametrize("lag_ms", [3 * HOUR, DAY, 30 * DAY, 365 * DAY, 3650 * DAY])
-def test_a_backdated_logout_is_too_late_and_moves_nothing(victim_world: Oracle, lag_ms: int) -> None:
+def test_a_backdated_logout_is_too_late_and_moves_nothing(
+    victim_world: Oracle, lag_ms: int
+) -> None:
     before = victim_world.profiles()
     logout = ev.logout(WS, "D", "2026-11-24T10:01:00Z", "vic")  # no credential needed
     result = apply(victim_world, logout, record_ms=ms(logout["timestamp"]) + lag_ms)
@@ -73,9 +77,14 @@ def test_a_backdated_logout_is_too_late_and_moves_nothing(victim_world: Oracle, 
 def test_session_lateness_is_five_minutes_inclusive(victim_world: Oracle) -> None:
     # A login written 5 min after its event is still in time; 5 min and 1 ms is not.
     on_time = ev.login(WS, "E", "2026-11-24T13:00:00Z", "mal", SECRET)
-    assert outcome(apply(victim_world, on_time, record_ms=ms(on_time["timestamp"]) + 300_000)) == "applied"
+    assert (
+        outcome(apply(victim_world, on_time, record_ms=ms(on_time["timestamp"]) + 300_000))
+        == "applied"
+    )
     late = ev.login(WS, "F", "2026-11-24T13:00:00Z", "mal", SECRET)
-    assert outcome(apply(victim_world, late, record_ms=ms(late["timestamp"]) + 300_001)) == "too_late"
+    assert (
+        outcome(apply(victim_world, late, record_ms=ms(late["timestamp"]) + 300_001)) == "too_late"
+    )
 
 
 def test_activity_lateness_is_a_day() -> None:
@@ -104,7 +113,9 @@ def test_a_login_stamped_in_the_future_cannot_claim_the_next_session(
     # The attacker's login on D is stamped 14:00 while its record is written `ahead_ms` earlier:
     # more than a minute ahead, it would own whatever D does until then.
     login = ev.login(WS, "D", "2026-11-24T14:00:00Z", "mal", SECRET)
-    assert outcome(apply(victim_world, login, record_ms=ms(login["timestamp"]) - ahead_ms)) == expected
+    assert (
+        outcome(apply(victim_world, login, record_ms=ms(login["timestamp"]) - ahead_ms)) == expected
+    )
     if expected != "applied":
         assert ATTACKER not in victim_world.profiles()
 
@@ -137,7 +148,9 @@ def test_a_token_issued_within_the_leeway_proves_the_event() -> None:
     assert outcome(apply(oracle, login)) == "applied"
 
 
-@pytest.mark.parametrize("exp", [float("nan"), float("inf"), float("-inf"), "soon", None, True, 1e300])
+@pytest.mark.parametrize(
+    "exp", [float("nan"), float("inf"), float("-inf"), "soon", None, True, 1e300]
+)
 def test_a_token_whose_exp_is_not_a_finite_number_is_invalid(exp: object) -> None:
     claims = {"user_id": "vic"} if exp is None else {"user_id": "vic", "exp": exp}
     token = ev.jwt_hs256(SECRET, claims)
@@ -159,7 +172,10 @@ def test_require_token_refuses_a_user_hash() -> None:
     signup = ev.signup(WS, "D", "2026-11-24T10:00:00Z", "vic", SECRET, identity_token=token)
     assert outcome(apply(oracle, signup)) == "applied"
     # The policy is the workspace's own: another workspace keeps accepting user_hash.
-    assert outcome(apply(Oracle(CONFIG), ev.login(WS, "D", "2026-11-24T10:00:00Z", "vic", SECRET))) == "applied"
+    assert (
+        outcome(apply(Oracle(CONFIG), ev.login(WS, "D", "2026-11-24T10:00:00Z", "vic", SECRET)))
+        == "applied"
+    )
 
 
 @pytest.mark.parametrize(("iat", "exp", "expected"), [
@@ -231,8 +247,13 @@ def test_e_mail_matched_conversations_are_marked_unproven() -> None:
     at = ms("2026-11-24T10:00:00Z") // 1000
     token = ev.jwt_hs256(SECRET, {"user_id": "vic", "email": "vic@x.test", "exp": at + 600})
     apply(oracle, ev.page_view(WS, "vic-laptop", "2026-11-24T09:59:00Z"))
-    apply(oracle, ev.login(WS, "vic-laptop", "2026-11-24T10:00:00Z", "vic", SECRET, identity_token=token))
-    apply(oracle, ev.chat_start(WS, "stranger", "2026-11-24T10:30:00Z", "typed", email="VIC@x.test"))
+    apply(
+        oracle,
+        ev.login(WS, "vic-laptop", "2026-11-24T10:00:00Z", "vic", SECRET, identity_token=token),
+    )
+    apply(
+        oracle, ev.chat_start(WS, "stranger", "2026-11-24T10:30:00Z", "typed", email="VIC@x.test")
+    )
     profile = oracle.profiles()[VICTIM]
     own_visitor = ids.visitor_contact_id(WS, "vic-laptop", "origin")
     stranger = ids.visitor_contact_id(WS, "stranger", "origin")
@@ -248,7 +269,10 @@ def test_an_e_mail_matches_a_bounded_number_of_devices(monkeypatch: pytest.Monke
     oracle = Oracle(CONFIG)
     at = ms("2026-11-24T10:00:00Z") // 1000
     token = ev.jwt_hs256(SECRET, {"user_id": "vic", "email": "vic@x.test", "exp": at + 600})
-    apply(oracle, ev.login(WS, "vic-laptop", "2026-11-24T10:00:00Z", "vic", SECRET, identity_token=token))
+    apply(
+        oracle,
+        ev.login(WS, "vic-laptop", "2026-11-24T10:00:00Z", "vic", SECRET, identity_token=token),
+    )
     for minute in range(10, 15):  # five strangers; only the three earliest chats are matched
         apply(oracle, ev.chat_start(WS, f"s{minute}", f"2026-11-24T10:{minute}:00Z", f"c{minute}",
                                     email="vic@x.test"))  # fmt: skip
@@ -271,5 +295,7 @@ def test_an_e_mail_matches_a_bounded_number_of_devices(monkeypatch: pytest.Monke
 ])  # fmt: skip
 def test_event_ids_obey_identifier_hygiene(event_id: str, reason: str) -> None:
     view = {**ev.page_view(WS, "D", "2026-11-24T10:00:00Z"), "event_id": event_id}
-    result = Oracle(CONFIG).apply(ev.model_of("telemetry.page_view", view), record_ms=ms(view["timestamp"]))
+    result = Oracle(CONFIG).apply(
+        ev.model_of("telemetry.page_view", view), record_ms=ms(view["timestamp"])
+    )
     assert outcome(result) == reason

@@ -153,11 +153,11 @@ class CountingStore(MemoryStore):
         self.reads = 0
         self.commits = 0
 
-    async def read(self, keys, *, discard=()):  # noqa: ANN001, ANN201 - the Store's signature
+    async def read(self, keys, *, discard=()):  # the Store's signature
         self.reads += 1
         return await super().read(keys, discard=discard)
 
-    async def commit(self, commits):  # noqa: ANN001, ANN201
+    async def commit(self, commits):
         self.commits += 1
         return await super().commit(commits)
 
@@ -180,7 +180,7 @@ class LostReplyStore(MemoryStore):
         super().__init__()
         self.lose_next_reply = True
 
-    async def commit(self, commits):  # noqa: ANN001, ANN201 - the Store's signature
+    async def commit(self, commits):  # the Store's signature
         results = await super().commit(commits)
         if self.lose_next_reply:
             self.lose_next_reply = False

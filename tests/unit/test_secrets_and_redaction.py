@@ -53,7 +53,10 @@ def test_a_bad_entry_is_a_configuration_error_naming_the_workspace(
 def test_the_group_and_namespace_follow_the_prefix_unless_given() -> None:
     assert (Settings().app_id, Settings().state_namespace) == ("identity-pipeline", "idp")
     staging = Settings(IDP_TOPIC_PREFIX="staging.")
-    assert (staging.app_id, staging.state_namespace) == ("identity-pipeline-staging.", "idp-staging.")
+    assert (staging.app_id, staging.state_namespace) == (
+        "identity-pipeline-staging.",
+        "idp-staging.",
+    )
     given = Settings(IDP_TOPIC_PREFIX="staging.", IDP_APP_ID="g", IDP_STATE_NAMESPACE="n")
     assert (given.app_id, given.state_namespace) == ("g", "n")
 
@@ -89,17 +92,29 @@ def test_a_proof_spelt_with_json_escapes_is_redacted_too() -> None:
 
 
 def test_redaction_comes_before_truncation() -> None:
-    value = b'{"pad": "' + b"x" * (ORIGINAL_MAX_CHARS - 30) + b'", "user_hash": "' + HASH.encode() + b'"}'
+    value = (
+        b'{"pad": "'
+        + b"x" * (ORIGINAL_MAX_CHARS - 30)
+        + b'", "user_hash": "'
+        + HASH.encode()
+        + b'"}'
+    )
     original = original_of(value)
     assert len(original) == ORIGINAL_MAX_CHARS
     assert HASH[:8] not in original  # not even its first characters survive the cut
 
 
 def test_a_rejection_names_the_physical_topic_and_keeps_a_null_key() -> None:
-    emit = rejection(Source("telemetry.login", 2, 9, None, b"x", None, "p.telemetry.login"), "r", "d")
+    emit = rejection(
+        Source("telemetry.login", 2, 9, None, b"x", None, "p.telemetry.login"), "r", "d"
+    )
     assert emit.key is None
     assert emit.value.source_topic == "p.telemetry.login"
-    other = rejection(Source("telemetry.login", 2, 9, None, b"x", None, "q.telemetry.login"), "r", "d")
+    other = rejection(
+        Source("telemetry.login", 2, 9, None, b"x", None, "q.telemetry.login"), "r", "d"
+    )
     assert other.value.event_id != emit.value.event_id  # the same position under another prefix
-    again = rejection(Source("telemetry.login", 2, 9, None, b"y", None, "p.telemetry.login"), "r", "d")
+    again = rejection(
+        Source("telemetry.login", 2, 9, None, b"y", None, "p.telemetry.login"), "r", "d"
+    )
     assert again.value.event_id == emit.value.event_id  # the same record: the same rejection

@@ -78,4 +78,6 @@ def test_the_private_aiokafka_parts_it_relies_on_still_have_their_shape() -> Non
     assert "self._partition_records = partition_records" in inspect.getsource(FetchResult)
     assert "next_fetch_offset" in inspect.getsource(FetchResult.check_assignment)
     assert "PartitionRecords(" in inspect.getsource(aiokafka_fetcher.Fetcher._proc_fetch_request)
-    assert "for tp in assignment.tps:" in inspect.getsource(GatheringFetcher.__mro__[1]._get_actions_per_node)
+    assert "for tp in assignment.tps:" in inspect.getsource(
+        GatheringFetcher.__mro__[1]._get_actions_per_node
+    )

@@ -72,8 +72,10 @@ def test_a_batch_decodes_into_items_rejections_and_settled_events() -> None:
     assert [i.source.offset for i in decoded.items] == [0, 2]
     assert decoded.items[0].source.timestamp_ms == 1795514400000
     (rejected,) = decoded.rejected
-    assert (rejected.value.reason, rejected.value.source_topic) == ("invalid_json",
-                                                                    "p.telemetry.page_view")
+    assert (rejected.value.reason, rejected.value.source_topic) == (
+        "invalid_json",
+        "p.telemetry.page_view",
+    )
     assert decoded.topics == {"telemetry.page_view": 3}
     settled = decode_batch(messages, logical, lambda event, stamp: True)
     assert (settled.settled, len(settled.items), len(settled.rejected)) == (2, 0, 1)
@@ -203,7 +205,9 @@ class RacingStore(MemoryStore):
 async def test_a_lost_compare_and_set_is_decided_again() -> None:
     store = MemoryStore()
     warm = Processor(store, KEYS, CONFIG)
-    await warm.process([item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"), "telemetry.page_view")])
+    await warm.process(
+        [item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"), "telemetry.page_view")]
+    )
     racing = RacingStore(KEYS.of("ws", "dev", "d1"))
     racing.records = dict(store.records)
     processor = Processor(racing, KEYS, CONFIG)
