@@ -1,10 +1,11 @@
 """Erasure (R16): a user or a device forgotten, in a way that survives replay.
 
-An erasure is itself a fact: a marker keyed by a keyed digest of the subject (HMAC with the
-workspace's first secret, so guessing e-mails or ids cannot reverse it) holding the erasure
-time E. Facts of the subject stamped before E are removed, and the subject's events stamped
-before E are refused (`erased`) when they arrive later, so processing the erasure before or
-after them ends in the same state.
+An erasure is itself a fact: a marker keyed by a keyed digest of the subject (HMAC with a
+workspace secret, so guessing e-mails or ids cannot reverse it) holding the erasure time E.
+Markers are looked up under the digest of every configured secret and written under the one
+found, else the first, so adding or reordering secrets keeps them. Facts of the subject
+stamped before E are removed, and the subject's events stamped before E are refused (`erased`)
+when they arrive later, so processing the erasure before or after them ends in the same state.
 
 Erasing a user removes its session facts on every device, but not the boundaries they drew: a
 login or logout of the user becomes the same fact of a *placeholder* user (a keyed digest that
@@ -63,14 +64,44 @@ def erase_request(
 
 
 def subject_digest(secrets: tuple[bytes, ...], subject: str) -> str:
-    """The keyed digest that names an erased subject in the state (`user:<id>`, `device:<id>`)."""
-    mac = hmac.new(secrets[0], b"erased:" + subject.encode(), hashlib.sha256)
-    return mac.hexdigest()[:32]
+    """The keyed digest that names an erased subject in the state (`user:<id>`, `device:<id>`).
+
+    Keyed with the workspace's first secret: where a marker is written when none exists yet.
+    """
+    return subject_digests(secrets, subject)[0]
 
 
-def placeholder_of(secrets: tuple[bytes, ...], user_id: str) -> str:
+def subject_digests(secrets: tuple[bytes, ...], subject: str) -> tuple[str, ...]:
+    """The subject's digest under every configured secret, in the order of the secrets.
+
+    A marker is looked up under each of them, so that adding, reordering or rotating secrets
+    keeps finding the markers written under an older one.
+    """
+    return tuple(
+        hmac.new(s, b"erased:" + subject.encode(), hashlib.sha256).hexdigest()[:32] for s in secrets
+    )
+
+
+def find_marker(
+    resolver: _Resolver, secrets: tuple[bytes, ...], subject: str
+) -> tuple[str, ErasureMarker | None]:
+    """(digest, marker) of the subject: the first digest holding a marker, else the first one.
+
+    A new marker of a subject erased before is written where the old one was found, so the
+    placeholder named after it (`PLACEHOLDER + digest`) stays the same on every device.
+    """
+    digests = subject_digests(secrets, subject)
+    markers = [resolver.erasure(d) for d in digests]
+    for digest, marker in zip(digests, markers, strict=True):
+        if marker is not None:
+            return digest, marker
+    return digests[0], None
+
+
+def placeholder_of(resolver: _Resolver, secrets: tuple[bytes, ...], user_id: str) -> str:
     """The user_id of the placeholder that keeps an erased user's session boundaries."""
-    return PLACEHOLDER + subject_digest(secrets, f"user:{user_id}")
+    digest, _ = find_marker(resolver, secrets, f"user:{user_id}")
+    return PLACEHOLDER + digest
 
 
 def is_placeholder(user_id: str | None) -> bool:
@@ -95,7 +126,7 @@ def user_erased_at(resolver: _Resolver, user_id: str) -> int | None:
     if user != User() or resolver.view.users.get(user_id) is not None:
         return user.erased
     secrets = resolver.config.secrets[resolver.view.workspace_id]
-    marker = resolver.erasure(subject_digest(secrets, f"user:{user_id}"))
+    _, marker = find_marker(resolver, secrets, f"user:{user_id}")
     return marker.at if marker is not None else None
 
 
@@ -108,8 +139,7 @@ def erase(
         return Transition(admitted)
     kind, ident, at = admitted
     subject = f"{kind}:{ident}"
-    digest = subject_digest(config.secrets[request.workspace_id], subject)
-    marker = resolver.erasure(digest)
+    digest, marker = find_marker(resolver, config.secrets[request.workspace_id], subject)
     if resolver.missing:
         return resolver.need()
     if marker is not None and marker.at >= at:

@@ -238,7 +238,7 @@ def likely_needs(event: InputEvent, config: CoreConfig, *, new_device: bool = Fa
         return NeedMore()
     # A user without a record may have been erased: its marker is read with the record (R16).
     secrets = config.secrets.get(event.workspace_id)
-    marker = (erasure.subject_digest(secrets, f"user:{user_id}"),) if secrets else ()
+    marker = erasure.subject_digests(secrets, f"user:{user_id}") if secrets else ()
     if isinstance(event, Logout):
         return NeedMore(users=(user_id,), erasures=marker)
     emails = [_optional_email(event.email, blocked)]
@@ -373,7 +373,8 @@ def _facts(
         # user's placeholder's, as the erasure left those it saw (R16), so that other people's
         # sessions on the device end and begin where they would have.
         kind = "logout" if isinstance(event, Logout) else kind
-        fact = SessionFact(at, event.event_id, kind, erasure.placeholder_of(secrets, user_id))
+        placeholder = erasure.placeholder_of(resolver, secrets, user_id)
+        fact = SessionFact(at, event.event_id, kind, placeholder)
         refusal = Refusal("erased", "the user was erased after this event's time (R16)")
         # Chats it puts into the erased session are hidden, not removed: a later boundary (a
         # logout read after it) may still move them into the next visitor's session.

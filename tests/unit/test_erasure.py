@@ -228,3 +228,23 @@ def test_an_erasure_before_the_subject_s_events_gives_the_same_profiles() -> Non
     assert before.profiles() == after.profiles()
     assert ("w1", "ann") not in before.users
     assert not any(f.user_id == "ann" for d in before.devices.values() for f in d.sessions)
+
+
+def test_erasure_markers_are_found_under_any_configured_secret() -> None:
+    """ann is erased while w1 has one secret; a new secret is then put first (a rotation).
+
+    Her login stamped before the erasure (10:25 < 10:30) is still refused `erased`, erasing
+    her again changes nothing, and her later signup still starts an empty profile.
+    """
+    oracle, c = world()
+    oracle.apply(erase("user:ann"))
+    rotated = CoreConfig(secrets={"w1": (b"secret-new-0123456789abcdef0123456", SECRET.encode())})
+    oracle.config = rotated
+    late = oracle.apply(ev.model(ev.login("w1", "d3", at("10:25"), "ann", SECRET)))
+    assert getattr(late.outcome, "reason", None) == "erased"
+    state = stored_text(oracle)
+    again = oracle.apply(erase("user:ann", event_id="erase-2"), dedup=False)
+    assert again.outcome == Unchanged() and not again.writes
+    assert stored_text(oracle) == state
+    oracle.apply(ev.model(ev.signup("w1", "d3", at("10:40"), "ann", SECRET)))
+    assert oracle.profiles()[c["ann"]].anonymous_ids == ["d3"]
