@@ -76,6 +76,11 @@ class ClusterRedisStore(RedisStore):
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._refresh = True  # load the slot map before the first call
+        # Every node ever seen: redis-py forgets its startup nodes when a refresh fails (a
+        # master just died), and the node of the URL may be the one that is down.
+        self._known: set[tuple[str, int]] = {
+            (node.host, int(node.port)) for node in client.nodes_manager.startup_nodes.values()
+        }
         self._scripted: set[tuple[str, str]] = set()  # (node, sha) known to have the script
         self._degraded: set[str] = set()  # masters last seen with fewer replicas than asked
         self.under_replicated = 0  # commit round trips that reached fewer replicas than asked
@@ -129,7 +134,7 @@ class ClusterRedisStore(RedisStore):
         """Send each (slot, command) to its master, all masters at once; replies in order."""
         client = self._cluster
         if self._refresh:
-            await _refresh_slots(client)
+            await self._refresh_slots()
             self._refresh = False
         replies: list = [None] * len(commands)
         pending = list(range(len(commands)))
@@ -182,7 +187,7 @@ class ClusterRedisStore(RedisStore):
             if pause:
                 self._refresh = True
                 await asyncio.sleep(TRANSIENT_PAUSE_S)
-                await _refresh_slots(client)
+                await self._refresh_slots()
         message = f"the cluster kept redirecting or refusing: {replies[pending[0]]}"
         raise ClusterUnavailable(message)
 
@@ -244,18 +249,35 @@ class ClusterRedisStore(RedisStore):
             raw = raw[1::2]  # the reply of each command, not of its ASKING
         return raw
 
+    async def _refresh_slots(self, *, unless_loaded: bool = False) -> None:
+        """Load the slot map from any node that answers (first use, a failover, a MOVED)."""
+        client = self._cluster
+        if unless_loaded and not client._initialize:  # redis-py's "must load" flag
+            return
+        known = sorted(self._known)
+        try:
+            if client._initialize:
+                await client.initialize(additional_startup_nodes_info=known)
+            else:
+                await client.nodes_manager.initialize(additional_startup_nodes_info=known)
+        except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as exc:
+            message = f"no node of the cluster could tell who serves the slots ({exc})"
+            raise ClusterUnavailable(message) from exc
+        self._known |= {(n.host, int(n.port)) for n in client.nodes_manager.nodes_cache.values()}
+
     async def delete(self, keys: Sequence[str]) -> None:
         """UNLINK the keys, one command per workspace on the master of its slot."""
         groups = _by_slot(keys)
         if groups:
+            await self._refresh_slots(unless_loaded=True)
             async with _unavailable_as_connection_error():
                 await asyncio.gather(*(self._cluster.unlink(*group) for group in groups.values()))
 
     async def scan(self, pattern: str) -> list[str]:
         """SCAN every master for keys matching `pattern`."""
         found: set[str] = set()
+        await self._refresh_slots(unless_loaded=True)
         async with _unavailable_as_connection_error():
-            await self._cluster.initialize()
             for node in self._cluster.get_primaries():
                 async for key in self._cluster.scan_iter(
                     match=pattern, count=1000, target_nodes=node
@@ -265,8 +287,8 @@ class ClusterRedisStore(RedisStore):
 
     async def ping(self) -> bool:
         """Whether every master answers."""
+        await self._refresh_slots(unless_loaded=True)
         async with _unavailable_as_connection_error():
-            await self._cluster.initialize()
             replies = await self._cluster.ping(target_nodes=RedisCluster.PRIMARIES)
         return bool(replies)
 
@@ -286,18 +308,6 @@ async def _unavailable_as_connection_error() -> AsyncIterator[None]:
         yield
     except (RedisClusterException, ClusterDownError, TryAgainError) as exc:
         raise ClusterUnavailable(str(exc)) from exc
-
-
-async def _refresh_slots(client: RedisCluster) -> None:
-    """Load the slot map again from any node that answers (after a failover or a MOVED)."""
-    try:
-        if client._initialize:
-            await client.initialize()
-        else:
-            await client.nodes_manager.initialize()
-    except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as exc:
-        message = f"no node of the cluster could tell who serves the slots ({exc})"
-        raise ClusterUnavailable(message) from exc
 
 
 def _node_at(client: RedisCluster, host: str, port: int) -> ClusterNode:
