@@ -39,6 +39,10 @@ from schemas.topics import ERASED
 if TYPE_CHECKING:
     from pipeline.core.rules import CoreConfig, _Change, _Resolver
 
+# The key of a workspace's count of device erasures (not a digest: those are 32 hex digits). A
+# worker that settles page views from the first activities it remembers drops them when the
+# count changes (`pipeline.worker.known`).
+DEVICE_ERASURES = "devices"
 PLACEHOLDER = "\x00erased:"  # a placeholder user_id: R3 refuses control characters
 ERASE_AHEAD_OF_RECORD_MS = 60_000  # an erasure stamped later than this after its record
 
@@ -140,6 +144,7 @@ def erase(
     kind, ident, at = admitted
     subject = f"{kind}:{ident}"
     digest, marker = find_marker(resolver, config.secrets[request.workspace_id], subject)
+    count = resolver.erasure(DEVICE_ERASURES) if kind == "device" else None
     if resolver.missing:
         return resolver.need()
     if marker is not None and marker.at >= at:
@@ -169,7 +174,12 @@ def erase(
     )
     return replace(
         result,
-        erasures={digest: ErasureMarker(at)},
+        erasures={digest: ErasureMarker(at)}
+        if kind == "user"
+        else {
+            digest: ErasureMarker(at),
+            DEVICE_ERASURES: ErasureMarker(count.at + 1 if count else 1),
+        },
         emits=(*result.emits, Emit(ERASED, ident, record)),
     )
 

@@ -7,8 +7,13 @@ learnt once stays an upper bound of the truth, whatever other workers commit lat
 at or before a page view's time, so is the device's real first activity. Values are learnt
 only from records read from the store or committed to it, never from a decision still pending.
 
-The state is never deleted under a running worker (replays use a namespace of their own), so
-nothing here has to be invalidated. Bounded: past `limit` devices the oldest-learnt tenth is
+The one retraction is an erasure (R16): erasing a device removes its facts, so the first
+activity learnt before it is wrong afterwards (a page view stamped before the erasure must be
+refused, one after it begins a new visitor). An erasure of a device, on whichever worker,
+increments the workspace's count of device erasures; each batch reads the counts of its
+workspaces first (one read, only while something is remembered) and forgets a workspace's
+devices when its count changed. The state is otherwise never deleted under a running worker
+(replays use a namespace of their own). Bounded: past `limit` devices the oldest-learnt tenth is
 forgotten, and a forgotten device is read from Redis once more on its next page view.
 """
 
@@ -20,11 +25,30 @@ from itertools import islice
 class KnownDevices:
     """(workspace_id, anonymous_id) -> earliest activity (epoch ms), at most `limit` of them."""
 
-    __slots__ = ("_first", "limit")
+    __slots__ = ("_erasures", "_first", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._first: dict[tuple[str, str], int] = {}
+        self._erasures: dict[str, int] = {}  # workspace_id -> its count of device erasures
+
+    def workspaces(self) -> set[str]:
+        """The workspaces of the devices remembered."""
+        return {workspace_id for workspace_id, _ in self._first}
+
+    def counted(self, workspace_id: str) -> bool:
+        """Whether the workspace's count of device erasures was read yet."""
+        return workspace_id in self._erasures
+
+    def confirm(self, workspace_id: str, erasures: int) -> None:
+        """Take the workspace's count of device erasures; forget its devices if it changed.
+
+        The first count of a workspace forgets them too: they were learnt before any count
+        (the processor reads it with the workspace's first batch, so there are none).
+        """
+        if self._erasures.get(workspace_id) != erasures:
+            self._first = {k: v for k, v in self._first.items() if k[0] != workspace_id}
+        self._erasures[workspace_id] = erasures
 
     def __len__(self) -> int:
         return len(self._first)

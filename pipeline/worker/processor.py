@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from pipeline.core import ids
+from pipeline.core.erasure import DEVICE_ERASURES
 from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
 from pipeline.core.model import (
     Applied,
@@ -308,6 +309,7 @@ class Processor:
         worker sends again (`drain_outbox`).
         """
         tally = Tally()
+        await self._confirm_known(items)
         groups = self._settle_known(items, tally)
         emits: list[Emit] = []
         wires: list[Wire] = []
@@ -383,6 +385,32 @@ class Processor:
         except Exception:
             return False
 
+    async def _confirm_known(self, items: Sequence[Item]) -> None:
+        """Read the batch's workspaces' counts of device erasures before settling (R16).
+
+        A device erased since this worker learnt its first activity must not be settled from
+        it; see `pipeline.worker.known`. One read per batch that has page views of remembered
+        devices, none otherwise (a workspace's first count comes with its first `_prefetch`).
+        """
+        first_activity = self.known.first_activity
+        workspaces = sorted({
+            item.event.workspace_id for item in items
+            if type(item.event) is PageView
+            and first_activity(item.event.workspace_id, item.event.anonymous_id.strip()) is not None
+        })  # fmt: skip
+        if not workspaces:
+            return
+        keys = [self.keys.of(ws, "erased", DEVICE_ERASURES) for ws in workspaces]
+        for workspace_id, record in zip(workspaces, await self.store.read(keys), strict=True):
+            self._confirm(workspace_id, record)
+
+    def _confirm(self, workspace_id: str, record: Record) -> None:
+        try:
+            count = ErasureMarker.from_bytes(record.data).at if record.data else 0
+        except Exception:
+            count = -1  # unreadable: forget what was learnt, and read it again next time
+        self.known.confirm(workspace_id, count)
+
     def _settle_known(self, items: Sequence[Item], tally: Tally) -> dict[str, list[Item]]:
         """Count the events `settles` settles as unchanged; group the rest by workspace."""
         groups: dict[str, list[Item]] = {}
@@ -418,6 +446,8 @@ class Processor:
             extra: set[str] = set()
             for item in group:
                 extra |= self._likely(workspace_id, item)
+            if not self.known.counted(workspace_id):
+                extra.add(of(workspace_id, "erased", DEVICE_ERASURES))
             keys[workspace_id] = devices + sorted(extra)
         discard, self._discard = self._discard, []
         try:
@@ -427,7 +457,12 @@ class Processor:
         except BaseException:
             self._discard[:0] = discard
             raise
-        return {ws: [(key, next(records)) for key in ks] for ws, ks in keys.items()}
+        read = {ws: [(key, next(records)) for key in ks] for ws, ks in keys.items()}
+        for workspace_id, pairs in read.items():
+            if not self.known.counted(workspace_id):
+                count = self.keys.of(workspace_id, "erased", DEVICE_ERASURES)
+                self._confirm(workspace_id, next(r for k, r in pairs if k == count))
+        return read
 
     def _likely(self, workspace_id: str, item: Item) -> set[str]:
         """Keys an event will most likely need besides its device, and its marker.

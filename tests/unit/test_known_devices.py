@@ -1,4 +1,7 @@
-"""Page views of devices a worker knows to be active are settled without reading the store."""
+"""Page views of devices a worker knows to be active are settled without reading their records.
+
+A batch reads one key besides: its workspace's count of device erasures (R16).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from tests.support import events as ev
 SECRET = "known-devices-secret-0123456789ab"
 CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)})
 T10 = 1795514400000  # 2026-11-24T10:00:00Z in epoch ms
+COUNT = "t:{ws}:erased:devices"  # the workspace's count of device erasures
 
 
 class CountingStore(MemoryStore):
@@ -73,7 +77,7 @@ async def test_a_known_device_browsing_reads_nothing() -> None:
     store.keys_read.clear()
     later = await proc.process([page_view("d1", "2026-11-24T10:05:00Z", 1),
                                 page_view("d1", "2026-11-24T10:00:00Z", 2)])  # fmt: skip
-    assert (later.tally.unchanged, later.emits, store.keys_read) == (2, [], [])
+    assert (later.tally.unchanged, later.emits, store.keys_read) == (2, [], [COUNT])
 
 
 async def test_a_device_another_worker_created_is_learnt_from_the_read() -> None:
@@ -84,7 +88,7 @@ async def test_a_device_another_worker_created_is_learnt_from_the_read() -> None
     assert first.tally.unchanged == 1 and store.keys_read  # read once ...
     store.keys_read.clear()
     again = await other.process([page_view("d1", "2026-11-24T10:06:00Z", 2)])
-    assert again.tally.unchanged == 1 and store.keys_read == []  # ... then known
+    assert again.tally.unchanged == 1 and store.keys_read == [COUNT]  # ... then known
 
 
 async def test_a_page_view_before_the_known_first_activity_still_counts() -> None:
@@ -98,3 +102,36 @@ async def test_a_page_view_before_the_known_first_activity_still_counts() -> Non
     stored = profile_from_bytes(store.records[f"t:{{ws}}:contact:{contact}"].data)
     assert stored.created_at.isoformat() == "2026-11-24T09:30:00+00:00"
     assert proc.known.first_activity("ws", "d1") == T10 - 30 * 60_000
+
+
+def erase_item(subject: str, ts: str, offset: int = 0) -> Item:
+    from pipeline.core.erasure import erase_request
+
+    message = erase_request("ws", subject, SECRET.encode(), event_id=f"erase-{offset}",
+                            timestamp=ts)  # fmt: skip
+    key = subject.encode()
+    decoded = decode(Source("privacy.erase", 0, offset, key, orjson.dumps(message)))
+    assert isinstance(decoded, Item)
+    return decoded
+
+
+async def test_a_device_erased_by_another_worker_is_not_settled_from_what_was_learnt() -> None:
+    """d1 browses at 10:00 (worker A learns it); worker B erases d1 at 10:30.
+
+    On A, a page view of d1 stamped 10:20 is refused `erased` (before the erasure), and one
+    stamped 10:40 begins a new visitor: d1's first visitor is created anew, at 10:40.
+    """
+    store = CountingStore()
+    a, b = Processor(store, Keys("t"), CONFIG), Processor(store, Keys("t"), CONFIG)
+    await a.process([page_view("d1", "2026-11-24T10:00:00Z")])
+    await a.process([page_view("d1", "2026-11-24T10:05:00Z", 1)])
+    erased = await b.process([erase_item("device:d1", "2026-11-24T10:30:00Z")])
+    assert erased.tally.applied == 1
+    before = await a.process([page_view("d1", "2026-11-24T10:20:00Z", 2)])
+    assert before.tally.unchanged == 0 and before.tally.applied == 0
+    assert [e.value.reason for e in before.emits if e.topic == "identity.rejected"] == ["erased"]
+    after = await a.process([page_view("d1", "2026-11-24T10:40:00Z", 3)])
+    assert after.tally.applied == 1
+    contact = visitor_contact_id("ws", "d1", "origin")
+    stored = profile_from_bytes(store.records[f"t:{{ws}}:contact:{contact}"].data)
+    assert stored is not None and stored.created_at.isoformat() == "2026-11-24T10:40:00+00:00"
