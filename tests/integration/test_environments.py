@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.ops.admin import ensure_topics, remove_run
 from pipeline.ops.topics import topic_specs
+from schemas.topics import INPUT_TOPICS
 from tests.integration.test_partitioners import (
     assignments,
     expected,
@@ -29,7 +30,7 @@ from tests.integration.test_partitioners import (
 )
 from tests.support.kafka import OutputLog, Pipeline
 
-INPUT_PARTITIONS = 5 * 4  # five input topics of 4 partitions
+INPUT_PARTITIONS = len(INPUT_TOPICS) * 4  # every input topic has 4 partitions
 
 
 class Environment(Pipeline):
