@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Awaitable, Coroutine
 
@@ -41,6 +42,7 @@ from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED
 
 logger = logging.getLogger(__name__)
 
+ERASURE_CHECK_S = 0.5  # how stale a worker's memory of device erasures may be (`known`)
 OUTBOX_SWEEP_S = 15.0  # outbox records older than this are taken to be a dead worker's
 OUTBOX_SCAN_S = 300.0  # how often every worker looks for them anyway (besides rebalances)
 FORGET_FLUSH_S = 1.0  # delivered outbox records wait at most this long for a batch to carry them
@@ -275,8 +277,17 @@ def create_app(settings: Settings) -> faust.App:
         takes = stream.take_events(settings.batch_size, within=settings.batch_within_s)
         batches = gathered(takes, size=settings.batch_size, gather_s=settings.batch_gather_s,
                            highwater=highwater, ack=stream.ack)  # fmt: skip
+        checked = 0.0
         async for events in batches:
             metrics.BATCH_EVENTS.observe(len(events))
+            if time.monotonic() - checked >= ERASURE_CHECK_S:
+                # Page views of remembered devices are settled at parse: an erasure committed
+                # by any worker must reach this one's memory first (`known`).
+                checked = time.monotonic()
+                try:
+                    await processor.refresh_erasures()
+                except REDIS_DOWN as exc:
+                    logger.warning("could not read the counts of device erasures (%s)", exc)
             decoded = decode_batch((e.message for e in events), logical, processor.settles)
             seen.update(decoded.topics)
             for topic, count in decoded.topics.items():

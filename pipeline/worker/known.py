@@ -10,9 +10,11 @@ only from records read from the store or committed to it, never from a decision 
 The one retraction is an erasure (R16): erasing a device removes its facts, so the first
 activity learnt before it is wrong afterwards (a page view stamped before the erasure must be
 refused, one after it begins a new visitor). An erasure of a device, on whichever worker,
-increments the workspace's count of device erasures; each batch reads the counts of its
-workspaces first (one read, only while something is remembered) and forgets a workspace's
-devices when its count changed. The state is otherwise never deleted under a running worker
+increments the workspace's count of device erasures; the worker reads the counts it holds at
+most every `ERASURE_CHECK_S` before a batch (one round trip, `Processor.refresh_erasures`), and
+a batch that reaches the store reads its workspaces' counts too; a workspace's devices are
+forgotten when its count changed. So an erasure reaches every worker's memory within about
+half a second. The state is otherwise never deleted under a running worker
 (replays use a namespace of their own). Bounded: past `limit` devices the oldest-learnt tenth is
 forgotten, and a forgotten device is read from Redis once more on its next page view.
 """
@@ -35,6 +37,10 @@ class KnownDevices:
     def workspaces(self) -> set[str]:
         """The workspaces of the devices remembered."""
         return {workspace_id for workspace_id, _ in self._first}
+
+    def counted_workspaces(self) -> list[str]:
+        """The workspaces whose count of device erasures this worker holds."""
+        return sorted(self._erasures)
 
     def counted(self, workspace_id: str) -> bool:
         """Whether the workspace's count of device erasures was read yet."""

@@ -404,6 +404,18 @@ class Processor:
         for workspace_id, record in zip(workspaces, await self.store.read(keys), strict=True):
             self._confirm(workspace_id, record)
 
+    async def refresh_erasures(self) -> None:
+        """Read the counts of device erasures of every workspace remembered (one round trip).
+
+        The agent calls it before a batch at most every `known.ERASURE_CHECK_S`: page views of
+        remembered devices are settled at parse, before `process` sees them.
+        """
+        workspaces = self.known.counted_workspaces()
+        if workspaces:
+            keys = [self.keys.of(ws, "erased", DEVICE_ERASURES) for ws in workspaces]
+            for workspace_id, record in zip(workspaces, await self.store.read(keys), strict=True):
+                self._confirm(workspace_id, record)
+
     def _confirm(self, workspace_id: str, record: Record) -> None:
         try:
             count = ErasureMarker.from_bytes(record.data).at if record.data else 0
