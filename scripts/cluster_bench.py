@@ -68,7 +68,7 @@ async def one_pass(
     try:
         before = [cpu_seconds(pid) for pid in watch_pids]
         start = time.monotonic()
-        rate = await measure(bootstrap, f"cb-{tag}", events, timeout=600, process=processes[0])
+        rate = await measure(bootstrap, f"cb-{tag}", events, timeout=240, process=processes[0])
         wall = time.monotonic() - start
         cpu = [(cpu_seconds(pid) - b) / wall for pid, b in zip(watch_pids, before, strict=True)]
     finally:
@@ -88,6 +88,7 @@ async def main(events: int) -> None:
     print(f"steady mix, {events} events a pass, {settings.partitions} partitions, RF 3")
 
     one, _ = await one_pass(settings, BENCH_SECRETS, events=events, workers=1, home=home)
+    print(f"1 worker: {one:,.0f} ev/s", flush=True)
     two, _ = await one_pass(settings, BENCH_SECRETS, events=events, workers=2, home=home)
     print(f"scaling: 1 worker {one:,.0f} ev/s, 2 workers {two:,.0f} ev/s, ratio {two / one:.2f}")
 
