@@ -217,7 +217,7 @@ def _stack_up_cluster(args: argparse.Namespace, *, masters: int | None, brokers:
         env["REDIS_URL"] = stack.cluster_redis_url()
     else:
         print(stack.start_redis(_settings(args).redis_url), flush=True)
-    if (brokers or 1) > 1:
+    if brokers is not None and brokers > 1:
         print(stack.start_kafka_cluster(brokers), flush=True)
         env["KAFKA_BOOTSTRAP_SERVERS"] = stack.cluster_bootstrap(brokers)
     else:

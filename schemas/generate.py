@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Literal
 
 import orjson
 
@@ -24,7 +25,9 @@ def rendered() -> dict[str, bytes]:
     """File name -> JSON Schema text, for every topic's message model."""
     files: dict[str, bytes] = {}
     for topic, model in {**INPUT_MODELS, **OUTPUT_MODELS}.items():
-        mode = "validation" if topic in INPUT_MODELS else "serialization"
+        mode: Literal["validation", "serialization"] = (
+            "validation" if topic in INPUT_MODELS else "serialization"
+        )
         # Inputs as the codec validates them; outputs as the worker emits them.
         schema = model.model_json_schema(mode=mode)
         schema["$schema"] = DIALECT

@@ -64,7 +64,7 @@ _PROOF_REQUIRED = {
 class _Verified(_Input):
     """An event that claims a user_id and must prove it (R9)."""
 
-    model_config = ConfigDict(json_schema_extra=_PROOF_REQUIRED)
+    model_config = ConfigDict(json_schema_extra=_PROOF_REQUIRED)  # type: ignore[typeddict-item]
 
     key_identifier: ClassVar[str] = "user_id"
 

@@ -273,7 +273,7 @@ def _erase_user(resolver: _Resolver, user_id: str, digest: str, at: int) -> _Cha
     name = user.name if user.name is not None and user.name[0] >= at else None
     new_user = User(linked, claims, name, at) if (linked or claims or name) else None
     changed_devices = {a: d for a, d in devices.items() if d != old[a]}
-    return _Change(changed_devices, {user_id: new_user}, _changed_emails(resolver, emails), tokens)  # type: ignore[arg-type]
+    return _Change(changed_devices, {user_id: new_user}, _changed_emails(resolver, emails), tokens)
 
 
 def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
@@ -305,7 +305,7 @@ def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
     _forget_leads(resolver, emails, {anonymous_id: new_device}, {anonymous_id: gone_chats})
     tokens = _forget_uses(resolver, {anonymous_id: device},
                           {(anonymous_id, f.event_id) for f in gone_sessions})  # fmt: skip
-    return _Change({anonymous_id: new_device}, users, _changed_emails(resolver, emails), tokens)  # type: ignore[arg-type]
+    return _Change({anonymous_id: new_device}, users, _changed_emails(resolver, emails), tokens)
 
 
 def _changed_emails(resolver: _Resolver, emails: dict[str, EmailEntry | None]) -> dict:

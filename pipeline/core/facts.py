@@ -169,7 +169,7 @@ class User:
         return cls(
             devices=tuple(raw["d"]),
             emails=tuple(EmailClaim(*row) for row in raw["e"]),
-            name=tuple(raw["n"]) if raw["n"] else None,  # type: ignore[arg-type]
+            name=tuple(raw["n"]) if raw["n"] else None,
             erased=raw.get("x"),
         )
 

@@ -26,6 +26,7 @@ from pipeline.core.facts import (
     EmailEntry,
     ErasureMarker,
     SessionFact,
+    SessionKind,
     TokenUses,
     User,
 )
@@ -346,6 +347,7 @@ def _facts(
             entry = resolver.old_email(email)
             emails = _changed(email, entry, entry.with_lead(at, event.event_id, anonymous_id))
         return _Change(_changed(anonymous_id, device, device.with_chat(chat)), {}, emails)
+    assert isinstance(event, Signup | Login | Logout)  # erase requests are decided before
     user_id = check_identifier(event.user_id, blocked=blocked)
     if isinstance(user_id, Refused):
         return Refused(user_id.reason, f"user_id: {user_id.detail}")
@@ -367,7 +369,7 @@ def _facts(
                        policy=config.policies.get(event.workspace_id, DEFAULT_POLICY))  # fmt: skip
         if isinstance(proof, Refused):
             return proof
-    kind = "login" if isinstance(event, Login) else "signup"
+    kind: SessionKind = "login" if isinstance(event, Login) else "signup"
     if erased:
         # An erased user's event: refused, but the boundary it draws is kept as the erased
         # user's placeholder's, as the erasure left those it saw (R16), so that other people's
@@ -380,6 +382,7 @@ def _facts(
         # logout read after it) may still move them into the next visitor's session.
         new_device = device.with_session(fact)
         return _Change(_changed(anonymous_id, device, new_device), {}, {}, refusal=refusal)
+    assert not isinstance(event, Logout) and not isinstance(proof, Refused)  # decided above
     fact = SessionFact(at, event.event_id, kind, user_id, proof.jti or "")
     tokens: dict[str, TokenUses | None] = {}
     if proof.jti:

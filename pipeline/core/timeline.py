@@ -152,7 +152,7 @@ def derive(
                                             current.contact_id))  # fmt: skip
             segments.append(_ended(current, key, None))
         else:
-            merge = Merge(into, fact.user_id, fact.kind, fact.event_id, fact.at)  # type: ignore[arg-type]
+            merge = Merge(into, fact.user_id, fact.kind, fact.event_id, fact.at)
             segments.append(_ended(current, key, merge))
         current = Segment("user", into, key, None, fact.event_id, user_id=fact.user_id)
     segments.append(current)

@@ -317,7 +317,9 @@ def stop_kafka(bootstrap: str = "127.0.0.1:9092") -> bool:
     broker = kafka_endpoint(bootstrap)
     for endpoint in (broker, Endpoint(broker.host, broker.port + 1)):
         wait_until(
-            lambda e=endpoint: not port_open(e), timeout=30, what=f"port {endpoint.port} to close"
+            lambda e=endpoint: not port_open(e),  # type: ignore[misc]
+            timeout=30,
+            what=f"port {endpoint.port} to close",
         )
     return stopped
 
@@ -602,7 +604,7 @@ def start_kafka_cluster(brokers: int = 3) -> str:
     # Topics created before every broker has registered would get fewer replicas.
     for index in range(brokers):
         broker = f"{CLUSTER_HOST}:{CLUSTER_KAFKA_PORT + index}"
-        wait_until(lambda b=broker: live_brokers(b) == brokers, timeout=60,
+        wait_until(lambda b=broker: live_brokers(b) == brokers, timeout=60,  # type: ignore[misc]
                    what=f"{broker} to see {brokers} brokers")  # fmt: skip
     return f"kafka cluster: {brokers} KRaft nodes on {cluster_bootstrap(brokers)}"
 

@@ -168,6 +168,7 @@ class ClusterRedisStore(RedisStore):
                 raise failure
             pending, asking, pause = [], {}, False
             for (node, indexes), node_replies in zip(groups.values(), results, strict=True):
+                assert not isinstance(node_replies, BaseException)  # raised above
                 for index, reply in zip(indexes, node_replies, strict=True):
                     replies[index] = reply
                     if isinstance(reply, MovedError):

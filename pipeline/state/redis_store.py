@@ -39,7 +39,7 @@ class _HiredisPacking:
         if isinstance(name, str) and " " in name:
             args = (*name.split(), *args[1:])
         try:
-            return [hiredis.pack_command(args)]
+            return [hiredis.pack_command(args)]  # type: ignore[arg-type] # str, bytes, numbers
         except TypeError as exc:
             raise DataError(str(exc)) from exc
 

@@ -264,7 +264,7 @@ def create_app(settings: Settings) -> faust.App:
                 in_background(outbox.redeliver(in_doubt))
             return processed
 
-    @app.agent(inputs, name="resolve")
+    @app.agent(inputs, name="resolve")  # type: ignore[arg-type] # Faust types agents by StreamT
     async def resolve(stream: faust.Stream) -> None:
         def highwater(tp: TP) -> int | None:
             try:
@@ -328,7 +328,7 @@ def create_app(settings: Settings) -> faust.App:
         await asyncio.sleep(OUTBOX_SWEEP_S)
         await outbox.sweep(OUTBOX_SWEEP_S)
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type] # mode's signal typing
     async def log_assignment(sender: faust.App, assigned: set, **_: object) -> None:
         group.joined = True
         ours = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned if tp.topic in logical)

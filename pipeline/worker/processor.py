@@ -206,7 +206,7 @@ class _Working:
         if kind == "evt":
             self.markers[ident] = data
             return
-        table, decode = _BY_KIND[kind]
+        table, decode = _BY_KIND[kind]  # type: ignore[index] # a kind this store writes
         try:
             getattr(self.view, table)[ident] = decode(data) if data else None
         except Exception as exc:
@@ -250,10 +250,10 @@ class _Working:
 
     def wires(self) -> list[Wire]:
         """The outputs as sent; a profile is encoded once for its record and its message."""
-        wires = []
+        wires: list[Wire] = []
         for emit in self.emits:
             data = self.encoded.get(id(emit.value)) if emit.topic == PROFILES else None
-            if data is not None:
+            if data is not None and emit.key is not None:
                 key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
                 wires.append((emit.topic, key, data))
             else:
@@ -350,8 +350,8 @@ class Processor:
             outcomes = dict(zip(map(id, writing), committed, strict=True))
             results = [outcomes.get(id(w), True) for w in workings]
             retry: dict[str, list[Item]] = {}
-            for working, committed in zip(workings, results, strict=True):
-                if committed:
+            for working, done in zip(workings, results, strict=True):
+                if done:
                     self._learn_devices(working)
                     emits.extend(working.emits)
                     wires.extend(sent[id(working)])

@@ -31,13 +31,6 @@ from pipeline.state.factory import open_store
 from pipeline.tools import journey
 from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 from tests.integration.test_faults import report
-from tests.integration.test_store_contract import (  # noqa: F401 - run here on the cluster
-    test_a_checked_but_unwritten_record_guards_the_commit,
-    test_a_commit_writes_and_bumps_versions,
-    test_a_stale_read_loses_and_changes_nothing,
-    test_absent_records_read_as_version_zero,
-    test_commits_of_one_batch_are_independent,
-)
 from tests.support import events as ev
 from tests.support.kafka import OutputLog, Pipeline, read_topics
 

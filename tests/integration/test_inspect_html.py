@@ -25,7 +25,7 @@ from pipeline.core import ids
 from tests.integration.conftest import SECRETS, TOKEN_EXP
 from tests.support import events as ev
 from tests.support.kafka import PROJECT_ROOT, Pipeline
-from tests.unit.test_inspect_html import maya_journey
+from tests.unit.tools.test_inspect_html import maya_journey
 
 WS = "ws-a"
 LIMIT = {"IDP_SHARED_DEVICE_LIMIT": "2"}  # the kiosk is Maya's third device within the window

@@ -10,7 +10,7 @@ from pipeline.core.guard import refused_links
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
 from tests.support import events as ev
-from tests.unit.test_identity_laws import LAW, SECRETS, final_profiles, journeys
+from tests.unit.core.test_identity_laws import LAW, SECRETS, final_profiles, journeys
 
 HOUR = 3600 * 1000
 WS = "w1"

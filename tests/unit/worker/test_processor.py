@@ -16,8 +16,8 @@ from pipeline.worker import processor as processor_module
 from pipeline.worker.codec import Item, Source, decode
 from pipeline.worker.processor import Processor
 from tests.support import events as ev
-from tests.unit import test_identity_laws as laws
-from tests.unit.test_identity_laws import EXAMPLES
+from tests.unit.core import test_identity_laws as laws
+from tests.unit.core.test_identity_laws import EXAMPLES
 
 SECRET = "processor-secret-0123456789abcdef0"
 CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +27,7 @@ def stamp(minute: int) -> str:
 
 
 @st.composite
-def an_event(draw: st.DrawFn, workspaces: list[str]) -> dict:
+def an_event(draw: st.DrawFn, workspaces: Sequence[str]) -> dict:
     ws = draw(st.sampled_from(workspaces))
     device = draw(st.sampled_from(DEVICES))
     ts = stamp(draw(st.integers(0, 12)))
@@ -60,7 +61,7 @@ def _renumber(events: list[dict]) -> list[dict]:
     return [{**e, "event_id": f"{e['event_id'].split('-')[0]}-{i}"} for i, e in enumerate(events)]
 
 
-def journeys(workspaces: list[str] = ["w1"]) -> st.SearchStrategy[list[dict]]:  # noqa: B006
+def journeys(workspaces: Sequence[str] = ("w1",)) -> st.SearchStrategy[list[dict]]:
     return st.lists(an_event(workspaces), min_size=1, max_size=14).map(_renumber)
 
 

@@ -14,7 +14,7 @@ from pipeline.core.model import Refusal
 from pipeline.core.oracle import Oracle
 from schemas.time import parse_timestamp, to_epoch_ms
 from tests.support import events as ev
-from tests.unit.test_identity_laws import CONFIG, LAW, _renumber, an_event
+from tests.unit.core.test_identity_laws import CONFIG, LAW, _renumber, an_event
 
 SESSION = ("login", "signup", "logout")
 # How far after its event a record is written (negative: the event is stamped ahead of it).
@@ -72,7 +72,9 @@ def test_records_beyond_the_bounds_are_refused_and_change_nothing(
     pairs: list[tuple[dict, int]],
 ) -> None:
     profiles, verdicts = run(pairs)
-    beyond = {event["event_id"] for event, record_ms in pairs if not within_bounds(event, record_ms)}
+    beyond = {
+        event["event_id"] for event, record_ms in pairs if not within_bounds(event, record_ms)
+    }
     assert set(verdicts) == beyond  # worked out from R14's bounds, not from the code
     inside = [(event, record_ms) for event, record_ms in pairs if within_bounds(event, record_ms)]
     assert profiles == run(inside)[0]

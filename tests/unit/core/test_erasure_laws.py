@@ -16,7 +16,7 @@ from pipeline.core.erasure import erase_request
 from pipeline.core.oracle import Oracle
 from schemas import EraseRequest
 from tests.support import events as ev
-from tests.unit.test_identity_laws import CONFIG, DEVICES, LAW, SECRETS, USERS, journeys
+from tests.unit.core.test_identity_laws import CONFIG, DEVICES, LAW, SECRETS, USERS, journeys
 
 ERASED_AT = "2026-11-24T10:30:00Z"
 
