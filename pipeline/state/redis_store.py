@@ -63,18 +63,14 @@ class RedisStore:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def from_url(cls, url: str, *, marker_ttl_s: int) -> Store:
+    def from_url(cls, url: str, *, marker_ttl_s: int, wait_replicas: int = 1) -> Store:
         """The store for `url`, standalone or Redis Cluster: `pipeline.state.factory.open_store`.
 
-        Commits on a cluster wait for `IDP_REDIS_WAIT_REPLICAS` replicas (`Settings`).
+        Commits on a cluster wait for `wait_replicas` replicas (`IDP_REDIS_WAIT_REPLICAS`).
         """
-        from pipeline.ops.settings import Settings
         from pipeline.state.factory import open_store
 
-        settings = Settings()
-        return open_store(
-            url, marker_ttl_s=marker_ttl_s, wait_replicas=settings.redis_wait_replicas
-        )
+        return open_store(url, marker_ttl_s=marker_ttl_s, wait_replicas=wait_replicas)
 
     @classmethod
     def standalone(cls, url: str, *, marker_ttl_s: int) -> RedisStore:

@@ -213,7 +213,11 @@ async def load(
 ) -> tuple[Profile, Facts] | None:
     """Find the contact `identifier` names and load its facts; None when nothing matches."""
     keys = Keys(settings.state_namespace)
-    store = RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
+    store = RedisStore.from_url(
+        settings.redis_url,
+        marker_ttl_s=settings.dedup_ttl_days * 86400,
+        wait_replicas=settings.redis_wait_replicas,
+    )
     config = CoreConfig(shared_device_limit=settings.shared_device_limit,
                         shared_window_ms=settings.shared_window_s * 1000)  # fmt: skip
     facts = Facts(workspace_id, config=config)

@@ -179,7 +179,11 @@ def http_service(app: faust.App, settings: Settings, group: GroupState) -> type[
     that a lookup never waits behind a batch's round trip on the worker's connection.
     """
     store = metrics.TimedStore(
-        RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
+        RedisStore.from_url(
+            settings.redis_url,
+            marker_ttl_s=settings.dedup_ttl_days * 86400,
+            wait_replicas=settings.redis_wait_replicas,
+        )
     )
     lookup = ProfileLookup(store, Keys(settings.state_namespace), core_config(settings))
     kafka = KafkaProbe(settings.kafka_bootstrap_servers)
@@ -220,7 +224,11 @@ def create_app(settings: Settings) -> faust.App:
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     keys = Keys(settings.state_namespace)
     store = metrics.TimedStore(
-        RedisStore.from_url(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400)
+        RedisStore.from_url(
+            settings.redis_url,
+            marker_ttl_s=settings.dedup_ttl_days * 86400,
+            wait_replicas=settings.redis_wait_replicas,
+        )
     )
     processor = Processor(store, keys, core_config(settings), known_devices=settings.known_devices)
     faults = FaultInjection(settings.fault_exit_after_commits)
