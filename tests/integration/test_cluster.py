@@ -20,18 +20,15 @@ import orjson
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from pipeline.core.oracle import Oracle
-from pipeline.core.rules import CoreConfig
 from pipeline.ops import stack
 from pipeline.ops.admin import ensure_topics, remove_keys, topics_visible
 from pipeline.ops.topics import TopicSpec, topic_specs
 from pipeline.state.base import Commit, Keys, Record, Store
 from pipeline.state.cluster_store import ClusterRedisStore
 from pipeline.state.factory import open_store
-from pipeline.tools import journey
 from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 from tests.integration.test_faults import report
-from tests.support import events as ev
+from tests.integration.test_faults import scenario as fault_free
 from tests.support.kafka import OutputLog, Pipeline, read_topics
 
 pytestmark = pytest.mark.integration
@@ -124,21 +121,7 @@ SECRETS = spread_workspaces()
 
 def scenario(seed: int) -> tuple[list[tuple[str, bytes, bytes]], dict, set, set]:
     """Messages (each stamped with its event's time when sent), and the oracle's outcome."""
-    records = journey.generate(SECRETS, people=PEOPLE, seed=seed, junk_ratio=0)
-    oracle = Oracle(CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}))
-    for record in records:
-        oracle.apply(ev.model_of(record.topic, record.value))
-    profiles = {
-        cid: orjson.loads(orjson.dumps(p.model_dump(mode="json")))
-        for cid, p in oracle.profiles().items()
-    }
-    final = {(cid, p["merged_into"]) for cid, p in profiles.items() if p["merged_into"]}
-    merges = {e.value.event_id for e in oracle.emitted if e.topic == "identity.merged"
-              and (e.value.from_contact_id, e.value.into_contact_id) in final}  # fmt: skip
-    shutdowns = {e.value.event_id for e in oracle.emitted if e.topic == "identity.shutdown"}
-    assert len(merges) == len(final) and shutdowns
-    messages = [(r.topic, orjson.dumps(r.value), r.key.encode()) for r in records]
-    return messages, profiles, merges, shutdowns
+    return fault_free(seed, secrets=SECRETS, people=PEOPLE)
 
 
 @pytest.fixture

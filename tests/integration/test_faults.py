@@ -29,10 +29,16 @@ PEOPLE = 300
 SLOW = {"IDP_BATCH_SIZE": "40", "IDP_COMMIT_INTERVAL_S": "0.5", "IDP_SESSION_TIMEOUT_S": "6"}
 
 
-def scenario(seed: int) -> tuple[list[tuple[str, bytes, bytes]], dict, set, set]:
-    """Input messages, and what a fault-free run gives: profiles, merge and shutdown event_ids."""
-    records = journey.generate({WS: SECRETS[WS]}, people=PEOPLE, seed=seed, junk_ratio=0)
-    oracle = Oracle(CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}))
+def scenario(
+    seed: int, *, secrets: dict[str, str] | None = None, people: int = PEOPLE
+) -> tuple[list[tuple[str, bytes, bytes]], dict, set, set]:
+    """Input messages, and what a fault-free run gives: profiles, merge and shutdown event_ids.
+
+    The journey spans `secrets`' workspaces (by default WS alone).
+    """
+    secrets = secrets or {WS: SECRETS[WS]}
+    records = journey.generate(secrets, people=people, seed=seed, junk_ratio=0)
+    oracle = Oracle(CoreConfig(secrets={ws: (s.encode(),) for ws, s in secrets.items()}))
     for record in records:
         oracle.apply(ev.model_of(record.topic, record.value))
     profiles = {
