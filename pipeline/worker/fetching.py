@@ -4,8 +4,7 @@ Faust's consumer asks the broker with `fetch_min_bytes=1` (answer as soon as one
 there). A worker that keeps up with a few thousand events per second then sends a fetch
 request for every handful of records, and each round (encoding a request for every assigned
 partition, decoding the reply, handing it from Faust's consumer thread to the agent) costs
-more CPU than the records it brings: a bare Faust agent here spent 61% of a core at 500
-events/s and 88% at 4,900/s.
+more CPU than the records it brings (docs/performance.md).
 
 `GatheringFetcher` changes one thing: when the previous fetch brought records and all of
 them have been taken, the next request lets the broker gather up to `GATHER_BYTES` for at
@@ -16,19 +15,11 @@ idle worker does not poll. When records are still waiting to be taken (the worke
 it answers at the first byte too, but waits at most 50 ms (`request_limits`), so a backlog is
 read without pauses.
 
-Why 20 ms. Each fetch round costs the process CPU (its request names all 20 input
-partitions, and its reply crosses from Faust's consumer thread to the agent), so fewer, fuller
-rounds cost less per event, and each millisecond of gathering is latency. With Faust's own
-message loop a fetch round cost about a millisecond and that loop about 100 µs per record at a
-moderate rate, so session 4 chose 30 ms (takes of 15 ms): offered 5,000 events/s the worker was
-47-63% busy instead of 62-74% with 5 ms, and its p99 latency 61-100 ms instead of 48-317 ms.
-Since `pipeline.worker.draining` replaced that loop, offered 8,000 events/s (half the worker's
-peak), interleaved (`scripts/latency_at_rate.py 8000`; see the README): while the machine was
-fast, 10 ms fetches with 5 ms takes kept the worker 52-56% busy with p99 43-48 ms (four
-runs), 30 ms / 15 ms 42-49% and 78-95 ms; while it was slow, 10 ms / 5 ms 57-68% and p99
-112-150 ms (four runs), 20 ms / 10 ms 48-59% and 63-104 ms (four), 30 ms / 15 ms 43-53% and
-80-120 ms (two). 20 ms with takes of 10 ms (`IDP_BATCH_WITHIN_S`) keeps the tail under 100 ms
-most often when the machine slows, which is when it matters.
+Why 20 ms. Each fetch round costs the process CPU (its request names every input partition,
+and its reply crosses from Faust's consumer thread to the agent), so fewer, fuller rounds cost
+less per event, and each millisecond of gathering is latency. 20 ms with takes of 10 ms
+(`IDP_BATCH_WITHIN_S`) keeps the tail shortest when the machine slows, which is when it
+matters; the comparison of settings and its command are in docs/performance.md.
 
 Unreadable batches. aiokafka decodes a fetched batch only when its records are taken, inside
 `getmany`: a batch it cannot read (a codec the process lacks, a CRC mismatch, a malformed
