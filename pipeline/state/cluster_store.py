@@ -41,6 +41,7 @@ from pipeline.state.redis_store import (
     RedisStore,
     _by_slot,
     _HiredisPacking,
+    exchange,
 )
 
 logger = logging.getLogger(__name__)
@@ -218,16 +219,7 @@ class ClusterRedisStore(RedisStore):
                         ("WAIT", self._wait_replicas, self._wait_timeout_ms))  # fmt: skip
         connection = node.acquire_connection()
         try:
-            await connection.send_packed_command(connection.pack_commands(sent), check_health=False)
-            raw = []
-            for _ in sent:
-                try:
-                    raw.append(await connection.read_response())
-                except ResponseError as exc:
-                    raw.append(exc)
-        except BaseException:
-            await connection.disconnect()
-            raise
+            raw = await exchange(connection, sent)
         finally:
             node.release(connection)
         if load:

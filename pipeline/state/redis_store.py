@@ -44,6 +44,26 @@ class _HiredisPacking:
             raise DataError(str(exc)) from exc
 
 
+async def exchange(connection: AbstractConnection, commands: Sequence[tuple]) -> list:
+    """Write the commands at once and read their replies, an error reply as its exception.
+
+    A connection left mid-reply (an error, a cancellation) is disconnected, so its next use
+    starts afresh.
+    """
+    try:
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    return replies
+
+
 def _by_slot(keys: Sequence[str]) -> dict[str, list[str]]:
     """Keys grouped by hash tag: a multi-key command must stay within one Cluster slot."""
     groups: dict[str, list[str]] = {}
@@ -170,20 +190,7 @@ class RedisStore:
             if connection is None:
                 connection = await self._client.connection_pool.get_connection()
                 self._connection = connection
-            try:
-                await connection.send_packed_command(
-                    connection.pack_commands(commands), check_health=False
-                )
-                replies = []
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
-            except BaseException:
-                await connection.disconnect()
-                raise
-        return replies
+            return await exchange(connection, commands)
 
     async def delete(self, keys: Sequence[str]) -> None:
         """UNLINK the keys (one command per workspace, for Redis Cluster)."""
