@@ -44,13 +44,28 @@ def user_contact_id(workspace_id: str, user_id: str) -> str:
     return _digest("user", workspace_id, user_id)
 
 
+# What names a visitor's session (R10), from which its contact_id derives: what began it.
+ORIGIN = "origin"  # the device's first session
+
+
+def logout_session(logout_event_id: str) -> str:
+    """The session a logout begins: named by the logout's event_id."""
+    return logout_event_id
+
+
+def email_session(chat_event_id: str) -> str:
+    """The session an e-mail match (R7) begins: named by the chat that carried the e-mail."""
+    return f"email:{chat_event_id}"
+
+
 @lru_cache(maxsize=CACHED_IDS)
 def visitor_contact_id(workspace_id: str, anonymous_id: str, session: str) -> str:
     """A device's visitor in one anonymous session (R10).
 
-    `session` names what started the session: "origin" for the device's first, else the
-    event_id of the logout (or e-mail match, R7) that began it. Naming a session by its cause
-    rather than by a counter keeps every other visitor's id stable when a late logout arrives.
+    `session` names what started the session: `ORIGIN` for the device's first, else the logout
+    (`logout_session`) or the e-mail match (`email_session`, R7) that began it. Naming a
+    session by its cause rather than by a counter keeps every other visitor's id stable when a
+    late logout arrives.
     """
     return _digest("visitor", workspace_id, anonymous_id, session)
 

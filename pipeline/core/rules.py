@@ -229,7 +229,7 @@ def likely_needs(event: InputEvent, config: CoreConfig, *, new_device: bool = Fa
         origin: tuple[str, ...] = ()
         anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
         if new_device and not isinstance(anonymous_id, Refused):
-            origin = (ids.visitor_contact_id(event.workspace_id, anonymous_id, "origin"),)
+            origin = (ids.visitor_contact_id(event.workspace_id, anonymous_id, ids.ORIGIN),)
         email = _optional_email(event.email, blocked) if isinstance(event, ChatStart) else None
         return NeedMore(contacts=origin, emails=(email,) if email else ())
     if not isinstance(event, Signup | Login | Logout):
@@ -271,13 +271,13 @@ def likely_more(event: InputEvent, view: View, config: CoreConfig) -> NeedMore:
     if device is None:
         return NeedMore()
     workspace_id = view.workspace_id
-    sessions = ["origin"]
-    sessions += [f.event_id for f in device.sessions if f.kind == "logout"]
-    sessions += [f"email:{c.event_id}" for c in device.chats if c.email is not None]
+    sessions = [ids.ORIGIN]
+    sessions += [ids.logout_session(f.event_id) for f in device.sessions if f.kind == "logout"]
+    sessions += [ids.email_session(c.event_id) for c in device.chats if c.email is not None]
     if isinstance(event, Logout):
-        sessions.append(event.event_id)
+        sessions.append(ids.logout_session(event.event_id))
     elif isinstance(event, ChatStart) and event.email is not None:
-        sessions.append(f"email:{event.event_id}")
+        sessions.append(ids.email_session(event.event_id))
     contacts = {ids.visitor_contact_id(workspace_id, anonymous_id, s) for s in sessions}
     users = {f.user_id for f in device.sessions
              if f.kind != "logout" and not erasure.is_placeholder(f.user_id)}  # fmt: skip

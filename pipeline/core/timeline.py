@@ -16,7 +16,6 @@ from pipeline.core import ids
 from pipeline.core.facts import ChatFact, Device
 
 MergeReason = Literal["login", "signup", "email_match"]
-ORIGIN = "origin"
 
 # The values below are derived anew at every decision, a few dozen per event, and never
 # mutated; they are not frozen because a frozen dataclass takes three times as long to build.
@@ -39,7 +38,8 @@ class Segment:
     """A stretch of a device's time during which it was one contact.
 
     Keys are half-open `[start_key, end_key)`; `end_key` None means "until now". A visitor
-    segment's `session` is what started it ("origin", a logout's event_id, or "email:<chat>").
+    segment's `session` names what started it (`ids.ORIGIN`, `ids.logout_session` or
+    `ids.email_session`).
     """
 
     kind: Literal["visitor", "user"]
@@ -95,7 +95,7 @@ class Timeline:
         The device's first visitor exists only if something happened before its first login:
         a device that logs in straight away never was an anonymous visitor.
         """
-        if segment.kind == "user" or segment.session != ORIGIN:
+        if segment.kind == "user" or segment.session != ids.ORIGIN:
             return True
         first = self.first_activity
         return first is not None and (segment.end_key is None or 2 * first < segment.end_key)
@@ -125,8 +125,8 @@ def derive(
     segments: list[Segment] = []
     shutdowns: list[DeviceShutdown] = []
     ignored: set[str] = set()
-    current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id, ORIGIN),
-                      None, None, ORIGIN)  # fmt: skip
+    current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id, ids.ORIGIN),
+                      None, None, ids.ORIGIN)  # fmt: skip
     for fact in device.sessions:
         if fact.event_id in refused:
             continue
@@ -140,7 +140,7 @@ def derive(
                 DeviceShutdown(fact.at, fact.event_id, "logout", linked, current.contact_id)
             )
             segments.append(_ended(current, key, current.merge))
-            session = fact.event_id
+            session = ids.logout_session(fact.event_id)
             current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id,
                               session), key, None, session)  # fmt: skip
             continue
@@ -201,7 +201,7 @@ def _email_splits(
         merge = Merge(into, user_id, "email_match", cause, key // 2)
         result.append(replace(segment, end_key=key, merge=merge,
                               chats=tuple(c for c in segment.chats if 2 * c.at < key)))  # fmt: skip
-        session = f"email:{chat.event_id}"
+        session = ids.email_session(chat.event_id)
         rest = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id, session),
                        key, segment.end_key, session, merge=segment.merge,
                        chats=tuple(c for c in segment.chats if 2 * c.at >= key))  # fmt: skip

@@ -221,7 +221,7 @@ async def latency(
         if record.topic in ("telemetry.login", "telemetry.signup", "telemetry.logout"):
             cause = value["event_id"]
         elif device not in seen_devices:
-            cause = ids.visitor_contact_id(*device, "origin")
+            cause = ids.visitor_contact_id(*device, ids.ORIGIN)
         seen_devices.add(device)
         offered.append((prefix + record.topic, orjson.dumps(value), record.key.encode(), cause,
                         record.timestamp_ms))  # fmt: skip
