@@ -429,6 +429,44 @@ def _optional_email(value: str | None, blocked: frozenset[str]) -> str | None:
     return checked if isinstance(checked, str) else None
 
 
+# Rounds of loading that a device's timeline needs at most: the device, its users, a shared
+# user's other devices, their tokens; nothing deeper (`Timelines` callers load in rounds).
+TIMELINE_ROUNDS = 8
+
+
+class Timelines:
+    """Devices' timelines from the records a view holds, derived as `apply` derives them.
+
+    The links the shared-identifier guard (R4) and the token rule (R17) refused link nothing.
+    A record the view lacks is taken as absent and named by `missing`: load it and derive
+    again with a new `Timelines` over the larger view.
+    """
+
+    def __init__(self, view: View, config: CoreConfig) -> None:
+        self._resolver = _Resolver(view, config)
+
+    def of(self, anonymous_id: str) -> Timeline:
+        """The device's timeline, refusals applied."""
+        return self._resolver.timeline(anonymous_id, new=False)
+
+    def refusals(self, anonymous_id: str) -> dict[str, str]:
+        """The device's links refused: event_id -> reason (R17 before R4, as `apply` decides)."""
+        resolver = self._resolver
+        device = resolver.old_device(anonymous_id)
+        reasons: dict[str, str] = {}
+        for user_id in sorted({f.user_id for f in device.sessions if f.kind != "logout"}):
+            for event_id in resolver.refused(user_id, new=False):
+                reasons[event_id] = "shared_identifier"
+        for event_id in resolver.reused(anonymous_id, new=False):
+            reasons[event_id] = "token_reused"
+        own = {f.event_id for f in device.sessions}
+        return {event_id: reason for event_id, reason in reasons.items() if event_id in own}
+
+    def missing(self) -> NeedMore:
+        """The records the timelines derived so far needed and the view lacks."""
+        return self._resolver.need()
+
+
 class _Resolver:
     """Reads the view (recording what is missing) and derives timelines and profiles."""
 

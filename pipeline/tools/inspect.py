@@ -2,9 +2,9 @@
 
 `describe` is pure: it turns stored facts into the lines a support engineer reads. `load` is
 the edge: it finds the contact an identifier names and loads what `describe` (and the drawn
-page of `pipeline.tools.inspect_html`) needs. Timelines are derived by the core's own resolver,
-so the links the worker refused (R4 `shared_identifier`, R17 `token_reused`) link nothing here
-either.
+page of `pipeline.tools.inspect_html`) needs. Timelines are derived by the core's own
+`rules.Timelines`, so the links the worker refused (R4 `shared_identifier`, R17 `token_reused`)
+link nothing here either.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pipeline.core import ids
 from pipeline.core.facts import Device, EmailEntry, TokenUses, User
 from pipeline.core.model import View, profile_from_bytes
-from pipeline.core.rules import CoreConfig, _Resolver
+from pipeline.core.rules import TIMELINE_ROUNDS, CoreConfig, Timelines
 from pipeline.core.timeline import Segment, Timeline
 from pipeline.ops.settings import Settings
 from pipeline.state.base import KeyKind, Keys
@@ -23,16 +23,13 @@ from pipeline.state.redis_store import RedisStore
 from schemas import Profile
 from schemas.time import format_timestamp, from_epoch_ms
 
-# The resolver's tables and the store's key kinds.
+# The tables a timeline reads and the store's key kinds.
 _KINDS: dict[str, KeyKind] = {"devices": "dev", "users": "user", "emails": "email",
                               "tokens": "jti"}  # fmt: skip
 _DECODE: dict[str, Callable[[bytes], object]] = {
     "devices": Device.from_bytes, "users": User.from_bytes, "emails": EmailEntry.from_bytes,
     "tokens": TokenUses.from_bytes,
 }  # fmt: skip
-# Rounds of loading what the resolver asks for: a device needs its users, a shared user its
-# other devices, their tokens; nothing deeper.
-_MAX_ROUNDS = 8
 
 
 @dataclass
@@ -50,19 +47,19 @@ class Facts:
     tokens: dict[str, TokenUses] = field(default_factory=dict)
     absent: set[tuple[str, str]] = field(default_factory=set)
     config: CoreConfig = field(default_factory=CoreConfig)
-    _resolver: _Resolver | None = field(default=None, repr=False, compare=False)
+    _timelines: Timelines | None = field(default=None, repr=False, compare=False)
 
-    def resolver(self) -> _Resolver:
-        """The core's resolver over the records loaded (rebuilt after each `add`)."""
-        if self._resolver is None:
+    def timelines(self) -> Timelines:
+        """The core's timelines over the records loaded (derived again after each `add`)."""
+        if self._timelines is None:
             tables: dict[str, dict] = {}
             for table in _KINDS:
                 loaded: dict = dict(getattr(self, table))
                 loaded.update({key: None for kind, key in self.absent if kind == table})
                 tables[table] = loaded
             view = View(self.workspace_id, **tables)
-            self._resolver = _Resolver(view, self.config)
-        return self._resolver
+            self._timelines = Timelines(view, self.config)
+        return self._timelines
 
     def add(self, table: str, key: str, data: bytes | None) -> None:
         """Record a loaded record (None: known absent)."""
@@ -70,33 +67,24 @@ class Facts:
             self.absent.add((table, key))
         else:
             getattr(self, table)[key] = _DECODE[table](data)
-        self._resolver = None
+        self._timelines = None
 
     def missing(self, anonymous_ids: Iterable[str]) -> dict[str, set[str]]:
         """What the timelines of these devices need that is not loaded yet, by table."""
-        resolver = self.resolver()
+        timelines = self.timelines()
         for anonymous_id in anonymous_ids:
-            resolver.timeline(anonymous_id, new=False)
-        missing = {table: set(keys) for table, keys in resolver.missing.items() if table in _KINDS}
-        self._resolver = None  # a resolver that found records missing keeps asking for them
-        return {table: keys for table, keys in missing.items() if keys}
+            timelines.of(anonymous_id)
+        need = timelines.missing()
+        self._timelines = None  # timelines derived without a record keep asking for it
+        return {table: set(getattr(need, table)) for table in _KINDS if getattr(need, table)}
 
     def timeline(self, anonymous_id: str) -> Timeline:
         """The device's timeline as the worker derives it, refusals applied."""
-        return self.resolver().timeline(anonymous_id, new=False)
+        return self.timelines().of(anonymous_id)
 
     def refusals(self, anonymous_id: str) -> dict[str, str]:
-        """The device's links the worker refused: event_id -> reason (R17 first, as it does)."""
-        resolver = self.resolver()
-        device = self.devices.get(anonymous_id, Device())
-        reasons: dict[str, str] = {}
-        for user_id in sorted({f.user_id for f in device.sessions if f.kind != "logout"}):
-            for event_id in resolver.refused(user_id, new=False):
-                reasons[event_id] = "shared_identifier"
-        for event_id in resolver.reused(anonymous_id, new=False):
-            reasons[event_id] = "token_reused"
-        own = {f.event_id for f in device.sessions}
-        return {event_id: reason for event_id, reason in reasons.items() if event_id in own}
+        """The device's links the worker refused: event_id -> reason."""
+        return self.timelines().refusals(anonymous_id)
 
 
 def _when(ms: int | None) -> str:
@@ -233,7 +221,7 @@ async def load(
                 facts.add(table, key, record.data or None)
 
     async def complete() -> None:
-        for _ in range(_MAX_ROUNDS):
+        for _ in range(TIMELINE_ROUNDS):
             missing = facts.missing(sorted(facts.devices))
             if not missing:
                 return

@@ -23,7 +23,7 @@ from pydantic import SecretStr
 from pipeline.core import ids
 from pipeline.core.facts import Device, EmailEntry, TokenUses, User
 from pipeline.core.model import View
-from pipeline.core.rules import CoreConfig, _Resolver
+from pipeline.core.rules import TIMELINE_ROUNDS, CoreConfig, Timelines
 from pipeline.state.base import KeyKind, Keys, Store
 from pipeline.worker import metrics
 
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 # R1: the identifier that decides when a request names several, highest priority first.
 IDENTIFIERS = ("contact_id", "user_id", "email", "anonymous_id")
 MAX_MERGE_HOPS = 8  # `merged_into` is followed at most this far (a chain is one hop in practice)
-MAX_ROUNDS = 8  # rounds of loading what a device's timeline needs (inspect's bound too)
 PROBE_TIMEOUT_S = 2.0
 MAX_IDENTIFIER = 256  # longer values are never identifiers (R3)
 
@@ -136,10 +135,11 @@ class ProfileLookup:
         await self._load(loaded, {"devices": {anonymous_id}})
         if loaded.tables["devices"].get(anonymous_id) is None:
             return _error(404, "no such device")
-        for _ in range(MAX_ROUNDS):
-            resolver = _Resolver(loaded.view(), self.config)
-            timeline = resolver.timeline(anonymous_id, new=False)
-            wanted = {t: keys for t, keys in resolver.missing.items() if t in _TABLES and keys}
+        for _ in range(TIMELINE_ROUNDS):
+            timelines = Timelines(loaded.view(), self.config)
+            timeline = timelines.of(anonymous_id)
+            need = timelines.missing()
+            wanted = {t: set(getattr(need, t)) for t in _TABLES if getattr(need, t)}
             if not wanted:
                 current = timeline.segments[-1]
                 contact_id = current.merge.into_contact_id if current.merge else current.contact_id
