@@ -29,14 +29,14 @@ from typing import TYPE_CHECKING
 
 from pipeline.core import ids
 from pipeline.core.facts import ChatFact, Device, EmailEntry, ErasureMarker, SessionFact, User
-from pipeline.core.identifiers import Refused, check_identifier
-from pipeline.core.model import Applied, Emit, NeedMore, Refusal, Transition, Unchanged
+from pipeline.core.model import Applied, Emit, NeedMore, Transition, Unchanged
 from pipeline.core.timeline import Segment
-from schemas import Erased, EraseRequest
-from schemas.time import from_epoch_ms, to_epoch_ms
+from schemas import Erased
+from schemas.time import from_epoch_ms
 from schemas.topics import ERASED
 
 if TYPE_CHECKING:
+    from pipeline.core.events import CheckedErasure
     from pipeline.core.rules import CoreConfig, _Change, _Resolver
 
 # The key of a workspace's count of device erasures (not a digest: those are 32 hex digits). A
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 # count changes (`pipeline.worker.known`).
 DEVICE_ERASURES = "devices"
 PLACEHOLDER = "\x00erased:"  # a placeholder user_id: R3 refuses control characters
-ERASE_AHEAD_OF_RECORD_MS = 60_000  # an erasure stamped later than this after its record
 
 
 def proof_of(secret: bytes, subject: str) -> str:
@@ -135,13 +134,10 @@ def user_erased_at(resolver: _Resolver, user_id: str) -> int | None:
 
 
 def erase(
-    request: EraseRequest, resolver: _Resolver, config: CoreConfig, *, record_ms: int | None
+    request: CheckedErasure, resolver: _Resolver, config: CoreConfig
 ) -> Transition | NeedMore:
-    """Decide an erase request: refuse it, or remove the subject's facts before its time."""
-    admitted = _admit(request, config, record_ms=record_ms)
-    if isinstance(admitted, Refusal):
-        return Transition(admitted)
-    kind, ident, at = admitted
+    """Decide an erase request (proven at the edge): remove the subject's facts before its time."""
+    kind, ident, at = request.kind, request.ident, request.at
     subject = f"{kind}:{ident}"
     digest, marker = find_marker(resolver, config.secrets[request.workspace_id], subject)
     count = resolver.erasure(DEVICE_ERASURES) if kind == "device" else None
@@ -182,38 +178,6 @@ def erase(
         },
         emits=(*result.emits, Emit(ERASED, ident, record)),
     )
-
-
-def _admit(
-    request: EraseRequest, config: CoreConfig, *, record_ms: int | None
-) -> tuple[str, str, int] | Refusal:
-    """(subject kind, normalised id, epoch ms), or why the request cannot be applied."""
-    from pipeline.core.rules import EARLIEST_MS, LATEST_MS
-
-    secrets = config.secrets.get(request.workspace_id)
-    if secrets is None:
-        return Refusal("unknown_workspace", "no secret is configured for it")
-    blocked = config.blocked_values
-    event_id = check_identifier(request.event_id, blocked=blocked)
-    if isinstance(event_id, Refused):
-        return Refusal(event_id.reason, f"event_id: {event_id.detail}")
-    kind, colon, raw = request.subject.partition(":")
-    if not colon or kind not in ("user", "device"):
-        return Refusal("invalid_field", "subject: must be user:<user_id> or device:<anonymous_id>")
-    ident = check_identifier(raw, blocked=blocked)
-    if isinstance(ident, Refused):
-        return Refusal(ident.reason, f"subject: {ident.detail}")
-    if not any(hmac.compare_digest(proof_of(s, request.subject), request.proof) for s in secrets):
-        return Refusal(
-            "unverified_identity", "proof is not HMAC-SHA256(secret, 'erase:' + subject)"
-        )
-    at = to_epoch_ms(request.timestamp)
-    if not EARLIEST_MS <= at < LATEST_MS:
-        return Refusal("timestamp_out_of_range", "before 2000 or after 2099")
-    if record_ms is not None and at > record_ms + ERASE_AHEAD_OF_RECORD_MS:
-        # An erasure stamped in the future would refuse the subject's events until then.
-        return Refusal("timestamp_out_of_range", "stamped more than 60 s after its Kafka record")
-    return kind, ident, at
 
 
 def _erase_user(resolver: _Resolver, user_id: str, digest: str, at: int) -> _Change:

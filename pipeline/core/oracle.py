@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pipeline.core.events import check
 from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
-from pipeline.core.model import Emit, NeedMore, Transition, Unchanged, View
+from pipeline.core.model import Emit, NeedMore, Refusal, Transition, Unchanged, View
 from pipeline.core.rules import CoreConfig, apply
 from schemas import InputEvent, Profile
 
@@ -41,9 +42,12 @@ class Oracle:
         marker = (ws, event.topic, event.anonymous_id.strip(), event.event_id)  # R12
         if dedup and marker in self.applied:
             return Transition(Unchanged())
+        checked = check(event, self.config, record_ms=record_ms)  # once, as the worker does
+        if isinstance(checked, Refusal):
+            return Transition(checked)  # refused without any state: nothing written or sent
         view = View(ws)
         while True:
-            result = apply(event, view, self.config, record_ms=record_ms)
+            result = apply(checked, view, self.config)
             if isinstance(result, Transition):
                 break
             self._load(view, result)

@@ -7,8 +7,9 @@ are emitted. Because profiles are a function of the set of facts, not of their a
 reading the five topics in any order gives the same final profiles (R11), and an event applied
 twice adds nothing the second time (R12).
 
-The function is resumable: when it needs records it has not been given it returns `NeedMore`
-and the caller loads them and calls again with a larger view.
+Events come in checked (`events.check`, once per event, at the edge): the rules use their
+normalised values as they are. The function is resumable: when it needs records it has not
+been given it returns `NeedMore` and the caller loads them and calls again with a larger view.
 """
 
 from __future__ import annotations
@@ -19,6 +20,15 @@ from dataclasses import dataclass, field
 import jwt
 
 from pipeline.core import erasure, ids
+from pipeline.core.events import (
+    Checked,
+    CheckedChat,
+    CheckedErasure,
+    CheckedPageView,
+    CheckedSession,
+    admit,
+    optional_email,
+)
 from pipeline.core.facts import (
     ChatFact,
     Device,
@@ -26,12 +36,11 @@ from pipeline.core.facts import (
     EmailEntry,
     ErasureMarker,
     SessionFact,
-    SessionKind,
     TokenUses,
     User,
 )
 from pipeline.core.guard import DEFAULT_DEVICE_LIMIT, DEFAULT_WINDOW_MS, refused_links
-from pipeline.core.identifiers import BLOCKED_VALUES, Refused, check_email, check_identifier
+from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import (
     Applied,
     Emit,
@@ -44,20 +53,9 @@ from pipeline.core.model import (
 )
 from pipeline.core.profiles import Lead, UserView, first_link, user_profile, visitor_profile
 from pipeline.core.timeline import Merge, Timeline, derive
-from pipeline.core.verify import DEFAULT_POLICY, TokenPolicy, verify
-from schemas import (
-    ChatStart,
-    EraseRequest,
-    InputEvent,
-    Login,
-    Logout,
-    Merged,
-    PageView,
-    Profile,
-    Shutdown,
-    Signup,
-)
-from schemas.time import from_epoch_ms, to_epoch_ms
+from pipeline.core.verify import TokenPolicy
+from schemas import InputEvent, Merged, PageView, Profile, Shutdown
+from schemas.time import from_epoch_ms
 from schemas.topics import MERGED, PROFILES, SHUTDOWN
 
 
@@ -79,17 +77,6 @@ class CoreConfig:
     policies: Mapping[str, TokenPolicy] = field(default_factory=dict)
 
 
-# Event times outside these bounds are refused as `timestamp_out_of_range`. The bounds ahead of
-# the Kafka record's timestamp are R14's (never the wall clock, so a replay decides alike): a
-# session event at most a minute ahead, so a login stamped in the future cannot claim a
-# device's next session; a page view or chat at most five minutes (client clocks run ahead),
-# so a chat cannot be planted in a later session of the device.
-EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
-LATEST_MS = 4_102_444_800_000  # 2100-01-01T00:00:00Z
-SESSION_AHEAD_OF_RECORD_MS = 60_000
-ACTIVITY_AHEAD_OF_RECORD_MS = 300_000
-
-
 _NOT_LOADED = object()
 _UNCHANGED = Unchanged()
 
@@ -106,31 +93,22 @@ class _Change:
     refusal: Refusal | None = None
 
 
-def apply(
-    event: InputEvent, view: View, config: CoreConfig, *, record_ms: int | None = None
-) -> Transition | NeedMore:
-    """Decide what `event` does to the state in `view`.
-
-    `record_ms` is the Kafka record's timestamp, against which identity tokens are checked too.
-    """
-    if isinstance(event, EraseRequest):
-        return erasure.erase(event, _Resolver(view, config), config, record_ms=record_ms)
-    admitted = admit(event, config, record_ms=record_ms)
-    if isinstance(admitted, Refusal):
-        return Transition(admitted)
-    anonymous_id, at = admitted
-    secrets = config.secrets[event.workspace_id]
-    if isinstance(event, PageView):
+def apply(event: Checked, view: View, config: CoreConfig) -> Transition | NeedMore:
+    """Decide what `event` (checked at the edge, `events.check`) does to the state in `view`."""
+    if isinstance(event, CheckedErasure):
+        return erasure.erase(event, _Resolver(view, config), config)
+    anonymous_id = event.anonymous_id
+    if isinstance(event, CheckedPageView):
         # The commonest event of all, decided with the same rule `_facts` applies (activity
         # only moves earlier), without the general path; see also `browsing`.
         device = view.devices.get(anonymous_id, _NOT_LOADED)
         if isinstance(device, Device) and device.first_activity is not None:
-            if device.first_activity <= at:
+            if device.first_activity <= event.at:
                 return Transition(_UNCHANGED, reads=frozenset({("devices", anonymous_id)}))
     resolver = _Resolver(view, config)
-    change = _facts(event, at, anonymous_id, resolver, config, secrets, record_ms)
-    if isinstance(change, Refused):
-        return Transition(Refusal(change.reason, change.detail))
+    change = _facts(event, resolver, config.secrets[event.workspace_id])
+    if isinstance(change, Refusal):
+        return Transition(change)
     if resolver.missing:
         return resolver.need()
     if change.refusal is not None:
@@ -150,101 +128,56 @@ def apply(
     return resolver.consequences(event, anonymous_id, change)
 
 
-def admit(
-    event: InputEvent, config: CoreConfig, *, record_ms: int | None = None
-) -> tuple[str, int] | Refusal:
-    """The checks that need nothing but the event: (normalised anonymous_id, epoch ms) or why not.
-
-    A known workspace, a usable anonymous_id and event_id (R3, R12), an event time within
-    R14's bounds around the Kafka record's timestamp. Without a record timestamp (pure tests;
-    every Kafka record has one) only the calendar bounds apply.
-    """
-    if event.workspace_id not in config.secrets:
-        return Refusal("unknown_workspace", "no secret is configured for it")
-    blocked = config.blocked_values
-    anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
-    if isinstance(anonymous_id, Refused):
-        return Refusal(anonymous_id.reason, f"anonymous_id: {anonymous_id.detail}")
-    event_id = check_identifier(event.event_id, blocked=blocked)
-    if isinstance(event_id, Refused):
-        return Refusal(event_id.reason, f"event_id: {event_id.detail}")
-    at = to_epoch_ms(event.timestamp)
-    if not EARLIEST_MS <= at < LATEST_MS:
-        return Refusal("timestamp_out_of_range", "before 2000 or after 2099")
-    if record_ms is not None:
-        session = type(event) in _SESSION_EVENTS
-        lateness = config.session_lateness_ms if session else config.allowed_lateness_ms
-        if at < record_ms - lateness:
-            return Refusal("too_late", f"stamped {_span(record_ms - at)} before its Kafka record; "
-                           f"at most {_span(lateness)} is allowed (R14)")  # fmt: skip
-        ahead = SESSION_AHEAD_OF_RECORD_MS if session else ACTIVITY_AHEAD_OF_RECORD_MS
-        if at > record_ms + ahead:
-            return Refusal("timestamp_out_of_range", f"stamped {_span(at - record_ms)} after its "
-                           f"Kafka record; at most {_span(ahead)} is allowed (R14)")  # fmt: skip
-    return anonymous_id, at
-
-
-_SESSION_EVENTS = frozenset({Signup, Login, Logout})
-
-
-def _span(ms: int) -> str:
-    """A duration for a refusal's detail, e.g. `3 d 2 h`, `5 min`, `61 s`."""
-    seconds = ms // 1000
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    days, hours = divmod(seconds // 3600, 24)
-    return f"{days} d {hours} h" if days else f"{hours} h"
-
-
 def browsing(
-    event: InputEvent, first_activity: int | None, config: CoreConfig, *, record_ms: int | None
+    event: InputEvent | Checked,
+    first_activity: int | None,
+    config: CoreConfig,
+    *,
+    record_ms: int | None = None,
 ) -> bool:
     """Whether `event` is a page view of a device active no later than it: it changes nothing.
 
     `first_activity` is the stored device's earliest activity (None: no device, or none yet).
     This is `apply`'s own answer for such an event, found from one number instead of the whole
     device, and it stays true whatever else happens meanwhile: facts only accumulate, so a
-    device's first activity only moves earlier. A caller may therefore settle these events
-    before, after or without the rest of their batch.
+    device's first activity only moves earlier. A caller may therefore decide these events
+    before, after or without the rest of their batch. An event not checked yet passes only
+    the edge's first checks (`events.admit`), all a page view needs; `record_ms` is its Kafka
+    record's timestamp.
     """
-    if first_activity is None or not isinstance(event, PageView):
+    if first_activity is None:
         return False
-    admitted = admit(event, config, record_ms=record_ms)
-    return not isinstance(admitted, Refusal) and first_activity <= admitted[1]
+    if isinstance(event, PageView):
+        admitted = admit(event, config, record_ms=record_ms)
+        return not isinstance(admitted, Refusal) and first_activity <= admitted[1]
+    return isinstance(event, CheckedPageView) and first_activity <= event.at
 
 
-def likely_needs(event: InputEvent, config: CoreConfig, *, new_device: bool = False) -> NeedMore:
+def likely_needs(event: Checked, config: CoreConfig, *, new_device: bool = False) -> NeedMore:
     """What `apply` will most likely ask for besides the event's device, known from the event.
 
     `new_device`: the device is known to have no record yet, so a page view or a chat begins
     its first visitor. A caller that loads these together with the device (or before deciding
-    at all) spares itself a round of asking. These are hints, not answers: they use the
-    event's fields unverified (a token's e-mail claim is read without its signature) and
-    `apply` still asks for whatever else it needs.
+    at all) spares itself a round of asking. These are hints, not answers: a token's e-mail
+    claim is read without its signature, and `apply` still asks for whatever else it needs.
     """
-    blocked = config.blocked_values
-    if isinstance(event, PageView | ChatStart):
+    if isinstance(event, CheckedPageView | CheckedChat):
         origin: tuple[str, ...] = ()
-        anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
-        if new_device and not isinstance(anonymous_id, Refused):
-            origin = (ids.visitor_contact_id(event.workspace_id, anonymous_id, ids.ORIGIN),)
-        email = _optional_email(event.email, blocked) if isinstance(event, ChatStart) else None
+        if new_device:
+            origin = (ids.visitor_contact_id(event.workspace_id, event.anonymous_id, ids.ORIGIN),)
+        email = event.email if isinstance(event, CheckedChat) else None
         return NeedMore(contacts=origin, emails=(email,) if email else ())
-    if not isinstance(event, Signup | Login | Logout):
+    if not isinstance(event, CheckedSession) or isinstance(event.user_id, Refusal):
         return NeedMore()
-    user_id = check_identifier(event.user_id, blocked=blocked)
-    if isinstance(user_id, Refused):
-        return NeedMore()
+    user_id = event.user_id
     # A user without a record may have been erased: its marker is read with the record (R16).
     secrets = config.secrets.get(event.workspace_id)
     marker = erasure.subject_digests(secrets, f"user:{user_id}") if secrets else ()
-    if isinstance(event, Logout):
+    if event.kind == "logout":
         return NeedMore(users=(user_id,), erasures=marker)
-    emails = [_optional_email(event.email, blocked)]
+    emails = [event.email]
     if event.identity_token is not None:
-        emails.append(_unverified_email(event.identity_token, blocked))
+        emails.append(_unverified_email(event.identity_token, config.blocked_values))
     return NeedMore(
         users=(user_id,),
         emails=tuple(sorted({e for e in emails if e})),
@@ -253,44 +186,40 @@ def likely_needs(event: InputEvent, config: CoreConfig, *, new_device: bool = Fa
     )
 
 
-def likely_more(event: InputEvent, view: View, config: CoreConfig) -> NeedMore:
+def likely_more(event: Checked, view: View, config: CoreConfig) -> NeedMore:
     """What `apply` will most likely ask for next, read off the records already in `view`.
 
-    For an event other than a page view whose device (and `likely_needs`) are loaded: the
-    published profiles of the device's visitors (one per session it may have: the first, one
-    after each logout, one after each e-mail match, and the one this event may begin), the
-    other devices of the event's user, and the users of the e-mails involved with their
-    profiles. Deciding without them would only end in asking for them; like `likely_needs`
-    these are hints, and a few may name records that do not exist.
+    For a chat or a session event whose device (and `likely_needs`) are loaded: the published
+    profiles of the device's visitors (one per session it may have: the first, one after each
+    logout, one after each e-mail match, and the one this event may begin), the other devices
+    of the event's user, and the users of the e-mails involved with their profiles. Deciding
+    without them would only end in asking for them; like `likely_needs` these are hints, and
+    a few may name records that do not exist.
     """
-    if isinstance(event, PageView | EraseRequest):
+    if not isinstance(event, CheckedChat | CheckedSession):
         return NeedMore()
-    blocked = config.blocked_values
-    anonymous_id = check_identifier(event.anonymous_id, blocked=blocked)
-    device = view.devices.get(anonymous_id) if isinstance(anonymous_id, str) else None
+    anonymous_id = event.anonymous_id
+    device = view.devices.get(anonymous_id)
     if device is None:
         return NeedMore()
     workspace_id = view.workspace_id
     sessions = [ids.ORIGIN]
     sessions += [ids.logout_session(f.event_id) for f in device.sessions if f.kind == "logout"]
     sessions += [ids.email_session(c.event_id) for c in device.chats if c.email is not None]
-    if isinstance(event, Logout):
+    if isinstance(event, CheckedSession) and event.kind == "logout":
         sessions.append(ids.logout_session(event.event_id))
-    elif isinstance(event, ChatStart) and event.email is not None:
+    elif isinstance(event, CheckedChat) and event.email is not None:
         sessions.append(ids.email_session(event.event_id))
     contacts = {ids.visitor_contact_id(workspace_id, anonymous_id, s) for s in sessions}
     users = {f.user_id for f in device.sessions
              if f.kind != "logout" and not erasure.is_placeholder(f.user_id)}  # fmt: skip
     devices: set[str] = set()
     emails = {c.email for c in device.chats if c.email is not None}
-    if not isinstance(event, PageView | ChatStart):
-        user_id = check_identifier(event.user_id, blocked=blocked)
-        if isinstance(user_id, str):
-            users.add(user_id)
-    elif isinstance(event, ChatStart):
-        email = _optional_email(event.email, blocked)
-        if email is not None:
-            emails.add(email)
+    if isinstance(event, CheckedSession):
+        if isinstance(event.user_id, str):
+            users.add(event.user_id)
+    elif event.email is not None:
+        emails.add(event.email)
     for email in emails:
         entry = view.emails.get(email)
         if entry is not None:
@@ -316,44 +245,39 @@ def _unverified_email(token: str, blocked: frozenset[str]) -> str | None:
     except jwt.PyJWTError:
         return None
     email = claims.get("email")
-    return _optional_email(email, blocked) if isinstance(email, str) else None
+    return optional_email(email, blocked) if isinstance(email, str) else None
 
 
 def _facts(
-    event: InputEvent,
-    at: int,
-    anonymous_id: str,
+    event: CheckedPageView | CheckedChat | CheckedSession,
     resolver: _Resolver,
-    config: CoreConfig,
     secrets: tuple[bytes, ...],
-    record_ms: int | None,
-) -> _Change | Refused:
-    """The records the event's own facts change (`at`: the event's time in epoch ms)."""
-    blocked = config.blocked_values
+) -> _Change | Refusal:
+    """The records the event's own facts change."""
+    anonymous_id, at = event.anonymous_id, event.at
     device = resolver.old_device(anonymous_id)
     if device.erased is not None and at < device.erased:
-        return Refused("erased", "the device was erased after this event's time (R16)")
-    if isinstance(event, PageView):
+        return Refusal("erased", "the device was erased after this event's time (R16)")
+    if isinstance(event, CheckedPageView):
         return _Change(_changed(anonymous_id, device, device.with_activity(at)), {}, {})
-    if isinstance(event, ChatStart):
-        conversation_id = check_identifier(event.conversation_id, blocked=blocked)
-        if isinstance(conversation_id, Refused):
-            return Refused(conversation_id.reason, f"conversation_id: {conversation_id.detail}")
-        email = _optional_email(event.email, blocked)
-        chat = ChatFact(at, event.event_id, conversation_id, email, _text(event.name),
-                        _text(event.city))  # fmt: skip
+    if isinstance(event, CheckedChat):
+        conversation_id = event.conversation_id
+        if isinstance(conversation_id, Refusal):
+            return conversation_id
+        email = event.email
+        chat = ChatFact(at, event.event_id, conversation_id, email, event.name, event.city)
         emails: dict[str, EmailEntry | None] = {}
         if email is not None:
             entry = resolver.old_email(email)
             emails = _changed(email, entry, entry.with_lead(at, event.event_id, anonymous_id))
         return _Change(_changed(anonymous_id, device, device.with_chat(chat)), {}, emails)
-    assert isinstance(event, Signup | Login | Logout)  # erase requests are decided before
-    user_id = check_identifier(event.user_id, blocked=blocked)
-    if isinstance(user_id, Refused):
-        return Refused(user_id.reason, f"user_id: {user_id.detail}")
+    user_id = event.user_id
+    if isinstance(user_id, Refusal):
+        return user_id
+    logout = event.kind == "logout"
     erased_at = erasure.user_erased_at(resolver, user_id)
     erased = erased_at is not None and at < erased_at
-    if isinstance(event, Logout) and not erased:
+    if logout and not erased:
         fact = SessionFact(at, event.event_id, "logout", user_id)
         # The user's record lists the devices of its logouts too, so that an erasure finds
         # every fact that names it (R16).
@@ -362,28 +286,22 @@ def _facts(
             user = User(erased=erased_at)
         return _Change(_changed(anonymous_id, device, device.with_session(fact)),
                        _changed(user_id, user, user.with_device(anonymous_id)), {})  # fmt: skip
-    if not isinstance(event, Logout):
-        proof = verify(user_id=user_id, user_hash=event.user_hash,
-                       identity_token=event.identity_token, secrets=secrets, event_ms=at,
-                       record_ms=record_ms,
-                       policy=config.policies.get(event.workspace_id, DEFAULT_POLICY))  # fmt: skip
-        if isinstance(proof, Refused):
-            return proof
-    kind: SessionKind = "login" if isinstance(event, Login) else "signup"
+    proof = event.proof
+    if isinstance(proof, Refusal):
+        return proof
     if erased:
         # An erased user's event: refused, but the boundary it draws is kept as the erased
         # user's placeholder's, as the erasure left those it saw (R16), so that other people's
         # sessions on the device end and begin where they would have.
-        kind = "logout" if isinstance(event, Logout) else kind
         placeholder = erasure.placeholder_of(resolver, secrets, user_id)
-        fact = SessionFact(at, event.event_id, kind, placeholder)
+        fact = SessionFact(at, event.event_id, event.kind, placeholder)
         refusal = Refusal("erased", "the user was erased after this event's time (R16)")
         # Chats it puts into the erased session are hidden, not removed: a later boundary (a
         # logout read after it) may still move them into the next visitor's session.
         new_device = device.with_session(fact)
         return _Change(_changed(anonymous_id, device, new_device), {}, {}, refusal=refusal)
-    assert not isinstance(event, Logout) and not isinstance(proof, Refused)  # decided above
-    fact = SessionFact(at, event.event_id, kind, user_id, proof.jti or "")
+    assert proof is not None  # a signup or login with a user_id has its proof checked
+    fact = SessionFact(at, event.event_id, event.kind, user_id, proof.jti or "")
     tokens: dict[str, TokenUses | None] = {}
     if proof.jti:
         uses = resolver.old_token(proof.jti)
@@ -392,10 +310,10 @@ def _facts(
     if user.erased is None and erased_at is not None:
         user = User(erased=erased_at)  # the user comes back after its erasure: a new profile
     new_user = user.with_device(anonymous_id)
-    if event.name and _text(event.name):
-        new_user = new_user.with_name(at, event.event_id, _text(event.name) or "")
+    if event.name:
+        new_user = new_user.with_name(at, event.event_id, event.name)
     emails = {}
-    claimed = proof.email or _optional_email(event.email, blocked)
+    claimed = proof.email or event.email
     if claimed is not None:
         claim = EmailClaim(at, event.event_id, claimed, verified=proof.email == claimed)
         new_user = new_user.with_email(claim)
@@ -411,22 +329,6 @@ def _facts(
 
 def _changed(key: str, old: object, new: object) -> dict:
     return {} if old == new else {key: new}
-
-
-def _text(value: str | None) -> str | None:
-    """An optional free-text field, trimmed; blank means absent."""
-    if value is None:
-        return None
-    value = value.strip()[:256]
-    return value or None
-
-
-def _optional_email(value: str | None, blocked: frozenset[str]) -> str | None:
-    """An optional e-mail: junk is dropped and the event proceeds (R3)."""
-    if value is None:
-        return None
-    checked = check_email(value, blocked=blocked)
-    return checked if isinstance(checked, str) else None
 
 
 # Rounds of loading that a device's timeline needs at most: the device, its users, a shared
@@ -615,7 +517,10 @@ class _Resolver:
     # -- consequences of a change
 
     def consequences(
-        self, event: InputEvent, anonymous_id: str, change: _Change
+        self,
+        event: CheckedPageView | CheckedChat | CheckedSession,
+        anonymous_id: str,
+        change: _Change,
     ) -> Transition | NeedMore:
         """Re-derive what the change can affect; emit what differs from what was published."""
 
@@ -736,17 +641,23 @@ class _Resolver:
             reads=frozenset(self.reads),
         )
 
-    def _outcome(self, event: InputEvent, timeline: Timeline) -> Applied | Refusal:
+    def _outcome(
+        self, event: CheckedPageView | CheckedChat | CheckedSession, timeline: Timeline
+    ) -> Applied | Refusal:
         """Applied, unless the guard refused the link (R4) or the logout ended no session."""
-        if isinstance(event, Signup | Login):
-            if event.event_id in self.reused(timeline.anonymous_id, new=True):
-                return Refusal("token_reused", "this token's jti was first used on another device")
-            if event.event_id in self.refused(event.user_id.strip(), new=True):
-                limit = self.config.shared_device_limit
-                detail = f"user_id linked from more than {limit} devices within the window"
-                return Refusal("shared_identifier", detail)
-        if isinstance(event, Logout) and event.event_id in timeline.ignored_logouts:
-            return Refusal("not_logged_in", "that user is not logged in on this device then")
+        if not isinstance(event, CheckedSession):
+            return Applied()
+        if event.kind == "logout":
+            if event.event_id in timeline.ignored_logouts:
+                return Refusal("not_logged_in", "that user is not logged in on this device then")
+            return Applied()
+        if event.event_id in self.reused(timeline.anonymous_id, new=True):
+            return Refusal("token_reused", "this token's jti was first used on another device")
+        assert isinstance(event.user_id, str)  # a refused user_id changes nothing
+        if event.event_id in self.refused(event.user_id, new=True):
+            limit = self.config.shared_device_limit
+            detail = f"user_id linked from more than {limit} devices within the window"
+            return Refusal("shared_identifier", detail)
         return Applied()
 
     def _shutdowns(self, old: Mapping[str, Timeline], new: Mapping[str, Timeline]) -> list[Emit]:

@@ -5,6 +5,7 @@ HS256 with claims `user_id`, `exp` (required), `email` (then verified), `iat` an
 claims are checked against the event's timestamp and the Kafka record's timestamp, never the
 wall clock, so a replay reaches the same verdicts. During a secret rotation a workspace has two
 secrets; either proves. A workspace's `TokenPolicy` may demand tokens and bound their lifetime.
+An event's proof is verified once, at the edge (`events.check`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import orjson
 from pydantic import ValidationError
 
 from pipeline.core import ids
-from pipeline.core.model import Emit, OutputMessage
+from pipeline.core.events import Checked
+from pipeline.core.model import Emit, OutputMessage, Refusal
 from schemas import INPUT_MODELS, InputEvent, Rejected
 from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, REJECTED, SIGNUP
 
@@ -21,7 +22,8 @@ _WRONG_TYPE = {"string_type", "int_type", "bool_type", "float_type", "model_type
 
 
 # Source and Item are built for every input, so they are not frozen (a frozen dataclass takes
-# four times as long to build); they are never mutated all the same.
+# four times as long to build); they are never mutated all the same, but for an Item's
+# `checked`, filled once.
 @dataclass(slots=True)
 class Source:
     """Where a record came from; `topic` is the logical name, `physical_topic` as read."""
@@ -37,10 +39,15 @@ class Source:
 
 @dataclass(slots=True)
 class Item:
-    """A decoded, schema-valid input event and its source record."""
+    """A decoded, schema-valid input event and its source record.
+
+    `checked` is the event as the core trusts it, or its refusal (`processor.checked` fills
+    it the first time it is needed, so an event is checked once however often it is decided).
+    """
 
     event: InputEvent
     source: Source
+    checked: Checked | Refusal | None = None
 
 
 def rejection(

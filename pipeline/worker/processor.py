@@ -22,6 +22,7 @@ import orjson
 
 from pipeline.core import ids
 from pipeline.core.erasure import DEVICE_ERASURES
+from pipeline.core.events import Checked, CheckedChat, CheckedPageView, check
 from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
 from pipeline.core.model import (
     Applied,
@@ -39,7 +40,7 @@ from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
 from pipeline.worker import metrics
 from pipeline.worker.codec import Item, rejection, wire
 from pipeline.worker.known import KnownDevices
-from schemas import ChatStart, InputEvent, PageView
+from schemas import InputEvent, PageView
 from schemas.topics import OUTPUT_TOPICS, PROFILES
 
 logger = logging.getLogger(__name__)
@@ -50,17 +51,39 @@ _MISSING = object()
 SPECULATION_ROUNDS = 4
 
 
+def checked(item: Item, config: CoreConfig) -> Checked | Refusal:
+    """The item's event as the core trusts it (`events.check`): checked once, kept on the item.
+
+    A bug in the check refuses the event, as one in the decision does (`decide`).
+    """
+    result = item.checked
+    if result is None:
+        try:
+            result = check(item.event, config, record_ms=item.source.timestamp_ms)
+        except Exception as exc:
+            result = _internal_error(item, exc)
+        item.checked = result
+    return result
+
+
 def decide(item: Item, view: View, config: CoreConfig) -> Transition | NeedMore:
     """The core's decision; a bug in it refuses this event (recorded) instead of the worker dying.
 
     The refusal is a recorded failure (`internal_error` on `identity.rejected`, logged with the
     traceback), never a silent success, and the other events of the batch go on.
     """
+    event = checked(item, config)
+    if isinstance(event, Refusal):
+        return Transition(event)
     try:
-        return apply(item.event, view, config, record_ms=item.source.timestamp_ms)
+        return apply(event, view, config)
     except Exception as exc:
-        logger.exception("the identity core failed on event %s", item.event.event_id)
-        return Transition(Refusal("internal_error", f"{type(exc).__name__}: {exc}"[:300]))
+        return Transition(_internal_error(item, exc))
+
+
+def _internal_error(item: Item, exc: Exception) -> Refusal:
+    logger.exception("the identity core failed on event %s", item.event.event_id)
+    return Refusal("internal_error", f"{type(exc).__name__}: {exc}"[:300])
 
 
 class ConflictError(RuntimeError):
@@ -486,8 +509,11 @@ class Processor:
         that contact whether its device is new or not.
         """
         of = self.keys.of
+        event = checked(item, self.config)
+        if isinstance(event, Refusal):
+            return set()  # refused without any state: it reads nothing
         try:
-            hint = likely_needs(item.event, self.config, new_device=True)
+            hint = likely_needs(event, self.config, new_device=True)
         except Exception:
             logger.exception("likely_needs failed on event %s", item.event.event_id)
             return set()
@@ -520,8 +546,8 @@ class Processor:
                     try:
                         first = Device.first_activity_of(record.data)
                         self.known.learn(workspace_id, item.event.anonymous_id.strip(), first)
-                        settled = browsing(item.event, first, config,
-                                           record_ms=item.source.timestamp_ms)  # fmt: skip
+                        event = checked(item, config)
+                        settled = not isinstance(event, Refusal) and browsing(event, first, config)
                     except Exception:
                         settled = False
                     if settled:
@@ -581,10 +607,10 @@ class Processor:
 
     def _first_visit_needs(self, working: _Working, item: Item) -> list[str]:
         """Missing keys a page view or chat on a device without a record will ask for."""
-        event = item.event
-        if not isinstance(event, PageView | ChatStart):
+        event = checked(item, self.config)
+        if not isinstance(event, CheckedPageView | CheckedChat):
             return []
-        if working.view.devices.get(event.anonymous_id.strip(), _MISSING) is not None:
+        if working.view.devices.get(event.anonymous_id, _MISSING) is not None:
             return []  # the device exists (or was not loaded): no hint
         try:
             hint = likely_needs(event, self.config, new_device=True)
@@ -598,8 +624,11 @@ class Processor:
 
     def _more_needs(self, working: _Working, item: Item) -> list[str]:
         """Missing keys the records loaded so far say the event will ask for (`likely_more`)."""
+        event = checked(item, self.config)
+        if isinstance(event, Refusal):
+            return []
         try:
-            hint = likely_more(item.event, working.view, self.config)
+            hint = likely_more(event, working.view, self.config)
         except Exception:
             logger.exception("likely_more failed on event %s", item.event.event_id)
             return []

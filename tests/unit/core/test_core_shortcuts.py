@@ -1,4 +1,8 @@
-"""The core's two answers for callers in a hurry: `browsing` and `likely_needs`."""
+"""The core's two answers for callers in a hurry: `browsing` and `likely_needs`.
+
+`apply` and the hints take events checked at the edge (`events.check`); `browsing` takes an
+event checked or not.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import hashlib
 import hmac
 
 from pipeline.core import ids
+from pipeline.core.events import check
 from pipeline.core.facts import Device
-from pipeline.core.model import NeedMore, Transition, Unchanged, View
+from pipeline.core.model import NeedMore, Refusal, Transition, Unchanged, View
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_needs
 from tests.support import events as ev
 
@@ -18,6 +23,12 @@ TEN = 1_795_514_400_000  # 2026-11-24T10:00:00Z in epoch ms
 
 def page_view(at: str = "2026-11-24T10:00:00Z", anon: str = "d1", ws: str = "ws"):
     return ev.model(ev.page_view(ws, anon, at))
+
+
+def checked(event):
+    result = check(event, CONFIG)
+    assert not isinstance(result, Refusal), result
+    return result
 
 
 def test_a_page_view_no_earlier_than_the_device_s_first_activity_is_browsing() -> None:
@@ -33,7 +44,7 @@ def test_an_earlier_page_view_or_a_new_device_is_not() -> None:
 
 def test_browsing_is_what_apply_decides_for_such_an_event() -> None:
     view = View("ws", devices={"d1": Device(first_activity=TEN)})
-    result = apply(page_view("2026-11-24T10:30:00Z"), view, CONFIG)
+    result = apply(checked(page_view("2026-11-24T10:30:00Z")), view, CONFIG)
     assert isinstance(result, Transition) and result.outcome == Unchanged()
     assert not result.writes and not result.emits
 
@@ -52,7 +63,7 @@ def test_a_login_is_likely_to_need_its_user_its_e_mail_and_the_user_s_contact() 
                               email=" Ann@Example.com"))  # fmt: skip
     # And the user's erasure marker (R16), named by HMAC(secret, "erased:user:u1").
     marker = hmac.new(SECRET.encode(), b"erased:user:u1", hashlib.sha256).hexdigest()[:32]
-    assert likely_needs(login, CONFIG) == NeedMore(
+    assert likely_needs(checked(login), CONFIG) == NeedMore(
         users=("u1",), emails=("ann@example.com",), contacts=(ids.user_contact_id("ws", "u1"),),
         erasures=(marker,),
     )  # fmt: skip
@@ -63,24 +74,24 @@ def test_a_token_s_e_mail_claim_is_a_hint_even_before_its_signature_is_checked()
                                                                  "email": "bob@example.com"})  # fmt: skip
     signup = ev.model(ev.signup("ws", "d1", "2026-11-24T10:00:00Z", "u1", SECRET,
                                 identity_token=token))  # fmt: skip
-    assert likely_needs(signup, CONFIG).emails == ("bob@example.com",)
+    assert likely_needs(checked(signup), CONFIG).emails == ("bob@example.com",)
 
 
 def test_a_chat_is_likely_to_need_its_e_mail_and_a_page_view_nothing() -> None:
     chat = ev.model(ev.chat_start("ws", "d1", "2026-11-24T10:00:00Z", "c1", email="a@b.io"))
-    assert likely_needs(chat, CONFIG) == NeedMore(emails=("a@b.io",))
-    assert likely_needs(page_view(), CONFIG) == NeedMore()
+    assert likely_needs(checked(chat), CONFIG) == NeedMore(emails=("a@b.io",))
+    assert likely_needs(checked(page_view()), CONFIG) == NeedMore()
     junk = ev.model(ev.login("ws", "d1", "2026-11-24T10:00:00Z", "null", SECRET))
-    assert likely_needs(junk, CONFIG) == NeedMore()  # apply refuses it; nothing to load
+    assert likely_needs(checked(junk), CONFIG) == NeedMore()  # apply refuses it; nothing to load
 
 
 def test_a_first_visit_is_likely_to_need_the_device_s_first_visitor() -> None:
     origin = ids.visitor_contact_id("ws", "d1", "origin")
-    assert likely_needs(page_view(anon=" d1"), CONFIG, new_device=True) == NeedMore(
+    assert likely_needs(checked(page_view(anon=" d1")), CONFIG, new_device=True) == NeedMore(
         contacts=(origin,)
     )
     # ... which is what apply asks for, given the absent device.
-    asked = apply(page_view(anon=" d1"), View("ws", devices={"d1": None}), CONFIG)
+    asked = apply(checked(page_view(anon=" d1")), View("ws", devices={"d1": None}), CONFIG)
     assert isinstance(asked, NeedMore) and asked.contacts == (origin,)
 
 
@@ -122,7 +133,7 @@ def test_the_loaded_device_and_user_say_what_a_login_will_ask_for_next() -> None
                 emails={"ann@example.com": EmailEntry(verified={"u2": (TEN, "in-2")})})  # fmt: skip
     login = ev.model(ev.login("ws", "d1", "2026-11-24T11:00:00Z", "u1", SECRET))
     visitors = [ids.visitor_contact_id("ws", "d1", s) for s in ("origin", "out-1", "email:chat-1")]
-    assert likely_more(login, view, CONFIG) == NeedMore(
+    assert likely_more(checked(login), view, CONFIG) == NeedMore(
         devices=("d2",),
         contacts=tuple(
             sorted([*visitors, ids.user_contact_id("ws", "u1"), ids.user_contact_id("ws", "u2")])
@@ -134,7 +145,7 @@ def test_the_loaded_device_and_user_say_what_a_login_will_ask_for_next() -> None
     logout = ev.model(ev.logout("ws", "d1", "2026-11-24T11:00:00Z", "u1"))
     assert (
         ids.visitor_contact_id("ws", "d1", logout.event_id)
-        in likely_more(logout, view, CONFIG).contacts
+        in likely_more(checked(logout), view, CONFIG).contacts
     )
-    assert likely_more(login, View("ws"), CONFIG) == NeedMore()
-    assert likely_more(page_view(), view, CONFIG) == NeedMore()
+    assert likely_more(checked(login), View("ws"), CONFIG) == NeedMore()
+    assert likely_more(checked(page_view()), view, CONFIG) == NeedMore()

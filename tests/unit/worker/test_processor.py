@@ -71,10 +71,10 @@ async def test_an_event_id_of_another_device_is_another_event() -> None:
 async def test_a_failing_core_refuses_that_event_only(monkeypatch: pytest.MonkeyPatch) -> None:
     real_apply = processor_module.apply
 
-    def flaky(event, view, config, *, record_ms=None):
+    def flaky(event, view, config):
         if event.anonymous_id == "poison":
             raise KeyError("a bug")
-        return real_apply(event, view, config, record_ms=record_ms)
+        return real_apply(event, view, config)
 
     monkeypatch.setattr(processor_module, "apply", flaky)
     proc = Processor(MemoryStore(), Keys("t"), CONFIG)
@@ -82,6 +82,25 @@ async def test_a_failing_core_refuses_that_event_only(monkeypatch: pytest.Monkey
                                  item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"), 1)])  # fmt: skip
     assert result.tally.rejected == {"internal_error": 1} and result.tally.applied == 1
     assert {e.topic for e in result.emits} == {"identity.rejected", "identity.profiles"}
+
+
+async def test_a_failing_check_at_the_edge_refuses_that_event_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_check = processor_module.check
+
+    def flaky(event, config, *, record_ms=None):
+        if event.anonymous_id == "poison":
+            raise KeyError("a bug")
+        return real_check(event, config, record_ms=record_ms)
+
+    monkeypatch.setattr(processor_module, "check", flaky)
+    proc = Processor(MemoryStore(), Keys("t"), CONFIG)
+    result = await proc.process([item(ev.page_view("ws", "poison", "2026-11-24T10:00:00Z")),
+                                 item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"), 1)])  # fmt: skip
+    assert result.tally.rejected == {"internal_error": 1} and result.tally.applied == 1
+    (rejected,) = [e.value for e in result.emits if e.topic == "identity.rejected"]
+    assert rejected.detail == "KeyError: 'a bug'"
 
 
 # -- the processor against the reference driver of the core ---------------------------------
