@@ -366,6 +366,18 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    """Rebuild (or catch up) a Redis namespace from the state changelog."""
+    from pipeline.tools import restore
+
+    settings = _settings(args)
+    _await_servers(settings, kafka=True, redis=True, wait_s=0)
+    namespace = args.namespace or settings.state_namespace
+    topic = restore.changelog_topic(settings, args.prefix)
+    return asyncio.run(restore.run(settings, namespace=namespace, topic=topic, whole=args.force,
+                                   empty=args.from_empty))  # fmt: skip
+
+
 def _stack_options() -> argparse.ArgumentParser:
     """The options of `idp stack`, also read after the action (`idp stack up --brokers 3`)."""
     options = argparse.ArgumentParser(prog="idp stack", add_help=False)
@@ -447,6 +459,18 @@ def build_parser() -> argparse.ArgumentParser:
     erased.add_argument("--anonymous-id", help="the device's anonymous_id to erase")
     erase_parser.add_argument("--reason", help="free text (the worker keeps none of it)")
     erase_parser.set_defaults(func=cmd_erase)
+    restore_parser = sub.add_parser("restore", help="rebuild Redis state from the state changelog")
+    restore_parser.add_argument("--namespace", help="the Redis namespace (default: the worker's)")
+    restore_parser.add_argument("--prefix", help="the changelog's topic prefix (default: the "
+                                "worker's output prefix)")  # fmt: skip
+    whole = restore_parser.add_mutually_exclusive_group()
+    whole.add_argument(
+        "--from-empty", action="store_true", help="read it all; refuse a namespace holding keys"
+    )
+    whole.add_argument(
+        "--force", action="store_true", help="read it all into a namespace that holds keys"
+    )
+    restore_parser.set_defaults(func=cmd_restore)
     for name, command in sub.choices.items():
         what, example = _HELP.get(name, ("", ""))
         command.description = command.description or textwrap.fill(what, 88)
@@ -481,6 +505,9 @@ _HELP = {
     "erase": ("Produce a request proven with the workspace's secret on privacy.erase: the "
               "worker removes the user's or device's profiles and facts (R16).",
               "idp erase acme --user-id user-42 --reason 'support ticket 1234'"),
+    "restore": ("Apply the state changelog to Redis: the tail the namespace lacks (from its "
+                "markers), or all of it (--from-empty, --force). Idempotent.",
+                "idp restore --from-empty"),
 }  # fmt: skip
 
 

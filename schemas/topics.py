@@ -14,3 +14,7 @@ PROFILES = "identity.profiles"
 REJECTED = "identity.rejected"
 ERASED = "identity.erased"
 OUTPUT_TOPICS = (MERGED, SHUTDOWN, PROFILES, REJECTED, ERASED)
+
+# Internal: every record of the worker's state, compacted by Redis key (SPEC §3, "Internal
+# state and its durability"; pipeline/state/changelog.py). Not part of the wire contract.
+STATE_CHANGELOG = "state.changelog"

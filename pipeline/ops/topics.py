@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from schemas.topics import ERASE, ERASED, INPUT_TOPICS, MERGED, PROFILES, REJECTED, SHUTDOWN
+from schemas.topics import (
+    ERASE,
+    ERASED,
+    INPUT_TOPICS,
+    MERGED,
+    PROFILES,
+    REJECTED,
+    SHUTDOWN,
+    STATE_CHANGELOG,
+)
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 # How soon an erased profile's values leave the compacted profiles topic (R16): a tombstone
@@ -41,6 +50,7 @@ def topic_specs(
     compacted and kept forever. `identity.profiles` is compacted: the latest profile of every
     contact is kept forever, so a consumer rebuilds its view by reading it from the start, and
     an erased one is gone within the bounds above (R16). The event topics keep 7 days too.
+    `state.changelog` (internal) is compacted and kept forever, with the profiles' bounds.
     """
     week = {"retention.ms": str(retention_ms)}
     inputs = {**week, "message.timestamp.type": timestamp_type}
@@ -61,6 +71,18 @@ def topic_specs(
             {
                 "cleanup.policy": "compact",
                 "min.compaction.lag.ms": "60000",
+                "max.compaction.lag.ms": str(PROFILES_COMPACTION_LAG_MS),
+                "delete.retention.ms": str(PROFILES_TOMBSTONE_RETENTION_MS),
+            },
+        ),
+        # The state's system of record: the latest of every record, kept forever; an erased
+        # record's values go within the profiles' bounds (its tombstone, a day later).
+        TopicSpec(
+            prefix + STATE_CHANGELOG,
+            partitions,
+            {
+                "cleanup.policy": "compact",
+                "retention.ms": "-1",
                 "max.compaction.lag.ms": str(PROFILES_COMPACTION_LAG_MS),
                 "delete.retention.ms": str(PROFILES_TOMBSTONE_RETENTION_MS),
             },

@@ -26,6 +26,19 @@ class Record:
 ABSENT = Record()
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A record as the state changelog carries it: `data` None is a deletion (a tombstone).
+
+    `key` is the full Redis key; `expires_at_ms` (0: never) is when an expiring record goes.
+    """
+
+    key: str
+    version: int
+    data: bytes | None
+    expires_at_ms: int = 0
+
+
 @dataclass(slots=True)
 class Commit:
     """One atomic change: `checks` are the versions read; `writes` replace data (version + 1).
@@ -62,6 +75,14 @@ class Store(Protocol):
 
     async def scan(self, pattern: str) -> list[str]:
         """Keys matching a glob pattern (to find outbox entries left by a crash)."""
+        ...
+
+    async def apply(self, changes: Sequence[Change]) -> int:
+        """Apply changelog records in one round trip; return how many keys changed.
+
+        Each is written unless its key holds that version or a newer one; a tombstone deletes.
+        Idempotent: a changelog can be applied again from any offset.
+        """
         ...
 
     async def close(self) -> None:
@@ -128,6 +149,22 @@ class Keys:
     def outbox(self, workspace_id: str, ident: str) -> str:
         """The key of one outbox record (undelivered outputs of a committed batch)."""
         return f"{self._ns}:outbox:{{{escape(workspace_id)}}}:{escape(ident)}"
+
+    def prefix(self) -> str:
+        """What every key of the namespace starts with (the changelog's keys leave it out)."""
+        return self._ns + ":"
+
+    def outbox_prefix(self) -> str:
+        """What every outbox record's key starts with."""
+        return f"{self._ns}:outbox:"
+
+    def changelog_marker(self, partition: int) -> str:
+        """The marker of changelog `partition`: its version is the next offset to apply.
+
+        Every record below it is in Redis (`pipeline.state.changelog`). No record's key has
+        this shape.
+        """
+        return f"{self._ns}:changelog:{partition}"
 
     def parse(self, key: str) -> KeyParts | None:
         """What a record's or an outbox record's key names; None for a key of another shape."""

@@ -95,6 +95,10 @@ class _Undetected:
         """See `Store.scan`."""
         return await (await self._resolved()).scan(pattern)
 
+    async def apply(self, changes: Sequence) -> int:
+        """See `Store.apply`."""
+        return await (await self._resolved()).apply(changes)
+
     async def ping(self) -> bool:
         """Whether the server answers."""
         return bool(await (await self._resolved()).ping())  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 
-from pipeline.state.base import ABSENT, Commit, Record
+from pipeline.state.base import ABSENT, Change, Commit, Record
 
 
 class MemoryStore:
@@ -43,6 +43,17 @@ class MemoryStore:
     async def scan(self, pattern: str) -> list[str]:
         """Keys matching a glob pattern."""
         return sorted(key for key in self.records if fnmatch.fnmatchcase(key, pattern))
+
+    async def apply(self, changes: Sequence[Change]) -> int:
+        """Write each change unless its key holds that version or a newer one (expiry ignored)."""
+        changed = 0
+        for change in changes:
+            if change.data is None:
+                changed += self.records.pop(change.key, None) is not None
+            elif self.records.get(change.key, ABSENT).version < change.version:
+                self.records[change.key] = Record(change.version, change.data)
+                changed += 1
+        return changed
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -11,12 +11,13 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-from pipeline.state.base import ABSENT, Commit, Record, Store
+from pipeline.state.base import ABSENT, Change, Commit, Record, Store
 
 REPLY_TIMEOUT_S = 10.0  # far above any script's run time; see `from_url`
 CONNECT_TIMEOUT_S = 5.0
 COMMIT_LUA = files("pipeline.state").joinpath("commit.lua").read_text()
 READ_LUA = files("pipeline.state").joinpath("read.lua").read_text()
+APPLY_LUA = files("pipeline.state").joinpath("apply.lua").read_text()
 
 
 def _slot_tag(key: str) -> str:
@@ -149,6 +150,20 @@ class RedisStore:
                     args += ["x" if key in commit.expiring else mode, commit.writes[key]]
             calls.append((keys, args))
         return [bool(result) for result in await self._run(COMMIT_LUA, calls)]
+
+    async def apply(self, changes: Sequence[Change]) -> int:
+        """Apply changelog records, one script call per slot, all in one round trip."""
+        groups: dict[str, list[Change]] = {}
+        for change in changes:
+            groups.setdefault(_slot_tag(change.key), []).append(change)
+        calls = []
+        for group in groups.values():
+            args: list[bytes | str | int] = []
+            for change in group:
+                mode = "w" if change.data is not None else "d"
+                args += [change.version, mode, change.data or b"", change.expires_at_ms]
+            calls.append(([change.key for change in group], args))
+        return sum(await self._run(APPLY_LUA, calls)) if calls else 0
 
     async def _run(
         self, script: str, calls: list[tuple[list[str], list]], *, unlink: Sequence[str] = ()

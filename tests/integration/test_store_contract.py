@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from pipeline.state.base import Commit, Record, Store
+from pipeline.state.base import Change, Commit, Keys, Record, Store
+from pipeline.state.changelog import changes, decode, encode
 from pipeline.state.memory import MemoryStore
 from pipeline.state.redis_store import RedisStore
 
@@ -147,4 +148,66 @@ async def test_redis_store_raises_an_error_reply(servers: tuple[str, str], key: 
             await store.read([key + "s", key + "a"])
         assert await store.read([key + "a"]) == [Record(0, None)]  # and it goes on
     finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- changelog records
+
+
+async def test_apply_writes_a_newer_version_and_keeps_a_newer_one_held(
+    store: Store, key: str
+) -> None:
+    assert await store.apply([Change(key + "a", 3, b"three"), Change(key + "b", 1, b"one")]) == 2
+    assert await store.read([key + "a", key + "b"]) == [Record(3, b"three"), Record(1, b"one")]
+    # An older version, or the same one again, changes nothing: a tail can be applied twice.
+    assert await store.apply([Change(key + "a", 2, b"two"), Change(key + "b", 1, b"one")]) == 0
+    assert await store.apply([Change(key + "a", 4, b"four")]) == 1
+    assert await store.read([key + "a"]) == [Record(4, b"four")]
+
+
+async def test_apply_deletes_for_a_tombstone(store: Store, key: str) -> None:
+    await store.apply([Change(key + "a", 2, b"two")])
+    assert await store.apply([Change(key + "a", 0, None), Change(key + "gone", 0, None)]) == 1
+    assert await store.read([key + "a"]) == [Record(0, None)]
+    # A record written again after its deletion starts at version 1, as a commit would.
+    assert await store.apply([Change(key + "a", 1, b"again")]) == 1
+    assert await store.read([key + "a"]) == [Record(1, b"again")]
+
+
+async def test_a_commits_changelog_rebuilds_it_in_an_empty_store(store: Store, key: str) -> None:
+    keys = Keys(f"rebuild-{uuid.uuid4().hex[:8]}")
+    dev, evt = keys.of("ws", "dev", "a1"), keys.of("ws", "evt", "e1")
+    box = keys.outbox("ws", "b1")
+    first = Commit(checks={dev: 0, evt: 0}, writes={dev: b"d1", evt: b"", box: b"o"},
+                   expiring={evt})  # fmt: skip
+    second = Commit(checks={dev: 1}, writes={dev: b"d2"})
+    assert await store.commit([first]) == [True] and await store.commit([second]) == [True]
+    logged = [encode(c, keys.prefix()) for commit in (first, second)
+              for c in changes(commit, keys, now_ms=1_000, ttl_s=3600)]  # fmt: skip
+    assert [k for k, _ in logged] == [b"{ws}:dev:a1", b"{ws}:evt:e1", b"{ws}:dev:a1"]  # no outbox
+    other = Keys(keys.namespace + "-restored")
+    rebuilt = [decode(k, v, other.prefix()) for k, v in logged]
+    assert rebuilt[1].expires_at_ms == 1_000 + 3600 * 1000
+    target = MemoryStore()
+    await target.apply(rebuilt)
+    assert target.records == {other.of("ws", "dev", "a1"): Record(2, b"d2"),
+                              other.of("ws", "evt", "e1"): Record(1, b"")}  # fmt: skip
+    await store.delete([dev, evt, box])
+
+
+async def test_an_applied_marker_expires_when_its_record_says(servers: tuple[str, str]) -> None:
+    import time
+
+    import redis.asyncio as aioredis
+
+    key = f"contract:{{ws-{uuid.uuid4().hex}}}:evt:e1"
+    store = RedisStore.from_url(servers[1], marker_ttl_s=3600)
+    client = aioredis.Redis.from_url(servers[1])
+    try:
+        expires = int(time.time() * 1000) + 600_000
+        assert await store.apply([Change(key, 1, b"", expires)]) == 1
+        assert 590_000 < await client.pttl(key) <= 600_000
+    finally:
+        await client.delete(key)
+        await client.aclose()
         await store.close()
