@@ -1,0 +1,129 @@
+"""The worker never decides on state Redis lost: the changelog's markers, checked every batch.
+
+Every committed batch's records go to the state changelog with its outputs
+(`pipeline.state.changelog`). Once the broker has them, the worker moves the changelog
+partitions' markers in Redis past their offsets (`delivered`, then `confirmed` once Redis has
+the markers). Every batch reads the markers in the same round trip as its state, after it: a
+marker lower than one this worker wrote or read means Redis lost writes since (a restart
+without its last second, FLUSHALL, a lost disk), and the batch is not decided. The worker then
+applies the changelog's tail to Redis (`IDP_AUTO_RESTORE`, on by default) or, with it off,
+refuses to process until an operator has run `idp restore`, logging why and answering 503 on
+`/readyz`; then it decides the batch again. At start it does the same when a marker is
+missing or behind the changelog's end.
+
+A read that comes before a loss, and a commit after it, cannot apply a decision made on lost
+state: the commit's compare-and-set fails for every record that existed, and the batch is
+read again. A decision that read only absent records was right either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from pipeline.ops.restore import catch_up, changelog_ends, markers
+from pipeline.state.base import Change, Keys, Store
+
+logger = logging.getLogger(__name__)
+
+REFUSED_RETRY_S = 5.0  # how often a worker refusing to process looks again (auto-restore off)
+
+
+class StateLost(RuntimeError):
+    """Redis holds less than the changelog says it had: the batch must not be decided."""
+
+
+class StateGuard:
+    """The changelog's markers as this worker knows them, and catching Redis up with them."""
+
+    def __init__(
+        self, store: Store, keys: Keys, bootstrap: str, topic: str, *, auto_restore: bool
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.auto_restore = auto_restore
+        self.partitions: list[int] = []
+        self.known: dict[int, int] = {}  # partition -> the highest marker written or read
+        self.refusing: str | None = None  # why the worker does not process (for /readyz)
+        self.restores = 0
+
+    def marker_keys(self) -> list[str]:
+        """The keys a batch reads after its state."""
+        return [self.keys.changelog_marker(p) for p in self.partitions]
+
+    def check(self, versions: Iterable[int]) -> None:
+        """Raise `StateLost` if a marker read is below what this worker knew; else learn them."""
+        read = dict(zip(self.partitions, versions, strict=True))
+        lost = {p: (v, self.known[p]) for p, v in read.items() if v < self.known.get(p, 0)}
+        if lost:
+            raise StateLost(
+                "Redis lost writes: changelog markers went back "
+                + ", ".join(
+                    f"partition {p} {had} -> {now}" for p, (now, had) in sorted(lost.items())
+                )
+            )
+        for partition, version in read.items():
+            self.known[partition] = max(version, self.known.get(partition, 0))
+
+    def delivered(self, offsets: Iterable[tuple[int, int]]) -> list[Change]:
+        """The markers to write for changelog records the broker has: (partition, offset)."""
+        highest: dict[int, int] = {}
+        for partition, offset in offsets:
+            highest[partition] = max(offset + 1, highest.get(partition, 0))
+        return [Change(self.keys.changelog_marker(p), v, b"") for p, v in highest.items()]
+
+    def confirmed(self, written: Iterable[Change]) -> None:
+        """Redis has these markers now: a later read below them is a loss."""
+        for change in written:
+            partition = int(change.key.rsplit(":", 1)[1])
+            self.known[partition] = max(change.version, self.known.get(partition, 0))
+
+    async def start(self) -> None:
+        """Before the first batch: catch Redis up with the changelog (or refuse until it is)."""
+        ends = await changelog_ends(self.bootstrap, self.topic)
+        self.partitions = sorted(ends)
+        applied = await markers(self.store, self.keys, self.partitions)
+        behind = {p: (applied[p], end) for p, end in ends.items() if applied[p] < end}
+        if behind:
+            logger.warning("Redis namespace %s is behind the state changelog %s (%s)",
+                           self.keys.namespace, self.topic, _describe(behind))  # fmt: skip
+            await self.recover()
+        else:
+            self.known = applied
+
+    async def recover(self) -> None:
+        """Apply the changelog's tail (auto-restore), or wait until someone has; then go on."""
+        while True:
+            if self.auto_restore:
+                caught = await catch_up(self.store, self.keys, self.bootstrap, self.topic)
+                self.restores += 1
+                logger.warning("caught Redis up with the state changelog: %d records of %d "
+                               "partitions applied in %.1fs, %d keys changed", caught.read,
+                               caught.partitions, caught.seconds, caught.changed)  # fmt: skip
+                self.known = await markers(self.store, self.keys, self.partitions)
+                self.refusing = None
+                return
+            ends = await changelog_ends(self.bootstrap, self.topic)
+            applied = await markers(self.store, self.keys, self.partitions)
+            behind = {p: (applied[p], end) for p, end in ends.items() if applied[p] < end}
+            if not behind:  # restored meanwhile (`idp restore`)
+                self.known = applied
+                self.refusing = None
+                logger.warning("Redis caught up with the state changelog: processing resumes")
+                return
+            reason = (f"Redis namespace {self.keys.namespace} is behind the state changelog "
+                      f"{self.topic} ({_describe(behind)}) and IDP_AUTO_RESTORE is off: run "
+                      f"idp restore")  # fmt: skip
+            if reason != self.refusing:
+                logger.error("not processing: %s", reason)
+            self.refusing = reason
+            await asyncio.sleep(REFUSED_RETRY_S)
+
+
+def _describe(behind: dict[int, tuple[int, int]]) -> str:
+    shown = sorted(behind.items())[:4]
+    text = ", ".join(f"partition {p} at {at} of {end}" for p, (at, end) in shown)
+    return text + (f" and {len(behind) - 4} more" if len(behind) > 4 else "")

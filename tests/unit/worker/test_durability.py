@@ -1,0 +1,43 @@
+"""The markers' bookkeeping: a marker below one written or read is a loss, never a race."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.state.base import Keys
+from pipeline.state.memory import MemoryStore
+from pipeline.worker.durability import StateGuard, StateLost
+
+
+def guard() -> StateGuard:
+    found = StateGuard(MemoryStore(), Keys("t"), "127.0.0.1:1", "t.state.changelog",
+                       auto_restore=True)  # fmt: skip
+    found.partitions = [0, 1]
+    return found
+
+
+def test_markers_that_only_grow_are_learnt() -> None:
+    g = guard()
+    g.check([0, 0])  # an empty Redis and an empty changelog
+    g.check([5, 0])
+    g.check([7, 3])  # other workers moved them
+    assert g.known == {0: 7, 1: 3}
+
+
+def test_a_marker_below_one_read_before_is_a_loss() -> None:
+    g = guard()
+    g.check([7, 3])
+    with pytest.raises(StateLost, match=r"partition 0 7 -> 0"):
+        g.check([0, 3])  # FLUSHALL, or a Redis restarted without its last writes
+    assert g.known == {0: 7, 1: 3}  # nothing learnt from a read that lost state
+
+
+def test_delivered_offsets_become_markers_one_past_the_highest() -> None:
+    g = guard()
+    changes = g.delivered([(0, 4), (1, 9), (0, 2)])
+    assert {(c.key, c.version) for c in changes} == {("t:changelog:0", 5), ("t:changelog:1", 10)}
+    g.check([3, 3])  # not yet written: a read of the older markers is no loss
+    g.confirmed(changes)
+    assert g.known == {0: 5, 1: 10}
+    with pytest.raises(StateLost):
+        g.check([3, 10])
