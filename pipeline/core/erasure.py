@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from pipeline.core.rules import CoreConfig, _Change, _Resolver
 
 # The key of a workspace's count of device erasures (not a digest: those are 32 hex digits). A
-# worker that settles page views from the first activities it remembers drops them when the
+# worker that decides page views from the first activities it remembers drops them when the
 # count changes (`pipeline.worker.known`).
 DEVICE_ERASURES = "devices"
 PLACEHOLDER = "\x00erased:"  # a placeholder user_id: R3 refuses control characters

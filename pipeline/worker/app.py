@@ -32,7 +32,7 @@ from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
 from pipeline.worker import fetching, metrics, transport
 from pipeline.worker.batching import gathered
-from pipeline.worker.codec import Item, wire
+from pipeline.worker.codec import Item, encode_output
 from pipeline.worker.decoding import decode_batch
 from pipeline.worker.emitter import Emitter
 from pipeline.worker.http import HttpServer, KafkaProbe, ProfileLookup, Readiness, build_web_app
@@ -289,14 +289,14 @@ def create_app(settings: Settings) -> faust.App:
         async for events in batches:
             metrics.BATCH_EVENTS.observe(len(events))
             if time.monotonic() - checked >= ERASURE_CHECK_S:
-                # Page views of remembered devices are settled at parse: an erasure committed
+                # Page views of remembered devices are decided at parse: an erasure committed
                 # by any worker must reach this one's memory first (`known`).
                 checked = time.monotonic()
                 try:
                     await processor.refresh_erasures()
                 except REDIS_DOWN as exc:
                     logger.warning("could not read the counts of device erasures (%s)", exc)
-            decoded = decode_batch((e.message for e in events), logical, processor.settles)
+            decoded = decode_batch((e.message for e in events), logical, processor.browsing)
             seen.update(decoded.topics)
             for topic, count in decoded.topics.items():
                 metrics.EVENTS_IN.labels(topic).inc(count)
@@ -304,12 +304,12 @@ def create_app(settings: Settings) -> faust.App:
                 totals.rejected[emit.value.reason] += 1  # type: ignore[union-attr]
             conflicts_before = processor.conflicts
             processed = await process_with_retry(decoded.items)
-            processed.tally.unchanged += decoded.settled
+            processed.tally.unchanged += decoded.browsing
             totals.add(processed.tally)
             _count(processed.tally, [*decoded.rejected, *processed.emits],
                    processor.conflicts - conflicts_before)  # fmt: skip
             faults.after_commit(processed)
-            wires = [(e.topic, *wire(e)) for e in decoded.rejected] + processed.wires
+            wires = [encode_output(e) for e in decoded.rejected] + processed.wires
             await emitter.emit(events, wires, processed.outbox, processed.profiles)
 
     @app.timer(interval=FORGET_FLUSH_S)

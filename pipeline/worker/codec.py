@@ -127,7 +127,7 @@ _VALIDATE_JSON = {topic: model.__pydantic_validator__.validate_json
 def parse(topic: str, value: bytes | None) -> InputEvent | None:
     """The event, if `value` is a valid message of the input topic `topic`; else None.
 
-    Nothing is built for the record itself, so the worker can settle a page view of a known
+    Nothing is built for the record itself, so the worker can decide a page view of a known
     device without more; for what is not valid, `explain` says why.
     """
     validate = _VALIDATE_JSON.get(topic)
@@ -215,12 +215,15 @@ def _explain(exc: ValidationError) -> tuple[str, str]:
     return "invalid_field", f"{field}: {error['msg']}"
 
 
+Wire = tuple[str, bytes | None, bytes | None]  # (logical topic, key, value): an output as sent
+
+
 def encode(value: OutputMessage) -> bytes:
     """Wire JSON of an output message."""
     return orjson.dumps(value.model_dump(mode="json"))
 
 
-def wire(emit: Emit) -> tuple[bytes | None, bytes | None]:
-    """The key and value an output is sent as (a None value is a tombstone)."""
+def encode_output(emit: Emit) -> Wire:
+    """An output as it is sent (a None value is a tombstone)."""
     key = emit.key if isinstance(emit.key, bytes | None) else emit.key.encode()
-    return key, None if emit.value is None else encode(emit.value)
+    return emit.topic, key, None if emit.value is None else encode(emit.value)

@@ -1,7 +1,7 @@
-"""A batch of Kafka records decoded: events to process, rejections to publish, events settled.
+"""A batch of Kafka records decoded: events to process, rejections to publish, page views decided.
 
-Pure but for `settles`, the in-memory check of a page view against the devices this worker
-knows (`Processor.settles`), which decides most events of a busy site without building
+Pure but for `browsing`, the in-memory check of a page view against the devices this worker
+knows (`Processor.browsing`), which decides most events of a busy site without building
 anything more for them.
 """
 
@@ -15,7 +15,8 @@ from pipeline.core.model import Emit
 from pipeline.worker.codec import Item, Source, explain, parse
 from schemas import InputEvent
 
-Settles = Callable[[InputEvent, int | None], bool]
+# Whether a parsed event (with its record's timestamp, ms) is a page view that changes nothing.
+Browsing = Callable[[InputEvent, int | None], bool]
 
 
 @dataclass(slots=True)
@@ -24,11 +25,13 @@ class Decoded:
 
     items: list[Item] = field(default_factory=list)
     rejected: list[Emit] = field(default_factory=list)
-    settled: int = 0  # valid events that change nothing, decided without the store
+    browsing: int = 0  # page views that change nothing (`rules.browsing`), decided in memory
     topics: dict[str, int] = field(default_factory=dict)  # records read, by logical topic
 
 
-def decode_batch(messages: Iterable[Any], logical: Mapping[str, str], settles: Settles) -> Decoded:
+def decode_batch(
+    messages: Iterable[Any], logical: Mapping[str, str], browsing: Browsing
+) -> Decoded:
     """Decode Kafka messages (`topic`, `partition`, `offset`, `key`, `value`, `timestamp` in s).
 
     `logical` maps each physical input topic to its name without the prefix.
@@ -41,8 +44,8 @@ def decode_batch(messages: Iterable[Any], logical: Mapping[str, str], settles: S
         topics[topic] = topics.get(topic, 0) + 1
         stamp = int(message.timestamp * 1000) if message.timestamp else None
         parsed = parse(topic, message.value)
-        if parsed is not None and settles(parsed, stamp):
-            decoded.settled += 1
+        if parsed is not None and browsing(parsed, stamp):
+            decoded.browsing += 1
             continue
         source = Source(topic, message.partition, message.offset, message.key, message.value,
                         stamp, physical)  # fmt: skip

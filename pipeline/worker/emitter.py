@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pipeline.worker import metrics
+from pipeline.worker.codec import Wire
 from pipeline.worker.outbox import Outbox, Send
-from pipeline.worker.processor import Wire
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from pipeline.core.model import (
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_more, likely_needs
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
 from pipeline.worker import metrics
-from pipeline.worker.codec import Item, rejection, wire
+from pipeline.worker.codec import Item, Wire, encode_output, rejection
 from pipeline.worker.known import KnownDevices
 from schemas import InputEvent, PageView
 from schemas.topics import OUTPUT_TOPICS, PROFILES
@@ -118,9 +118,6 @@ class Processed:
     profiles: list[tuple[str, str, int]] = field(default_factory=list)
 
 
-Wire = tuple[str, bytes | None, bytes | None]  # (logical topic, key, value): an output as sent
-
-
 def outbox_blob(wires: Sequence[Wire], created_s: float) -> bytes:
     """The outputs of a committed batch, kept with its state until they are delivered."""
     entries = [
@@ -195,7 +192,7 @@ class _Working:
         self.emits: list[Emit] = []
         self.tally = Tally()
         self.written: set[tuple[str, str]] = set()  # (table, key) written by this batch
-        self.encoded: dict[int, bytes] = {}  # id(profile) -> its bytes, written and sent alike
+        self.profile_bytes: dict[int, bytes] = {}  # id(profile) -> its bytes, stored and sent
         self.ahead: dict[int, Transition] = {}  # decisions made while speculating, by item
         self.unreadable: set[str] = set()  # keys whose records could not be decoded
         self.outbox: str | None = None  # the key of this batch's outbox record, once written
@@ -260,7 +257,7 @@ class _Working:
                     self.commit.deleting.add(key)
                 self.written.add((table, ident))
                 if table == "contacts" and value is not None:
-                    self.encoded[id(value)] = data
+                    self.profile_bytes[id(value)] = data
         self.emits.extend(transition.emits)
 
     def profile_versions(self) -> list[tuple[str, str, int]]:
@@ -271,16 +268,16 @@ class _Working:
             if table == "contacts"
         ]
 
-    def wires(self) -> list[Wire]:
+    def encoded(self) -> list[Wire]:
         """The outputs as sent; a profile is encoded once for its record and its message."""
         wires: list[Wire] = []
         for emit in self.emits:
-            data = self.encoded.get(id(emit.value)) if emit.topic == PROFILES else None
+            data = self.profile_bytes.get(id(emit.value)) if emit.topic == PROFILES else None
             if data is not None and emit.key is not None:
                 key = emit.key if isinstance(emit.key, bytes) else emit.key.encode()
                 wires.append((emit.topic, key, data))
             else:
-                wires.append((emit.topic, *wire(emit)))
+                wires.append(encode_output(emit))
         return wires
 
     def mark_processed(self, item: Item, digest: bytes) -> None:
@@ -333,14 +330,14 @@ class Processor:
         """
         tally = Tally()
         await self._confirm_known(items)
-        groups = self._settle_known(items, tally)
+        groups = self._browsing_known(items, tally)
         emits: list[Emit] = []
         wires: list[Wire] = []
         outbox: list[str] = []
         profiles: list[tuple[str, str, int]] = []
         if not groups:
             return Processed(emits, tally, outbox, wires)
-        pending, prefetch = self._settle_browsing(groups, await self._prefetch(groups), tally)
+        pending, prefetch = self._browsing_stored(groups, await self._prefetch(groups), tally)
         for attempt in range(MAX_ATTEMPTS):
             if not pending:
                 return Processed(emits, tally, outbox, wires, profiles)
@@ -354,7 +351,7 @@ class Processor:
                 prepared.append((working, group))
             await self._speculate(prepared)
             workings = [await self._decide(working, group) for working, group in prepared]
-            sent = {id(working): working.wires() for working in workings}
+            sent = {id(working): working.encoded() for working in workings}
             for working in workings:
                 if working.commit.writes and working.emits:
                     key = working.outbox = self.keys.outbox(working.workspace_id, uuid.uuid4().hex)
@@ -391,11 +388,11 @@ class Processor:
         message = f"workspaces {sorted(pending)} kept conflicting after {MAX_ATTEMPTS} attempts"
         raise ConflictError(message)
 
-    def settles(self, event: InputEvent, record_ms: int | None) -> bool:
+    def browsing(self, event: InputEvent, record_ms: int | None) -> bool:
         """Whether `event` is a page view of a device known active no later than it.
 
-        Such an event changes nothing: `rules.browsing` decides it from the first activity this
-        worker learnt earlier, which stays right whatever happened since (see
+        Such an event changes nothing: `rules.browsing` decides it in memory, from the first
+        activity this worker learnt earlier, which stays right whatever happened since (see
         `pipeline.worker.known`): no Redis, no working copy. The caller counts it as unchanged.
         """
         if type(event) is not PageView:
@@ -409,11 +406,12 @@ class Processor:
             return False
 
     async def _confirm_known(self, items: Sequence[Item]) -> None:
-        """Read the batch's workspaces' counts of device erasures before settling (R16).
+        """Read the batch's workspaces' counts of device erasures before `browsing` (R16).
 
-        A device erased since this worker learnt its first activity must not be settled from
-        it; see `pipeline.worker.known`. One read per batch that has page views of remembered
-        devices, none otherwise (a workspace's first count comes with its first `_prefetch`).
+        A device erased since this worker learnt its first activity must not have its page
+        views decided from it; see `pipeline.worker.known`. One read per batch that has page
+        views of remembered devices, none otherwise (a workspace's first count comes with its
+        first `_prefetch`).
         """
         first_activity = self.known.first_activity
         workspaces = sorted({
@@ -431,7 +429,7 @@ class Processor:
         """Read the counts of device erasures of every workspace remembered (one round trip).
 
         The agent calls it before a batch at most every `known.ERASURE_CHECK_S`: page views of
-        remembered devices are settled at parse, before `process` sees them.
+        remembered devices are decided at parse, before `process` sees them.
         """
         workspaces = self.known.counted_workspaces()
         if workspaces:
@@ -446,13 +444,13 @@ class Processor:
             count = -1  # unreadable: forget what was learnt, and read it again next time
         self.known.confirm(workspace_id, count)
 
-    def _settle_known(self, items: Sequence[Item], tally: Tally) -> dict[str, list[Item]]:
-        """Count the events `settles` settles as unchanged; group the rest by workspace."""
+    def _browsing_known(self, items: Sequence[Item], tally: Tally) -> dict[str, list[Item]]:
+        """Count the page views `browsing` decides in memory as unchanged; group the rest."""
         groups: dict[str, list[Item]] = {}
-        settles = self.settles
+        browsing = self.browsing
         for item in items:
             event = item.event
-            if settles(event, item.source.timestamp_ms):
+            if browsing(event, item.source.timestamp_ms):
                 tally.unchanged += 1
                 continue
             groups.setdefault(event.workspace_id, []).append(item)
@@ -522,18 +520,18 @@ class Processor:
             keys.update(of(workspace_id, kind, ident) for ident in getattr(hint, table))
         return keys
 
-    def _settle_browsing(
+    def _browsing_stored(
         self,
         groups: dict[str, list[Item]],
         prefetch: dict[str, list[tuple[str, Record]]],
         tally: Tally,
     ) -> tuple[dict[str, list[Item]], dict[str, list[tuple[str, Record]]]]:
-        """Count page views of devices already active as unchanged; return the other events.
+        """Count page views of devices the records just read show active as unchanged.
 
-        Most events of a busy site are these. The core decides them from the device's first
-        activity alone (`rules.browsing`) and its answer holds whatever the rest of the batch
-        or another worker does, so they skip the working copy, the checks and the commit.
-        Returned with the other events: the records read for them.
+        Most events of a busy site are these page views. The core decides them from the
+        device's first activity alone (`rules.browsing`) and its answer holds whatever the rest
+        of the batch or another worker does, so they skip the working copy, the checks and the
+        commit. Returned: the other events, with the records read for them.
         """
         rest: dict[str, list[Item]] = {}
         rest_records: dict[str, list[tuple[str, Record]]] = {}
@@ -547,10 +545,12 @@ class Processor:
                         first = Device.first_activity_of(record.data)
                         self.known.learn(workspace_id, item.event.anonymous_id.strip(), first)
                         event = checked(item, config)
-                        settled = not isinstance(event, Refusal) and browsing(event, first, config)
+                        unchanged = not isinstance(event, Refusal) and browsing(
+                            event, first, config
+                        )
                     except Exception:
-                        settled = False
-                    if settled:
+                        unchanged = False
+                    if unchanged:
                         tally.unchanged += 1
                         continue
                 others.append(item)
@@ -568,11 +568,11 @@ class Processor:
         spares a round trip per event. Events whose needs depend on an earlier event of the
         same batch still get them one by one later.
         """
-        unsettled = [(working, list(group)) for working, group in workings]
+        undecided = [(working, list(group)) for working, group in workings]
         for round_ in range(SPECULATION_ROUNDS):
             wanted: list[tuple[_Working, str]] = []
             still: list[tuple[_Working, list[Item]]] = []
-            for working, group in unsettled:
+            for working, group in undecided:
                 keys: set[str] = set()
                 waiting = []
                 for item in group:
@@ -603,7 +603,7 @@ class Processor:
             records = await self.store.read([key for _, key in wanted])
             for (working, key), record in zip(wanted, records, strict=True):
                 working.learn(key, record)
-            unsettled = still
+            undecided = still
 
     def _first_visit_needs(self, working: _Working, item: Item) -> list[str]:
         """Missing keys a page view or chat on a device without a record will ask for."""
@@ -658,7 +658,7 @@ class Processor:
     async def _decide_one(self, working: _Working, item: Item) -> Applied | Unchanged | Refusal:
         ahead = working.ahead.pop(id(item), None)
         if ahead is not None and not (ahead.reads & working.written):
-            return await self._settle(working, item, ahead)  # nothing it read has changed since
+            return await self._keep(working, item, ahead)  # nothing it read has changed since
         while True:
             result = decide(item, working.view, self.config)
             if isinstance(result, Transition):
@@ -672,9 +672,9 @@ class Processor:
                 raise RuntimeError(message)
             for key, record in zip(keys, await self.store.read(keys), strict=True):
                 working.learn(key, record)
-        return await self._settle(working, item, result)
+        return await self._keep(working, item, result)
 
-    async def _settle(
+    async def _keep(
         self, working: _Working, item: Item, result: Transition
     ) -> Applied | Unchanged | Refusal:
         """Keep a decision: refuse a reused event_id, absorb the writes, mark the event."""

@@ -1,7 +1,7 @@
 """A journey's every input and output against the JSON Schema files, by an independent validator.
 
 The outputs are those of the pure core (the oracle) plus the rejections the codec records,
-encoded as the worker sends them (`pipeline.worker.codec.wire`).
+encoded as the worker sends them (`pipeline.worker.codec.encode_output`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pipeline.core.model import Emit
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
 from pipeline.tools import journey
-from pipeline.worker.codec import wire
+from pipeline.worker.codec import encode_output
 from tests.support.wire_schemas import (
     Input,
     check_outputs,
@@ -44,7 +44,7 @@ def scenario() -> tuple[list[Input], list[Emit], str]:
 
 def test_every_output_of_a_journey_conforms_to_its_schema(scenario) -> None:
     inputs, outputs, tombstoned = scenario
-    counts = check_outputs([(emit.topic, *wire(emit)) for emit in outputs])
+    counts = check_outputs([encode_output(emit) for emit in outputs])
     # Every output topic is exercised: merges (R6), shutdowns (R10), profiles, rejections.
     assert set(counts) == {"identity.merged", "identity.shutdown", "identity.profiles",
                            "identity.rejected"}  # fmt: skip
@@ -85,7 +85,7 @@ def test_the_input_schemas_refuse_inputs_the_codec_refuses_for_their_shape(event
 def test_the_output_check_refuses_what_breaks_the_contract(scenario) -> None:
     _, outputs, _ = scenario
     profile = next(e for e in outputs if e.topic == "identity.profiles" and e.value is not None)
-    key, value = wire(profile)
+    _, key, value = encode_output(profile)
     good = ("identity.profiles", key, value)
     wrong = [
         ("identity.profiles", key, orjson.dumps({**orjson.loads(value), "created_at": 1})),

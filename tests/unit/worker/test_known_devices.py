@@ -1,4 +1,4 @@
-"""Page views of devices a worker knows to be active are settled without reading their records.
+"""Page views of devices a worker knows to be active are decided without reading their records.
 
 A batch reads one key besides: its workspace's count of device erasures (R16).
 """
@@ -115,7 +115,7 @@ def erase_item(subject: str, ts: str, offset: int = 0) -> Item:
     return decoded
 
 
-async def test_a_device_erased_by_another_worker_is_not_settled_from_what_was_learnt() -> None:
+async def test_a_device_erased_by_another_worker_is_not_decided_from_what_was_learnt() -> None:
     """d1 browses at 10:00 (worker A learns it); worker B erases d1 at 10:30.
 
     On A, a page view of d1 stamped 10:20 is refused `erased` (before the erasure), and one

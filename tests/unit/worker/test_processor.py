@@ -123,13 +123,13 @@ def _contacts(store: MemoryStore) -> dict[str, dict]:
 async def test_batches_give_what_the_core_gives_one_event_at_a_time(
     events: list[dict], data: st.DataObject
 ) -> None:
-    """However the events are cut into batches, the processor's shortcuts (page views settled
+    """However the events are cut into batches, the processor's shortcuts (page views decided
     from the prefetch, records loaded ahead, decisions made ahead) end where the plain core
     does: the same final profiles, merges and shutdowns."""
     oracle = Oracle(laws.CONFIG)
     for event in events:
         oracle.apply(ev.model(event))
-    # Replay some events: a repeat must be settled as unchanged by every path.
+    # Replay some events: a repeat must be decided as unchanged by every path.
     repeats = data.draw(st.lists(st.sampled_from(events), max_size=3))
     stream = [*events, *repeats]
     items = [item(e, i, TOPICS[e["event_id"].split("-")[0]]) for i, e in enumerate(stream)]

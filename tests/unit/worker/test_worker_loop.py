@@ -62,7 +62,7 @@ def message(topic: str, value: bytes, offset: int, partition: int = 0) -> Simple
                            timestamp=1795514400.0)  # fmt: skip
 
 
-def test_a_batch_decodes_into_items_rejections_and_settled_events() -> None:
+def test_a_batch_decodes_into_items_rejections_and_browsing_page_views() -> None:
     view = orjson.dumps(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"))
     messages = [message("p.telemetry.page_view", view, 0),
                 message("p.telemetry.page_view", b"not json", 1),
@@ -77,8 +77,8 @@ def test_a_batch_decodes_into_items_rejections_and_settled_events() -> None:
         "p.telemetry.page_view",
     )
     assert decoded.topics == {"telemetry.page_view": 3}
-    settled = decode_batch(messages, logical, lambda event, stamp: True)
-    assert (settled.settled, len(settled.items), len(settled.rejected)) == (2, 0, 1)
+    in_memory = decode_batch(messages, logical, lambda event, stamp: True)
+    assert (in_memory.browsing, len(in_memory.items), len(in_memory.rejected)) == (2, 0, 1)
 
 
 async def test_the_outbox_sends_events_as_they_were_and_profiles_as_they_are_now() -> None:
