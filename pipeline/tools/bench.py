@@ -43,9 +43,19 @@ from pipeline.ops.admin import ensure_topics, remove_keys, remove_run
 from pipeline.ops.processes import cpu_seconds, spawn, stop
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import topic_specs
+from pipeline.state.base import Keys
 from pipeline.tools import journey
 from pipeline.tools.demo import end_offsets
-from schemas.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, SHUTDOWN
+from schemas.topics import (
+    INPUT_TOPICS,
+    LOGIN,
+    LOGOUT,
+    MERGED,
+    OUTPUT_TOPICS,
+    PROFILES,
+    SHUTDOWN,
+    SIGNUP,
+)
 
 COMMIT_INTERVAL_S = "0.2"
 PASSES = 3  # throughput passes of each of the bare agents and the worker
@@ -218,7 +228,7 @@ async def latency(
             continue
         device = (value["workspace_id"], value["anonymous_id"])
         cause = None
-        if record.topic in ("telemetry.login", "telemetry.signup", "telemetry.logout"):
+        if record.topic in (LOGIN, SIGNUP, LOGOUT):
             cause = value["event_id"]
         elif device not in seen_devices:
             cause = ids.visitor_contact_id(*device, ids.ORIGIN)
@@ -401,9 +411,10 @@ async def run(
 
 async def memory_by_kind(url: str, namespace: str) -> dict[str, tuple[int, int]]:
     """Per record kind: how many keys and how many bytes (`MEMORY USAGE`, values included)."""
+    layout = Keys(namespace)
     client = aioredis.Redis.from_url(url)
     try:
-        keys = [key async for key in client.scan_iter(match=f"{namespace}:*", count=1000)]
+        keys = [key async for key in client.scan_iter(match=layout.everything(), count=1000)]
         totals: dict[str, tuple[int, int]] = {}
         for start in range(0, len(keys), 1000):
             chunk = keys[start : start + 1000]
@@ -411,7 +422,8 @@ async def memory_by_kind(url: str, namespace: str) -> dict[str, tuple[int, int]]
             for key in chunk:
                 pipe.memory_usage(key, samples=0)
             for key, used in zip(chunk, await pipe.execute(), strict=True):
-                kind = key.decode().split("}:", 1)[1].split(":", 1)[0]
+                parts = layout.parse(key.decode())
+                kind = parts.kind if parts is not None else "other"
                 count, total = totals.get(kind, (0, 0))
                 totals[kind] = (count + 1, total + (used or 0))
         return totals

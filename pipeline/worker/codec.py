@@ -13,10 +13,10 @@ from pipeline.core import ids
 from pipeline.core.events import Checked
 from pipeline.core.model import Emit, OutputMessage, Refusal
 from schemas import INPUT_MODELS, InputEvent, Rejected
+from schemas.outputs import ORIGINAL_MAX_CHARS
 from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, REJECTED, SIGNUP
 
 MAX_MESSAGE_BYTES = 64 * 1024  # larger inputs are refused unparsed (reason `too_large`)
-ORIGINAL_MAX_CHARS = 4096  # `original` of a rejection is truncated to this many characters
 
 _WRONG_TYPE = {"string_type", "int_type", "bool_type", "float_type", "model_type", "dict_type"}
 

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 
 from pipeline.core import ids
 from pipeline.core.facts import Device, EmailEntry, TokenUses, User
+from pipeline.core.identifiers import MAX_IDENTIFIER_LENGTH
 from pipeline.core.model import View
 from pipeline.core.rules import TIMELINE_ROUNDS, CoreConfig, Timelines
 from pipeline.state.base import KeyKind, Keys, Store
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 IDENTIFIERS = ("contact_id", "user_id", "email", "anonymous_id")
 MAX_MERGE_HOPS = 8  # `merged_into` is followed at most this far (a chain is one hop in practice)
 PROBE_TIMEOUT_S = 2.0
-MAX_IDENTIFIER = 256  # longer values are never identifiers (R3)
 
 _TABLES: dict[str, tuple[KeyKind, Callable[[bytes], object]]] = {
     "devices": ("dev", Device.from_bytes),
@@ -89,8 +89,8 @@ class ProfileLookup:
         if not given:
             return _error(400, "give one of " + ", ".join(IDENTIFIERS))
         name, value = next(iter(given.items()))
-        if not value or len(value) > MAX_IDENTIFIER:
-            return _error(400, f"{name} must be 1 to {MAX_IDENTIFIER} characters")
+        if not value or len(value) > MAX_IDENTIFIER_LENGTH:  # never an identifier (R3)
+            return _error(400, f"{name} must be 1 to {MAX_IDENTIFIER_LENGTH} characters")
         if name == "contact_id":
             return await self._profile(workspace_id, value)
         if name == "user_id":

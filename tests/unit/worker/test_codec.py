@@ -2,7 +2,8 @@ import orjson
 import pytest
 
 from pipeline.core.model import Emit
-from pipeline.worker.codec import MAX_MESSAGE_BYTES, ORIGINAL_MAX_CHARS, Item, Source, decode, parse
+from pipeline.worker.codec import MAX_MESSAGE_BYTES, Item, Source, decode, parse
+from schemas.outputs import ORIGINAL_MAX_CHARS
 
 VALID = {
     "event_id": "e1",

@@ -11,7 +11,8 @@ import pytest
 from pipeline.core.verify import TokenPolicy
 from pipeline.ops.settings import SecretsFileError, Settings
 from pipeline.worker.app import core_config
-from pipeline.worker.codec import ORIGINAL_MAX_CHARS, Source, rejection
+from pipeline.worker.codec import Source, rejection
+from schemas.outputs import ORIGINAL_MAX_CHARS
 
 LONG = "s" * 32
 
