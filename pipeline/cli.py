@@ -126,7 +126,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from pipeline.ops.admin import prepare_topics
-    from pipeline.worker.app import create_app, settle_heap
+    from pipeline.worker.app import create_app, freeze_heap
 
     settings = _settings(args)
     if settings.log_format == "json":
@@ -145,7 +145,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _await_servers(settings, kafka=True, redis=True, wait_s=STARTUP_WAIT_S)
     _run_once(prepare_topics(settings))  # created or awaited before Faust subscribes
     app = create_app(settings)
-    settle_heap()
+    freeze_heap()
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True,
                           logging_config=_logging_config(settings))  # fmt: skip
     # Faust's terminal spinner sets the root logger to DEBUG while it spins (~15% slower).

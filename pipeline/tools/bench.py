@@ -77,7 +77,7 @@ def run_bare_worker(settings: Settings, *, our_consumer: bool = False) -> None:
     """
     import faust
 
-    from pipeline.worker.app import faust_app, settle_heap
+    from pipeline.worker.app import faust_app, freeze_heap
 
     app = faust_app(settings, consumer_patches=our_consumer)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
@@ -87,7 +87,7 @@ def run_bare_worker(settings: Settings, *, our_consumer: bool = False) -> None:
         async for _ in stream.take_events(settings.batch_size, within=settings.batch_within_s):
             pass
 
-    settle_heap()  # as for `idp worker`
+    freeze_heap()  # as for `idp worker`
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.spinner = None  # as for `idp worker`: the same conditions for both
     worker.execute_from_commandline()

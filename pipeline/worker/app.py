@@ -84,7 +84,7 @@ def _count(tally: Tally, emits: list[Emit], conflicts: int) -> None:
 GC_YOUNG_OBJECTS = 100_000  # net allocations between young collections (CPython: 700)
 
 
-def settle_heap() -> None:
+def freeze_heap() -> None:
     """Move what start-up allocated out of the garbage collector's way, and collect less often.
 
     Modules, the app and its settings live as long as the process; without `gc.freeze`, every
