@@ -298,6 +298,7 @@ async def test_a_broker_killed_mid_stream_and_restarted(pipeline: Pipeline) -> N
     await asyncio.to_thread(stack.start_cluster_broker, 1, BROKERS)
     await asyncio.to_thread(stack.wait_cluster_broker, 1)
     await settle(pipeline, profiles, merges, logouts, "cluster, a broker killed and restarted")
+    print(f"records the broker's failure refused and the test sent again: {pipeline.resent}")
 
 
 async def test_a_worker_killed_mid_stream(pipeline: Pipeline) -> None:

@@ -15,11 +15,13 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from schemas.time import parse_timestamp, to_epoch_ms
 from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SEND_ROUNDS = 5  # rounds of sending again the records a broker's failure refused
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Pipeline:
         self.outputs = OutputLog()
         self.workers: list[subprocess.Popen] = []
         self.expected_exits: set[int] = set()  # pids of workers a test kills or makes exit
+        self.resent = 0  # records `send_many` sent again after a failed delivery
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task | None = None
@@ -85,11 +88,20 @@ class Pipeline:
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
         await self._producer.start()
         topics = [self.prefix + name for name in OUTPUT_TOPICS]
-        self._consumer = AIOKafkaConsumer(
-            *topics, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-            enable_auto_commit=False, group_id=None, metadata_max_age_ms=1000,
-        )  # fmt: skip
-        await self._consumer.start()
+        deadline = time.monotonic() + 30
+        while True:  # a topic created moments ago may not be in every broker's metadata yet
+            self._consumer = AIOKafkaConsumer(
+                *topics, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+                enable_auto_commit=False, group_id=None, metadata_max_age_ms=1000,
+            )  # fmt: skip
+            try:
+                await self._consumer.start()
+                break
+            except UnknownTopicOrPartitionError:
+                await self._consumer.stop()
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -139,10 +151,20 @@ class Pipeline:
         Each record is stamped with its event's time, as a product's backend would (R14).
         """
         assert self._producer is not None
-        for topic, value, key in messages:
-            await self._producer.send(self.prefix + topic, value, key=key,
-                                      timestamp_ms=record_time(value))  # fmt: skip
-        await self._producer.flush()
+        todo = list(messages)
+        for _ in range(SEND_ROUNDS):
+            sent = [(message, await self._producer.send(
+                self.prefix + message[0], message[1], key=message[2],
+                timestamp_ms=record_time(message[1]))) for message in todo]  # fmt: skip
+            results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+            # A broker killed mid-send can fail a batch after aiokafka's retries: send those
+            # records again (any order of a journey's events gives the same profiles), never
+            # lose them silently as `flush` alone would.
+            todo = [m for (m, _), r in zip(sent, results, strict=True) if isinstance(r, Exception)]
+            if not todo:
+                return
+            self.resent += len(todo)
+        raise AssertionError(f"{len(todo)} records could not be produced in {SEND_ROUNDS} rounds")
 
     async def wait_for(self, condition: Callable[[OutputLog], bool], *, timeout: float = 30.0,
                        what: str = "outputs") -> None:  # fmt: skip
