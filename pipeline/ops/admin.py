@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -12,6 +13,7 @@ from pipeline.ops.settings import Settings
 from pipeline.ops.topics import TopicSpec, default_replication_factor, replicated, topic_specs
 from pipeline.state.base import Keys
 from pipeline.state.factory import open_store
+from schemas.topics import STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +164,10 @@ async def prepare_topics(settings: Settings) -> None:
     """
     specs = topic_specs(settings.topic_prefix, settings.partitions,
                         timestamp_type=settings.input_timestamp_type)  # fmt: skip
+    changelog = settings.output_topic(STATE_CHANGELOG)
+    if changelog not in {spec.name for spec in specs}:  # outputs under a prefix of their own
+        spec = next(s for s in specs if s.name == settings.topic(STATE_CHANGELOG))
+        specs.append(replace(spec, name=changelog))
     if settings.create_topics:
         created = await ensure_topics(settings.kafka_bootstrap_servers, specs,
                                       replication_factor=settings.replication_factor)  # fmt: skip

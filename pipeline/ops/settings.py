@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # Replication factor of the topics the project creates; None: 1, or 3 when the cluster has
     # at least three brokers (SPEC §4). With 3 or more, `min.insync.replicas` is 2.
     replication_factor: int | None = Field(None, ge=1, validation_alias="IDP_REPLICATION_FACTOR")
+    # SPEC §3: every state change also goes to the compacted state changelog (off: Redis is
+    # the only copy, for measuring its cost); a worker whose Redis is behind the changelog
+    # applies its tail first (off: refuses to process until `idp restore`).
+    changelog: bool = Field(True, validation_alias="IDP_CHANGELOG")
+    auto_restore: bool = Field(True, validation_alias="IDP_AUTO_RESTORE")
     # On a Redis Cluster, how many replicas a commit waits for (WAIT; 0: none; docs/clusters.md).
     redis_wait_replicas: int = Field(1, ge=0, validation_alias="IDP_REDIS_WAIT_REPLICAS")
 

@@ -23,7 +23,7 @@ from pipeline.ops.processes import spawn, stop
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import topic_specs
 from pipeline.tools import demo
-from schemas.topics import ERASE, INPUT_TOPICS, OUTPUT_TOPICS
+from schemas.topics import ERASE, INPUT_TOPICS, OUTPUT_TOPICS, STATE_CHANGELOG
 
 
 async def start_from(settings: Settings, group: str, since: datetime) -> None:
@@ -60,7 +60,7 @@ async def run(
         console.print("[red]the replay's output prefix must differ from the live topics'[/red]")
         return 2
     specs = [s for s in topic_specs(to_prefix, settings.partitions)
-             if s.name.removeprefix(to_prefix) in OUTPUT_TOPICS]  # fmt: skip
+             if s.name.removeprefix(to_prefix) in (*OUTPUT_TOPICS, STATE_CHANGELOG)]  # fmt: skip
     await ensure_topics(settings.kafka_bootstrap_servers, specs)
     if since is not None:
         await start_from(settings, group, since)

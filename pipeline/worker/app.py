@@ -34,11 +34,12 @@ from pipeline.worker import fetching, metrics, transport
 from pipeline.worker.batching import gathered
 from pipeline.worker.codec import Item, encode_output
 from pipeline.worker.decoding import decode_batch
+from pipeline.worker.durability import GuardedStore, StateGuard, StateLost
 from pipeline.worker.emitter import Emitter
 from pipeline.worker.http import HttpServer, KafkaProbe, ProfileLookup, Readiness, build_web_app
 from pipeline.worker.outbox import REDIS_DOWN, Outbox
 from pipeline.worker.processor import Processed, Processor, Tally
-from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED
+from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED, STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +167,14 @@ class FaultInjection:
 
 
 class GroupState:
-    """Whether the worker has joined its consumer group (a partition assignment was received)."""
+    """Whether the worker has joined its consumer group (a partition assignment was received).
+
+    `guard` says why it does not process when its state is behind the changelog.
+    """
 
     def __init__(self) -> None:
         self.joined = False
+        self.guard: StateGuard | None = None
 
 
 def http_service(app: faust.App, settings: Settings, group: GroupState) -> type[mode.Service]:
@@ -196,10 +201,15 @@ def http_service(app: faust.App, settings: Settings, group: GroupState) -> type[
         return None
 
     async def redis_answers() -> str | None:
-        # The state is Redis alone for now: it is not behind when Redis answers.
         return None if await store.ping() else "redis: PING not answered"
 
-    readiness = Readiness([group_joined, kafka, redis_answers])
+    async def state_current() -> str | None:
+        guard = group.guard
+        if guard is not None and guard.refusing:
+            return f"state: {guard.refusing}"
+        return None
+
+    readiness = Readiness([group_joined, kafka, redis_answers, state_current])
     web_app = build_web_app(lookup=lookup, readiness=readiness, api_token=settings.api_token)
     server = HttpServer(web_app, host=settings.http_host, port=settings.http_port,
                         on_close=[kafka.close, store.close])  # fmt: skip
@@ -220,7 +230,7 @@ def create_app(settings: Settings) -> faust.App:
     """Build the Faust app, its agent and its timers for these settings (wiring only)."""
     app = faust_app(settings)
     inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
-    outputs = {name: settings.output_topic(name) for name in OUTPUT_TOPICS}
+    outputs = {name: settings.output_topic(name) for name in (*OUTPUT_TOPICS, STATE_CHANGELOG)}
     logical = {settings.topic(name): name for name in INPUT_TOPICS}
     keys = Keys(settings.state_namespace)
     store = metrics.TimedStore(
@@ -230,11 +240,19 @@ def create_app(settings: Settings) -> faust.App:
             wait_replicas=settings.redis_wait_replicas,
         )
     )
-    processor = Processor(store, keys, core_config(settings), known_devices=settings.known_devices)
+    ttl_s = settings.dedup_ttl_days * 86400
+    guard = None
+    if settings.changelog:
+        bootstrap, changelog = settings.kafka_bootstrap_servers, outputs[STATE_CHANGELOG]
+        guard = StateGuard(store, keys, bootstrap, changelog, auto_restore=settings.auto_restore)
+    processor = Processor(GuardedStore(store, guard) if guard else store, keys,
+                          core_config(settings), known_devices=settings.known_devices,
+                          changelog_ttl_s=ttl_s if guard else None)  # fmt: skip
     faults = FaultInjection(settings.fault_exit_after_commits)
     totals = Tally()
     metrics.serve(settings.metrics_port)
     group = GroupState()
+    group.guard = guard
     if settings.http_port:
         app.service(http_service(app, settings, group))
     seen: Counter[str] = Counter()
@@ -250,7 +268,21 @@ def create_app(settings: Settings) -> faust.App:
         return await app.producer.send(outputs[topic], key, value, partition=None,
                                        timestamp=None, headers=None)  # fmt: skip
 
-    outbox = Outbox(store, keys, send)
+    outbox = Outbox(store, keys, send, changelog_ttl_s=ttl_s if guard else None)
+
+    async def catch_up(first: bool) -> None:
+        """Bring Redis up to the changelog before deciding (retrying while a server is away)."""
+        assert guard is not None
+        delay = 0.5
+        while True:
+            try:
+                await (guard.start() if first else guard.recover())
+                return
+            except Exception as exc:  # Kafka or Redis away: nothing is decided meanwhile
+                logger.warning("could not compare Redis with the state changelog (%s: %s); "
+                               "retrying in %.1fs", type(exc).__name__, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def process_with_retry(items: list[Item]) -> Processed:
         """Block (and so stop consuming) while Redis is unreachable; resume when it is back.
@@ -267,6 +299,10 @@ def create_app(settings: Settings) -> faust.App:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
+            except StateLost as exc:  # nothing of this batch was decided
+                logger.error("%s; catching up with the state changelog before the batch", exc)
+                await catch_up(first=False)
+                continue
             if processor.in_doubt:
                 in_doubt, processor.in_doubt = processor.in_doubt, []
                 in_background(outbox.redeliver(in_doubt))
@@ -280,8 +316,10 @@ def create_app(settings: Settings) -> faust.App:
             except Exception:  # e.g. no longer assigned: then nothing is waiting
                 return None
 
+        if guard is not None:
+            await catch_up(first=True)
         emitter = Emitter(send, outbox, ack=stream.ack, forget=processor.forget,
-                          in_background=in_background)  # fmt: skip
+                          in_background=in_background, guard=guard)  # fmt: skip
         takes = stream.take_events(settings.batch_size, within=settings.batch_within_s)
         batches = gathered(takes, size=settings.batch_size, gather_s=settings.batch_gather_s,
                            highwater=highwater, ack=stream.ack)  # fmt: skip

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from pipeline.ops.restore import catch_up, changelog_ends, markers
-from pipeline.state.base import Change, Keys, Store
+from pipeline.state.base import Change, Commit, Keys, Record, Store
 
 logger = logging.getLogger(__name__)
 
@@ -127,3 +127,43 @@ def _describe(behind: dict[int, tuple[int, int]]) -> str:
     shown = sorted(behind.items())[:4]
     text = ", ".join(f"partition {p} at {at} of {end}" for p, (at, end) in shown)
     return text + (f" and {len(behind) - 4} more" if len(behind) > 4 else "")
+
+
+class GuardedStore:
+    """A store whose every read also reads the changelog's markers, after the state.
+
+    It raises `StateLost` when one went back, before any decision is made on what it read.
+    """
+
+    def __init__(self, inner: Store, guard: StateGuard) -> None:
+        self.inner = inner
+        self.guard = guard
+
+    async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
+        """The records of `keys`, read in the same round trip as the markers, before them."""
+        markers = self.guard.marker_keys()
+        if not markers:
+            return await self.inner.read(keys, discard=discard)
+        records = await self.inner.read([*keys, *markers], discard=discard)
+        self.guard.check(record.version for record in records[len(keys) :])
+        return records[: len(keys)]
+
+    async def commit(self, commits: Sequence[Commit]) -> list[bool]:
+        """See `Store.commit`."""
+        return await self.inner.commit(commits)
+
+    async def delete(self, keys: Sequence[str]) -> None:
+        """See `Store.delete`."""
+        await self.inner.delete(keys)
+
+    async def scan(self, pattern: str) -> list[str]:
+        """See `Store.scan`."""
+        return await self.inner.scan(pattern)
+
+    async def apply(self, changes: Sequence[Change]) -> int:
+        """See `Store.apply`."""
+        return await self.inner.apply(changes)
+
+    async def close(self) -> None:
+        """See `Store.close`."""
+        await self.inner.close()

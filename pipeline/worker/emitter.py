@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.worker import metrics
 from pipeline.worker.codec import Wire
+from pipeline.worker.durability import StateGuard
 from pipeline.worker.outbox import Outbox, Send
+from schemas.topics import STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class Delivery:
     futures: list[Awaitable[object]]
     outbox: list[str]
     profiles: list[tuple[str, str, int]]
+    logged: list[int] = field(default_factory=list)  # indexes of its changelog records
 
 
 class Emitter:
@@ -58,7 +61,9 @@ class Emitter:
         ack: Callable[[Any], Awaitable[object]],
         forget: Callable[[Sequence[str]], None],
         in_background: Callable[[Coroutine[object, object, None]], None],
+        guard: StateGuard | None = None,
     ) -> None:
+        self.guard = guard  # with a changelog: moves its markers once records are delivered
         self.send = send
         self.outbox = outbox
         self.ack = ack
@@ -85,6 +90,8 @@ class Emitter:
         for event in delivery.held:
             event.message.incref()
         for topic, key, value in wires:
+            if topic == STATE_CHANGELOG:
+                delivery.logged.append(len(delivery.futures))
             delivery.futures.append(await self.send(topic, key, value))
         metrics.OUTBOX_IN_FLIGHT.inc()
         self.in_background(self.release(delivery))
@@ -94,7 +101,9 @@ class Emitter:
         """Await the delivery (sending again from the outbox if refused), then acknowledge."""
         fresh = True
         try:
-            await asyncio.gather(*delivery.futures)
+            sent = await asyncio.gather(*delivery.futures)
+            if self.guard is not None and delivery.logged:
+                await self.advance(self.guard, [sent[i] for i in delivery.logged])
         except Exception:  # sent again from the outbox; the batch stays held
             logger.exception("output delivery failed; sending them again from the outbox")
             await self.outbox.redeliver(delivery.outbox)  # sends the profiles as they are now
@@ -107,6 +116,19 @@ class Emitter:
         if fresh:
             self.forget(delivery.outbox)  # delivered: nothing to send again
         # Else the outbox records stay: the sweep sends their profiles as they are then.
+
+    async def advance(self, guard: StateGuard, delivered: Sequence[Any]) -> None:
+        """Move the changelog's markers past these delivered records (RecordMetadata).
+
+        A marker left behind (Redis away) only makes a later catch-up re-read a longer tail.
+        """
+        markers = guard.delivered((m.partition, m.offset) for m in delivered)
+        try:
+            await self.outbox.store.apply(markers)
+        except Exception as exc:
+            logger.warning("could not move the state changelog's markers (%s)", exc)
+            return
+        guard.confirmed(markers)
 
     async def refresh(self, profiles: Sequence[tuple[str, str, int]]) -> bool:
         """Send again, as they are now, the delivered profiles another commit changed since.

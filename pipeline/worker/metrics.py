@@ -22,7 +22,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from pipeline.state.base import Commit, Record, Store
+from pipeline.state.base import Change, Commit, Record, Store
 
 EVENTS_IN = Counter("idp_events_in", "Input records read", ["topic"])
 APPLIED = Counter("idp_events_applied", "Valid events that changed the identity state")
@@ -135,6 +135,10 @@ class TimedStore:
     async def scan(self, pattern: str) -> list[str]:
         """See `Store.scan`."""
         return await self._store.scan(pattern)
+
+    async def apply(self, changes: Sequence[Change]) -> int:
+        """See `Store.apply`."""
+        return await self._store.apply(changes)
 
     async def ping(self) -> bool:
         """Whether Redis answers."""

@@ -18,10 +18,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline.state.base import Keys, Store
+from pipeline.state.base import Change, Keys, Store
+from pipeline.state.changelog import encode
 from pipeline.worker import metrics
-from pipeline.worker.processor import outbox_records
-from schemas.topics import PROFILES
+from pipeline.worker.processor import outbox_records, outbox_state
+from schemas.topics import PROFILES, STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +35,13 @@ Send = Callable[[str, bytes | None, bytes | None], Awaitable[Awaitable[object]]]
 class Outbox:
     """Finds, sends again and deletes the outbox records of a state namespace."""
 
-    def __init__(self, store: Store, keys: Keys, send: Send) -> None:
+    def __init__(
+        self, store: Store, keys: Keys, send: Send, *, changelog_ttl_s: int | None = None
+    ) -> None:
         self.store = store
         self.keys = keys
         self.send = send
+        self.changelog_ttl_s = changelog_ttl_s  # see `Processor`: None, no changelog
 
     async def sweep(self, min_age_s: float) -> int:
         """Send the records older than `min_age_s` (a dead worker's); never raises for Redis.
@@ -85,6 +89,7 @@ class Outbox:
                 if parts is None or parts.kind != "outbox":
                     raise ValueError("not an outbox key of this namespace")
                 created, records = outbox_records(record.data)
+                state = outbox_state(record.data)
             except Exception as exc:  # foreign or damaged bytes: never fatal
                 logger.error("skipping an unreadable outbox record %s (%s: %s)", entry,
                              type(exc).__name__, exc)  # fmt: skip
@@ -95,12 +100,30 @@ class Outbox:
             contacts = sorted({k.decode() for t, k, _ in records if t == PROFILES and k})
             futures = [await self.send(t, k, v) for t, k, v in records if t != PROFILES]
             futures += await self.send_current(parts.workspace_id, contacts)
+            futures += await self.send_changelog(state)
             await asyncio.gather(*futures)
             await self.store.delete([entry])
             sent += len(records)
         if sent:
             logger.warning("re-sent %d undelivered outputs from the outbox", sent)
         return sent
+
+    async def send_changelog(self, state: Sequence[str]) -> list[Awaitable[object]]:
+        """Send the changelog records of these keys as they are now (absent: a tombstone).
+
+        Never an older version than Redis holds, as with profiles; a processed-event marker
+        is logged to expire a dedup horizon from now.
+        """
+        if self.changelog_ttl_s is None or not state:
+            return []
+        now_ms, prefix = int(time.time() * 1000), self.keys.prefix()
+        futures = []
+        for key, record in zip(state, await self.store.read(state), strict=True):
+            parts = self.keys.parse(key)
+            expires = now_ms + self.changelog_ttl_s * 1000 if parts and parts.kind == "evt" else 0
+            change = Change(key, record.version, record.data if record.version else None, expires)
+            futures.append(await self.send(STATE_CHANGELOG, *encode(change, prefix)))
+        return futures
 
     async def send_current(
         self, workspace_id: str, contacts: Sequence[str], *, sent: Sequence[int] | None = None

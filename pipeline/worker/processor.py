@@ -37,11 +37,13 @@ from pipeline.core.model import (
 )
 from pipeline.core.rules import CoreConfig, apply, browsing, likely_more, likely_needs
 from pipeline.state.base import Commit, KeyKind, Keys, Record, Store
+from pipeline.state.changelog import changes
+from pipeline.state.changelog import encode as encode_change
 from pipeline.worker import metrics
 from pipeline.worker.codec import Item, Wire, encode_output, rejection
 from pipeline.worker.known import KnownDevices
 from schemas import InputEvent, PageView
-from schemas.topics import OUTPUT_TOPICS, PROFILES
+from schemas.topics import OUTPUT_TOPICS, PROFILES, STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +120,12 @@ class Processed:
     profiles: list[tuple[str, str, int]] = field(default_factory=list)
 
 
-def outbox_blob(wires: Sequence[Wire], created_s: float) -> bytes:
-    """The outputs of a committed batch, kept with its state until they are delivered."""
+def outbox_blob(wires: Sequence[Wire], created_s: float, state: Sequence[str] = ()) -> bytes:
+    """The outputs of a committed batch, kept with its state until they are delivered.
+
+    `state`: the keys it wrote, whose changelog records go out with the outputs; a worker
+    that sends the outbox again sends those records as they are then (`outbox_state`).
+    """
     entries = [
         [
             topic,
@@ -128,7 +134,17 @@ def outbox_blob(wires: Sequence[Wire], created_s: float) -> bytes:
         ]
         for topic, key, value in wires
     ]
+    if state:
+        return orjson.dumps({"created": created_s, "emits": entries, "state": list(state)})
     return orjson.dumps({"created": created_s, "emits": entries})
+
+
+def outbox_state(blob: bytes) -> list[str]:
+    """The state keys an outbox record names (see `outbox_blob`); ValueError if malformed."""
+    keys = orjson.loads(blob).get("state") or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError("not a list of state keys")
+    return keys
 
 
 def outbox_records(blob: bytes) -> tuple[float, list[Wire]]:
@@ -293,9 +309,21 @@ class Processor:
     """Applies batches of decoded events to the state in a Store."""
 
     def __init__(
-        self, store: Store, keys: Keys, config: CoreConfig, *, known_devices: int = KNOWN_DEVICES
+        self,
+        store: Store,
+        keys: Keys,
+        config: CoreConfig,
+        *,
+        known_devices: int = KNOWN_DEVICES,
+        changelog_ttl_s: int | None = None,
     ) -> None:
+        """A processor of the state in `store`, under `keys`.
+
+        With `changelog_ttl_s` (the store's expiry of processed-event markers), each batch's
+        state changes go out on the state changelog with its outputs; None: no changelog.
+        """
         self.store = store
+        self.changelog_ttl_s = changelog_ttl_s
         self.keys = keys
         self.config = config
         self.known = KnownDevices(known_devices)
@@ -352,11 +380,13 @@ class Processor:
             await self._speculate(prepared)
             workings = [await self._decide(working, group) for working, group in prepared]
             sent = {id(working): working.encoded() for working in workings}
+            logged = self.changelog_ttl_s is not None
             for working in workings:
-                if working.commit.writes and working.emits:
+                if working.commit.writes and (working.emits or logged):
+                    state = sorted(working.commit.writes) if logged else ()
                     key = working.outbox = self.keys.outbox(working.workspace_id, uuid.uuid4().hex)
                     working.commit.checks[key] = 0
-                    working.commit.writes[key] = outbox_blob(sent[id(working)], time.time())
+                    working.commit.writes[key] = outbox_blob(sent[id(working)], time.time(), state)
             # A group that wrote nothing needs no commit: its decisions changed no state.
             writing = [w for w in workings if w.commit.writes]
             try:
@@ -375,6 +405,8 @@ class Processor:
                     self._learn_devices(working)
                     emits.extend(working.emits)
                     wires.extend(sent[id(working)])
+                    if logged and working.commit.writes:
+                        wires.extend(self._changelog(working.commit))
                     tally.add(working.tally)
                     if working.outbox is not None:
                         outbox.append(working.outbox)
@@ -387,6 +419,15 @@ class Processor:
             pending = retry
         message = f"workspaces {sorted(pending)} kept conflicting after {MAX_ATTEMPTS} attempts"
         raise ConflictError(message)
+
+    def _changelog(self, commit: Commit) -> list[Wire]:
+        """The changelog records of an applied commit, as wires sent with its outputs."""
+        assert self.changelog_ttl_s is not None
+        now_ms, prefix = int(time.time() * 1000), self.keys.prefix()
+        return [
+            (STATE_CHANGELOG, *encode_change(change, prefix))
+            for change in changes(commit, self.keys, now_ms=now_ms, ttl_s=self.changelog_ttl_s)
+        ]
 
     def browsing(self, event: InputEvent, record_ms: int | None) -> bool:
         """Whether `event` is a page view of a device known active no later than it.
