@@ -108,7 +108,7 @@ async def catch_up(
                     await consumer.seek_to_beginning(tp)
         prefix = keys.prefix()
         pending: dict[TopicPartition, int] = dict(todo)
-        quiet: dict[TopicPartition, int] = dict.fromkeys(todo, 0)
+        quiet = 0  # fetches in a row that brought nothing
         while pending:
             batches = await consumer.getmany(*pending, timeout_ms=1000, max_records=APPLY_CHUNK)
             changes: list[Change] = []
@@ -119,11 +119,11 @@ async def catch_up(
                 caught.read += len(records)
             if changes:
                 caught.changed += await store.apply(changes)
+            quiet = 0 if batches else quiet + 1
             for tp in list(pending):
-                quiet[tp] = 0 if batches.get(tp) else quiet[tp] + 1
                 # Compaction can remove a partition's last records: nothing is left to fetch
                 # below its end, and the position never reaches it.
-                if await consumer.position(tp) >= pending[tp] or quiet[tp] >= QUIET_ROUNDS:
+                if await consumer.position(tp) >= pending[tp] or quiet >= QUIET_ROUNDS:
                     del pending[tp]
             if progress is not None:
                 progress(min(caught.read, total), total)

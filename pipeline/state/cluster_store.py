@@ -64,6 +64,8 @@ class ClusterRedisStore(RedisStore):
     again (a commit is never held back by a replica that is down). See docs/clusters.md.
     """
 
+    one_slot_per_call = True  # a script runs on the master of its keys' one slot
+
     def __init__(
         self,
         client: RedisCluster,

@@ -18,6 +18,7 @@ CONNECT_TIMEOUT_S = 5.0
 COMMIT_LUA = files("pipeline.state").joinpath("commit.lua").read_text()
 READ_LUA = files("pipeline.state").joinpath("read.lua").read_text()
 APPLY_LUA = files("pipeline.state").joinpath("apply.lua").read_text()
+APPLY_KEYS = 500  # changelog records per script call on a standalone server
 
 
 def _slot_tag(key: str) -> str:
@@ -75,6 +76,8 @@ def _by_slot(keys: Sequence[str]) -> dict[str, list[str]]:
 
 class RedisStore:
     """Versioned records in Redis; reads and commits are pipelined, one round trip each."""
+
+    one_slot_per_call = False  # a script's keys may span slots (a standalone server)
 
     def __init__(self, client: aioredis.Redis, *, marker_ttl_s: int) -> None:
         self._client = client
@@ -152,10 +155,18 @@ class RedisStore:
         return [bool(result) for result in await self._run(COMMIT_LUA, calls)]
 
     async def apply(self, changes: Sequence[Change]) -> int:
-        """Apply changelog records, one script call per slot, all in one round trip."""
+        """Apply changelog records in one round trip: calls of `APPLY_KEYS` keys each.
+
+        A standalone Redis runs a script over keys of any slot; a cluster's store calls it
+        once per slot (`ClusterRedisStore.one_slot_per_call`).
+        """
         groups: dict[str, list[Change]] = {}
-        for change in changes:
-            groups.setdefault(_slot_tag(change.key), []).append(change)
+        if self.one_slot_per_call:
+            for change in changes:
+                groups.setdefault(_slot_tag(change.key), []).append(change)
+        else:
+            for start in range(0, len(changes), APPLY_KEYS):
+                groups[str(start)] = list(changes[start : start + APPLY_KEYS])
         calls = []
         for group in groups.values():
             args: list[bytes | str | int] = []
