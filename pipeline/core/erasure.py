@@ -16,8 +16,9 @@ merged into it, are never published, and their conversations are removed with th
 e-mail claims and name. A chat that arrives later inside such a session is kept but never
 published: a boundary that comes later still (a logout read after it) may move it into the
 next visitor's session, and removing it would make the outcome depend on the order.
-Erasing a device removes its facts stamped before E; the device's
-record keeps only E (and activity after it), so its later events need no other read.
+Erasing a device removes its facts stamped before E and deletes its record unless facts after E
+remain (the record then keeps E, so its later events need no other read); a device without a
+record is looked up by its marker (`device_erased_at`), so nothing but a keyed digest names it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,26 @@ def user_erased_at(resolver: _Resolver, user_id: str) -> int | None:
     return marker.at if marker is not None else None
 
 
+def device_erased_at(resolver: _Resolver, anonymous_id: str) -> int | None:
+    """When the device was last erased, if ever: from its record, or else from its marker.
+
+    An erasure deletes the device's record unless facts after it remain (the record then
+    carries the erasure time), so a device with no record may have been erased, which only
+    its marker knows; a device with a record needs no other read.
+    """
+    device = resolver.old_device(anonymous_id)
+    if device != Device() or resolver.view.devices.get(anonymous_id) is not None:
+        return device.erased
+    secrets = resolver.config.secrets[resolver.view.workspace_id]
+    _, marker = find_marker(resolver, secrets, f"device:{anonymous_id}")
+    return marker.at if marker is not None else None
+
+
+def _emptied(device: Device) -> bool:
+    """A device record left with no fact: deleted, since its key names the device (R16)."""
+    return not (device.sessions or device.chats or device.first_activity is not None)
+
+
 def erase(
     request: CheckedErasure, resolver: _Resolver, config: CoreConfig
 ) -> Transition | NeedMore:
@@ -159,6 +180,11 @@ def erase(
     if isinstance(result, NeedMore):
         return result
     removed = sorted(cid for cid, profile in result.contacts.items() if profile is None)
+    # A record left with no fact is deleted: the erasure's marker keeps the time, under a
+    # keyed digest (a device record holding only it would name the device in its key).
+    devices: dict[str, Device | None] = {
+        a: None if _emptied(d) else d for a, d in change.devices.items()
+    }
     record = Erased(
         event_id=ids.output_event_id("erased", request.workspace_id, digest, request.event_id),
         workspace_id=request.workspace_id,
@@ -170,6 +196,7 @@ def erase(
     )
     return replace(
         result,
+        devices=devices,
         erasures={digest: ErasureMarker(at)}
         if kind == "user"
         else {
@@ -255,12 +282,12 @@ def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
     erased = max(at, device.erased or at)
     new_device = Device(sessions, chats, first, erased)
     users: dict[str, User | None] = {}
-    for user_id in sorted({f.user_id for f in gone_sessions if f.kind != "logout"}):
+    # Logouts too: a user's record lists the devices of its logouts (`rules._facts`).
+    for user_id in sorted({f.user_id for f in gone_sessions}):
         user = resolver.old_user(user_id)
         if anonymous_id in user.devices and not any(f.user_id == user_id for f in sessions):
-            users[user_id] = replace(
-                user, devices=tuple(d for d in user.devices if d != anonymous_id)
-            )
+            kept = replace(user, devices=tuple(d for d in user.devices if d != anonymous_id))
+            users[user_id] = None if kept == User() else kept
     emails: dict[str, EmailEntry | None] = {
         c.email: resolver.old_email(c.email) for c in gone_chats if c.email is not None
     }

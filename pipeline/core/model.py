@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -95,12 +96,12 @@ class Transition:
     """What one event does: records to write, messages to emit, and the outcome.
 
     A refused event may still record its fact (a logout for a user not logged in then is
-    kept, so that a late login gives it the effect it would have had in order). A None user,
-    e-mail or token record is deleted (an erasure, R16); a None contact is a tombstone.
+    kept, so that a late login gives it the effect it would have had in order). A None device,
+    user, e-mail or token record is deleted (an erasure, R16); a None contact is a tombstone.
     """
 
     outcome: Outcome
-    devices: dict[str, Device] = field(default_factory=dict)
+    devices: Mapping[str, Device | None] = field(default_factory=dict)
     users: dict[str, User | None] = field(default_factory=dict)
     emails: dict[str, EmailEntry | None] = field(default_factory=dict)
     contacts: dict[str, Profile | None] = field(default_factory=dict)

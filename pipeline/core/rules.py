@@ -161,18 +161,23 @@ def likely_needs(event: Checked, config: CoreConfig, *, new_device: bool = False
     at all) spares itself a round of asking. These are hints, not answers: a token's e-mail
     claim is read without its signature, and `apply` still asks for whatever else it needs.
     """
+    secrets = config.secrets.get(event.workspace_id)
+    # A device or user without a record may have been erased: its marker is read with the
+    # record (R16).
+    device_marker: tuple[str, ...] = ()
+    if new_device and secrets and not isinstance(event, CheckedErasure):
+        device_marker = erasure.subject_digests(secrets, f"device:{event.anonymous_id}")
     if isinstance(event, CheckedPageView | CheckedChat):
         origin: tuple[str, ...] = ()
         if new_device:
             origin = (ids.visitor_contact_id(event.workspace_id, event.anonymous_id, ids.ORIGIN),)
         email = event.email if isinstance(event, CheckedChat) else None
-        return NeedMore(contacts=origin, emails=(email,) if email else ())
+        return NeedMore(contacts=origin, emails=(email,) if email else (), erasures=device_marker)
     if not isinstance(event, CheckedSession) or isinstance(event.user_id, Refusal):
         return NeedMore()
     user_id = event.user_id
-    # A user without a record may have been erased: its marker is read with the record (R16).
-    secrets = config.secrets.get(event.workspace_id)
     marker = erasure.subject_digests(secrets, f"user:{user_id}") if secrets else ()
+    marker = (*marker, *device_marker)
     if event.kind == "logout":
         return NeedMore(users=(user_id,), erasures=marker)
     emails = [event.email]
@@ -256,8 +261,11 @@ def _facts(
     """The records the event's own facts change."""
     anonymous_id, at = event.anonymous_id, event.at
     device = resolver.old_device(anonymous_id)
-    if device.erased is not None and at < device.erased:
+    erased_device = erasure.device_erased_at(resolver, anonymous_id)
+    if erased_device is not None and at < erased_device:
         return Refusal("erased", "the device was erased after this event's time (R16)")
+    if device.erased is None and erased_device is not None:
+        device = Device(erased=erased_device)  # the device comes back after its erasure
     if isinstance(event, CheckedPageView):
         return _Change(_changed(anonymous_id, device, device.with_activity(at)), {}, {})
     if isinstance(event, CheckedChat):

@@ -369,12 +369,6 @@ async def test_erasing_a_device_tombstones_its_contacts_and_refuses_its_past_eve
     assert profile(out, erasure.dan_contact) == erasure.dan_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a device's erasure leaves its anonymous_id in Redis: the device record stays "
-    "under <ns>:{ws}:dev:<anonymous_id> (holding only the erasure time), and the record "
-    "user:<user_id> that a logout on the device created still lists the device",
-)
 async def test_erasing_a_device_leaves_nothing_of_it_in_redis(
     pipeline: Pipeline, redis_client: aioredis.Redis
 ) -> None:

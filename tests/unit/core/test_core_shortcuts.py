@@ -87,12 +87,18 @@ def test_a_chat_is_likely_to_need_its_e_mail_and_a_page_view_nothing() -> None:
 
 def test_a_first_visit_is_likely_to_need_the_device_s_first_visitor() -> None:
     origin = ids.visitor_contact_id("ws", "d1", "origin")
+    # A device without a record may have been erased (R16): its marker, a keyed digest.
+    marker = hmac.new(SECRET.encode(), b"erased:device:d1", hashlib.sha256).hexdigest()[:32]
     assert likely_needs(checked(page_view(anon=" d1")), CONFIG, new_device=True) == NeedMore(
-        contacts=(origin,)
+        contacts=(origin,), erasures=(marker,)
     )
-    # ... which is what apply asks for, given the absent device.
-    asked = apply(checked(page_view(anon=" d1")), View("ws", devices={"d1": None}), CONFIG)
-    assert isinstance(asked, NeedMore) and asked.contacts == (origin,)
+    # ... which is what apply asks for, given the absent device: the marker, then the visitor.
+    view = View("ws", devices={"d1": None})
+    asked = apply(checked(page_view(anon=" d1")), view, CONFIG)
+    assert asked == NeedMore(erasures=(marker,))
+    view.erasures[marker] = None
+    asked = apply(checked(page_view(anon=" d1")), view, CONFIG)
+    assert asked == NeedMore(contacts=(origin,))
 
 
 def test_a_repeated_login_records_its_fact_and_announces_nothing() -> None:
