@@ -166,6 +166,12 @@ class Keys:
         """
         return f"{self._ns}:changelog:{partition}"
 
+    def marker_partition(self, key: str) -> int | None:
+        """The changelog partition of a marker's key (`changelog_marker`); None for another."""
+        head = f"{self._ns}:changelog:"
+        tail = key[len(head) :] if key.startswith(head) else ""
+        return int(tail) if tail.isdigit() else None
+
     def parse(self, key: str) -> KeyParts | None:
         """What a record's or an outbox record's key names; None for a key of another shape."""
         ns = self._ns + ":"

@@ -18,7 +18,9 @@ from schemas.time import format_timestamp, parse_timestamp, to_epoch_ms
 from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
 
 CITIES = ("Paris", "Berlin", "Dublin", "Lisbon", "Austin", "Osaka", "Nairobi", "Lima", None)
-START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+# Yesterday, 09:00 UTC: journeys are recent, so the brokers' time-based retention (a week on
+# the input topics) never deletes a journey's records, stamped with its events' times, mid-run.
+START = datetime.now(UTC).replace(hour=9, minute=0, second=0, microsecond=0) - timedelta(days=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,8 @@ class StateGuard:
     def confirmed(self, written: Iterable[Change]) -> None:
         """Redis has these markers now: a later read below them is a loss."""
         for change in written:
-            partition = int(change.key.rsplit(":", 1)[1])
+            partition = self.keys.marker_partition(change.key)
+            assert partition is not None, change.key  # made by `delivered`
             self.known[partition] = max(change.version, self.known.get(partition, 0))
 
     async def start(self) -> None:

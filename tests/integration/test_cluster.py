@@ -27,6 +27,7 @@ from pipeline.state.base import Commit, Keys, Record, Store
 from pipeline.state.cluster_store import ClusterRedisStore
 from pipeline.state.factory import open_store
 from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
+from tests.integration.conftest import KEEP
 from tests.integration.test_faults import report
 from tests.integration.test_faults import scenario as fault_free
 from tests.support.kafka import OutputLog, Pipeline, read_topics
@@ -131,7 +132,7 @@ async def pipeline(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Pipeline]:
     prefix = f"c{run}."
     secrets_file = tmp_path / "secrets.json"
     secrets_file.write_bytes(orjson.dumps(SECRETS))
-    specs = topic_specs(prefix, 4)
+    specs = topic_specs(prefix, 4, retention_ms=KEEP)
     named = {spec.name for spec in specs}
     specs += [TopicSpec(prefix + name, 4, {}) for name in (*INPUT_TOPICS, *OUTPUT_TOPICS)
               if prefix + name not in named]  # fmt: skip

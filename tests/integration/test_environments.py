@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline.ops.admin import ensure_topics, remove_run
 from pipeline.ops.topics import topic_specs
 from schemas.topics import INPUT_TOPICS
+from tests.integration.conftest import KEEP
 from tests.integration.test_partitioners import (
     assignments,
     expected,
@@ -52,7 +53,7 @@ async def environments(
     envs = []
     for name in ("a", "b"):
         prefix = f"env{uuid.uuid4().hex[:10]}."
-        await ensure_topics(bootstrap, topic_specs(prefix, 4))
+        await ensure_topics(bootstrap, topic_specs(prefix, 4, retention_ms=KEEP))
         (tmp_path / name).mkdir()
         envs.append(Environment(bootstrap=bootstrap, redis_url=redis_url, prefix=prefix,
                                 app_id=f"identity-pipeline-{prefix}", namespace=f"idp-{prefix}",

@@ -13,6 +13,7 @@ from pipeline.ops.topics import topic_specs
 from pipeline.worker import fetching
 from pipeline.worker.fetching import GatheringFetcher
 from schemas.topics import INPUT_TOPICS
+from tests.integration.conftest import KEEP
 
 RECORDS = 600
 
@@ -24,7 +25,7 @@ async def trickle_and_read(bootstrap: str, redis_url: str, gather_ms: int) -> tu
     """
     prefix = f"fetch{uuid.uuid4().hex[:8]}."
     topic = prefix + INPUT_TOPICS[0]
-    await ensure_topics(bootstrap, topic_specs(prefix, 1))
+    await ensure_topics(bootstrap, topic_specs(prefix, 1, retention_ms=KEEP))
     before = GatheringFetcher.gather_wait_ms
     fetching.configure(gather_ms)
     consumer = fetching.GatheringConsumer(topic, bootstrap_servers=bootstrap, group_id=prefix,

@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.ops.admin import ensure_topics, remove_run
 from pipeline.ops.topics import topic_specs
+from tests.integration.conftest import KEEP
 from tests.support import events as ev
 from tests.support.kafka import Pipeline
 
@@ -69,7 +70,7 @@ async def test_a_worker_creates_the_missing_topics_and_processes(bare: Pipeline)
 
 async def test_without_creation_a_worker_waits_then_subscribes(bare: Pipeline) -> None:
     bare.start_worker({"IDP_CREATE_TOPICS": "false"})
-    line = f"waiting for {len(topic_specs(bare.prefix, 4))} missing topics"
+    line = f"waiting for {len(topic_specs(bare.prefix, 4, retention_ms=KEEP))} missing topics"
 
     async def waiting() -> bool:
         return bare.worker_log().count(line) >= 2
@@ -82,7 +83,7 @@ async def test_without_creation_a_worker_waits_then_subscribes(bare: Pipeline) -
     assert log.count(line) <= 4, log
     assert await existing(bare.bootstrap, bare.prefix) == set()  # created nothing
 
-    await ensure_topics(bare.bootstrap, topic_specs(bare.prefix, 4))
+    await ensure_topics(bare.bootstrap, topic_specs(bare.prefix, 4, retention_ms=KEEP))
     await bare.start()
     await bare.send("telemetry.page_view", ev.page_view(WS, "device-2", "2026-11-24T10:00:00Z"))
     await bare.wait_for(lambda out: len(out.of("identity.profiles")) == 1, timeout=60,

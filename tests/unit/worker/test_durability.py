@@ -41,3 +41,11 @@ def test_delivered_offsets_become_markers_one_past_the_highest() -> None:
     assert g.known == {0: 5, 1: 10}
     with pytest.raises(StateLost):
         g.check([3, 10])
+
+
+def test_a_markers_key_names_its_partition_and_no_record_key_does() -> None:
+    keys = Keys("t")
+    assert keys.marker_partition(keys.changelog_marker(3)) == 3
+    assert keys.marker_partition(keys.of("ws", "dev", "changelog:3")) is None
+    assert keys.marker_partition("t:changelog:x") is None
+    assert keys.parse(keys.changelog_marker(3)) is None  # not a record's key
