@@ -13,10 +13,12 @@ refused, one after it begins a new visitor). An erasure of a device, on whicheve
 increments the workspace's count of device erasures; the worker reads the counts it holds at
 most every `ERASURE_CHECK_S` before a batch (one round trip, `Processor.refresh_erasures`), and
 a batch that reaches the store reads its workspaces' counts too; a workspace's devices are
-forgotten when its count changed. So an erasure reaches every worker's memory within about
-half a second. The state is otherwise never deleted under a running worker
-(replays use a namespace of their own). Bounded: past `limit` devices the oldest-learnt tenth is
-forgotten, and a forgotten device is read from Redis once more on its next page view.
+forgotten when its count changed. So an erasure reaches every other worker's memory within
+about half a second; the worker that commits an erasure forgets the devices it wrote at once
+(`forget`), before it sends the erasure's outputs. The state is otherwise never deleted under
+a running worker (replays use a namespace of their own). Bounded: past `limit` devices the
+oldest-learnt tenth is forgotten, and a forgotten device is read from Redis once more on its
+next page view.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class KnownDevices:
     def first_activity(self, workspace_id: str, anonymous_id: str) -> int | None:
         """The device's earliest activity as last learnt (an upper bound), or None if unknown."""
         return self._first.get((workspace_id, anonymous_id))
+
+    def forget(self, workspace_id: str, anonymous_id: str) -> None:
+        """Drop a device whose first activity an erasure this worker committed moved (R16)."""
+        self._first.pop((workspace_id, anonymous_id), None)
 
     def learn(self, workspace_id: str, anonymous_id: str, first_activity: int | None) -> None:
         """Remember a first activity read from, or committed to, the store."""

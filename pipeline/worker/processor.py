@@ -498,12 +498,21 @@ class Processor:
         return groups
 
     def _learn_devices(self, working: _Working) -> None:
-        """Remember the first activity of the devices a committed change wrote."""
-        devices = working.view.devices
+        """Remember the first activity of the devices a committed change wrote.
+
+        An erasure (R16) is the one change that retracts facts: the devices a batch with an
+        erasure wrote are forgotten first, so no page view is decided from what it removed.
+        """
+        devices, known = working.view.devices, self.known
+        erasing = any(table == "erasures" for table, _ in working.written)
         for table, ident in working.written:
-            device = devices.get(ident) if table == "devices" else None
+            if table != "devices":
+                continue
+            device = devices.get(ident)
+            if erasing or device is None:
+                known.forget(working.workspace_id, ident)
             if device is not None:
-                self.known.learn(working.workspace_id, ident, device.first_activity)
+                known.learn(working.workspace_id, ident, device.first_activity)
 
     async def _prefetch(self, groups: dict[str, list[Item]]) -> dict[str, list[tuple[str, Record]]]:
         """Read in one round trip what the events will most likely need.

@@ -383,9 +383,9 @@ async def test_erasing_a_device_leaves_nothing_of_it_in_redis(
 
 
 # A kiosk in each of these workspaces. Each workspace counts its device erasures apart (the count
-# a worker re-reads every ERASURE_CHECK_S, `pipeline/worker/known.py`), so each kiosk's erasure is
-# a race of its own, which one kiosk lost in 13 of 18 tries here: six kiosks all winning it, and
-# this expected failure passing, is about a one-in-a-thousand chance.
+# a worker re-reads every ERASURE_CHECK_S, `pipeline/worker/known.py`), so each kiosk's erasure
+# would be a race of its own if the worker that applies it kept the kiosk in memory until then:
+# one kiosk lost it in 13 of 18 tries before that worker forgot erased devices at once.
 KIOSK_WORKSPACES = {
     f"ws-kiosk-{i}": f"secret-kiosk-{i}-0123456789abcdef0123456789" for i in range(6)
 }
@@ -399,14 +399,6 @@ def secrets_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a page view of an erased device, stamped before the erasure, is decided as "
-    "unchanged (Processor.browsing) instead of refused as erased when it comes within "
-    "ERASURE_CHECK_S (0.5 s) of the erasure: the worker that applied the erasure keeps the "
-    "device's first activity in its known-devices memory (pipeline/worker/known.py) until it "
-    "next re-reads the counts of device erasures",
-)
 async def test_a_page_view_of_an_erased_device_is_refused_right_after_the_erasure(
     pipeline: Pipeline,
 ) -> None:

@@ -135,3 +135,21 @@ async def test_a_device_erased_by_another_worker_is_not_decided_from_what_was_le
     contact = visitor_contact_id("ws", "d1", "origin")
     stored = profile_from_bytes(store.records[f"t:{{ws}}:contact:{contact}"].data)
     assert stored is not None and stored.created_at.isoformat() == "2026-11-24T10:40:00+00:00"
+
+
+async def test_the_worker_that_erases_a_device_forgets_it_at_once() -> None:
+    """d1 browses at 10:00 and is erased at 10:30 on the same worker.
+
+    Page views are decided at parse (`Processor.browsing`) before the counts of device erasures
+    are read again: the worker that committed the erasure must not remember d1 meanwhile, so a
+    page view stamped 10:20 goes to the store and is refused `erased`.
+    """
+    store = CountingStore()
+    worker = Processor(store, Keys("t"), CONFIG)
+    await worker.process([page_view("d1", "2026-11-24T10:00:00Z")])
+    late = page_view("d1", "2026-11-24T10:20:00Z", 1)
+    assert worker.browsing(late.event, None)  # learnt: decided in memory
+    await worker.process([erase_item("device:d1", "2026-11-24T10:30:00Z")])
+    assert not worker.browsing(late.event, None)
+    refused = await worker.process([late])
+    assert [e.value.reason for e in refused.emits if e.topic == "identity.rejected"] == ["erased"]
