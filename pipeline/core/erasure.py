@@ -247,16 +247,24 @@ def _erase_user(resolver: _Resolver, user_id: str, digest: str, at: int) -> _Cha
     )
     resolver.forget_timelines()
     removed_chats: dict[str, set[ChatFact]] = {}
+    boundaries: dict[str, set[ChatFact]] = {}
     for anonymous_id in devices:
         doomed = {c for s in resolver.timeline(anonymous_id, new=True).segments
                   if erased_segment(s) for c in s.chats}  # fmt: skip
-        doomed |= {c for s in resolver.timeline(anonymous_id, new=False).segments
-                   if _matched_into(s, user_id) for c in s.chats if c.at < at}  # fmt: skip
+        for s in resolver.timeline(anonymous_id, new=False).segments:
+            if _matched_into(s, user_id) and s.merge is not None and s.merge.at < at:
+                # The lead merged into her by an e-mail match (R7) goes, but its end stays: a
+                # content-free chat at the match's time, matched into her placeholder.
+                doomed |= set(s.chats)
+                cause = next(c for c in s.chats if c.email is not None).event_id
+                boundary = ChatFact(s.merge.at, cause, "", placeholder)
+                boundaries.setdefault(anonymous_id, set()).add(boundary)
         if doomed:
             removed_chats[anonymous_id] = doomed
     if resolver.missing:
         return _Change({}, {}, {})
     devices = {a: _without_chats(d, removed_chats.get(a, set())) for a, d in devices.items()}
+    devices = {a: _with_chats(d, boundaries.get(a, set())) for a, d in devices.items()}
     _forget_leads(resolver, emails, devices, removed_chats)
     tokens = _forget_uses(resolver, old, removed_sessions)
     linked = tuple(a for a in user.devices
@@ -311,6 +319,12 @@ def _changed_emails(resolver: _Resolver, emails: dict[str, EmailEntry | None]) -
 def _matched_into(segment: Segment, user_id: str) -> bool:
     merge = segment.merge
     return merge is not None and merge.reason == "email_match" and merge.user_id == user_id
+
+
+def _with_chats(device: Device, chats: set[ChatFact]) -> Device:
+    if not chats:
+        return device
+    return replace(device, chats=tuple(sorted({*device.chats, *chats})))
 
 
 def _without_chats(device: Device, chats: set[ChatFact]) -> Device:

@@ -219,7 +219,8 @@ def likely_more(event: Checked, view: View, config: CoreConfig) -> NeedMore:
     users = {f.user_id for f in device.sessions
              if f.kind != "logout" and not erasure.is_placeholder(f.user_id)}  # fmt: skip
     devices: set[str] = set()
-    emails = {c.email for c in device.chats if c.email is not None}
+    emails = {c.email for c in device.chats
+              if c.email is not None and not erasure.is_placeholder(c.email)}  # fmt: skip
     if isinstance(event, CheckedSession):
         if isinstance(event.user_id, str):
             users.add(event.user_id)
@@ -501,7 +502,10 @@ class _Resolver:
         device = self.device(anonymous_id, new=new)
         verified = {}
         for chat in device.chats:
-            if chat.email is not None:
+            if chat.email is not None and erasure.is_placeholder(chat.email):
+                # The end of a lead e-mail-matched into an erased user (R16): matched at its time.
+                verified[chat.email] = {chat.email: (chat.at, chat.event_id)}
+            elif chat.email is not None:
                 entry = self.email(chat.email, new=new)
                 if entry.admits(anonymous_id):  # one of the e-mail's leads it may match (R15)
                     verified[chat.email] = entry.verified
@@ -595,7 +599,7 @@ class _Resolver:
         for device_id in scope:  # not `anonymous_id`: that names the event's device below
             for new in (False, True):
                 for chat in self.device(device_id, new=new).chats:
-                    if chat.email is not None:
+                    if chat.email is not None and not placeholder(chat.email):
                         entry = self.email(chat.email, new=new)
                         touched_users.update(entry.verified, entry.unverified)
         touched_users = {u for u in touched_users if not placeholder(u)}

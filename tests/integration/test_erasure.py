@@ -599,12 +599,6 @@ async def replay(
     return replayed, await dump(redis_client, f"replay-{name}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: erasing a user leaves the lead merged into her by a verified e-mail match (R7): "
-    "it is republished as a visitor of her phone instead of tombstoned, and identity.erased "
-    "does not list it",
-)
 async def test_erasing_a_user_removes_the_lead_merged_into_her_by_email(pipeline: Pipeline) -> None:
     seen = await erase_ann(pipeline)
     merged_into_her = {ids.user_contact_id(WS, ANN), *seen.ann_before["merged_contact_ids"]}
