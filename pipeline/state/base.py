@@ -77,6 +77,13 @@ class Store(Protocol):
         """Keys matching a glob pattern (to find outbox entries left by a crash)."""
         ...
 
+    async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
+        """Move markers (key, floor, version) unless the epoch is gone or one is below its floor.
+
+        False, and nothing written, then (see `pipeline/state/advance.lua`).
+        """
+        ...
+
     async def apply(self, changes: Sequence[Change]) -> int:
         """Apply changelog records in one round trip; return how many keys changed.
 
@@ -158,19 +165,27 @@ class Keys:
         """What every outbox record's key starts with."""
         return f"{self._ns}:outbox:"
 
+    def changelog_epoch(self) -> str:
+        """The record that exists while Redis holds the namespace's state (`StateGuard`)."""
+        return f"{self._ns}:changelog:{{{self._ns}}}:epoch"
+
     def changelog_marker(self, partition: int) -> str:
         """The marker of changelog `partition`: its version is the next offset to apply.
 
         Every record below it is in Redis (`pipeline.state.changelog`). No record's key has
         this shape.
         """
-        return f"{self._ns}:changelog:{partition}"
+        return f"{self._ns}:changelog:{{{self._ns}}}:{partition}"
 
     def marker_partition(self, key: str) -> int | None:
         """The changelog partition of a marker's key (`changelog_marker`); None for another."""
-        head = f"{self._ns}:changelog:"
+        head = f"{self._ns}:changelog:{{{self._ns}}}:"
         tail = key[len(head) :] if key.startswith(head) else ""
         return int(tail) if tail.isdigit() else None
+
+    def is_changelog(self, key: str) -> bool:
+        """Whether `key` is the changelog's epoch or one of its markers (not a record's)."""
+        return key.startswith(f"{self._ns}:changelog:")
 
     def parse(self, key: str) -> KeyParts | None:
         """What a record's or an outbox record's key names; None for a key of another shape."""

@@ -95,6 +95,10 @@ class _Undetected:
         """See `Store.scan`."""
         return await (await self._resolved()).scan(pattern)
 
+    async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
+        """See `Store.advance`."""
+        return await (await self._resolved()).advance(epoch, markers)
+
     async def apply(self, changes: Sequence) -> int:
         """See `Store.apply`."""
         return await (await self._resolved()).apply(changes)

@@ -44,6 +44,16 @@ class MemoryStore:
         """Keys matching a glob pattern."""
         return sorted(key for key in self.records if fnmatch.fnmatchcase(key, pattern))
 
+    async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
+        """Move markers unless the epoch is gone or one is below its floor."""
+        current = {key: self.records.get(key, ABSENT).version for key, _, _ in markers}
+        if epoch not in self.records or any(current[k] < floor for k, floor, _ in markers):
+            return False
+        for key, _, version in markers:
+            if current[key] < version:
+                self.records[key] = Record(version, b"")
+        return True
+
     async def apply(self, changes: Sequence[Change]) -> int:
         """Write each change unless its key holds that version or a newer one (expiry ignored)."""
         changed = 0

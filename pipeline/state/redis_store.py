@@ -18,6 +18,7 @@ CONNECT_TIMEOUT_S = 5.0
 COMMIT_LUA = files("pipeline.state").joinpath("commit.lua").read_text()
 READ_LUA = files("pipeline.state").joinpath("read.lua").read_text()
 APPLY_LUA = files("pipeline.state").joinpath("apply.lua").read_text()
+ADVANCE_LUA = files("pipeline.state").joinpath("advance.lua").read_text()
 APPLY_KEYS = 500  # changelog records per script call on a standalone server
 
 
@@ -153,6 +154,12 @@ class RedisStore:
                     args += ["x" if key in commit.expiring else mode, commit.writes[key]]
             calls.append((keys, args))
         return [bool(result) for result in await self._run(COMMIT_LUA, calls)]
+
+    async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
+        """See `Store.advance`: one script call (the markers share the epoch's hash tag)."""
+        args: list[int] = [n for _, floor, version in markers for n in (floor, version)]
+        (result,) = await self._run(ADVANCE_LUA, [([epoch, *(k for k, _, _ in markers)], args)])
+        return int(result) == 1
 
     async def apply(self, changes: Sequence[Change]) -> int:
         """Apply changelog records in one round trip: calls of `APPLY_KEYS` keys each.

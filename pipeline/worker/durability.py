@@ -48,15 +48,23 @@ class StateGuard:
         self.partitions: list[int] = []
         self.known: dict[int, int] = {}  # partition -> the highest marker written or read
         self.refusing: str | None = None  # why the worker does not process (for /readyz)
+        self.total_loss = False  # the epoch was found gone: apply the whole changelog
         self.restores = 0
 
     def marker_keys(self) -> list[str]:
-        """The keys a batch reads after its state."""
-        return [self.keys.changelog_marker(p) for p in self.partitions]
+        """The keys a batch reads after its state: the epoch, then the markers."""
+        if not self.partitions:
+            return []
+        markers = [self.keys.changelog_marker(p) for p in self.partitions]
+        return [self.keys.changelog_epoch(), *markers]
 
     def check(self, versions: Iterable[int]) -> None:
-        """Raise `StateLost` if a marker read is below what this worker knew; else learn them."""
-        read = dict(zip(self.partitions, versions, strict=True))
+        """Raise `StateLost` if the epoch is gone or a marker is below what this worker knew."""
+        epoch, *rest = versions
+        if not epoch:
+            self.total_loss = True
+            raise StateLost("Redis lost its state: the changelog's epoch record is gone")
+        read = dict(zip(self.partitions, rest, strict=True))
         lost = {p: (v, self.known[p]) for p, v in read.items() if v < self.known.get(p, 0)}
         if lost:
             raise StateLost(
@@ -67,6 +75,15 @@ class StateGuard:
             )
         for partition, version in read.items():
             self.known[partition] = max(version, self.known.get(partition, 0))
+
+    async def advance(self, markers: list[Change]) -> bool:
+        """Write the markers unless Redis lost state since this worker read or wrote them."""
+        floors = [(c.key, self.known.get(self.keys.marker_partition(c.key) or 0, 0), c.version)
+                  for c in markers]  # fmt: skip
+        if not await self.store.advance(self.keys.changelog_epoch(), floors):
+            return False  # the next read finds what was lost
+        self.confirmed(markers)
+        return True
 
     def delivered(self, offsets: Iterable[tuple[int, int]]) -> list[Change]:
         """The markers to write for changelog records the broker has: (partition, offset)."""
@@ -94,12 +111,16 @@ class StateGuard:
             await self.recover()
         else:
             self.known = applied
+            await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
 
     async def recover(self) -> None:
         """Apply the changelog's tail (auto-restore), or wait until someone has; then go on."""
         while True:
             if self.auto_restore:
-                caught = await catch_up(self.store, self.keys, self.bootstrap, self.topic)
+                caught = await catch_up(self.store, self.keys, self.bootstrap, self.topic,
+                                        from_beginning=self.total_loss)  # fmt: skip
+                self.total_loss = False
+                await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
                 self.restores += 1
                 logger.warning("caught Redis up with the state changelog: %d records of %d "
                                "partitions applied in %.1fs, %d keys changed", caught.read,
@@ -112,6 +133,8 @@ class StateGuard:
             behind = {p: (applied[p], end) for p, end in ends.items() if applied[p] < end}
             if not behind:  # restored meanwhile (`idp restore`)
                 self.known = applied
+                self.total_loss = False
+                await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
                 self.refusing = None
                 logger.warning("Redis caught up with the state changelog: processing resumes")
                 return
@@ -160,6 +183,10 @@ class GuardedStore:
     async def scan(self, pattern: str) -> list[str]:
         """See `Store.scan`."""
         return await self.inner.scan(pattern)
+
+    async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
+        """See `Store.advance`."""
+        return await self.inner.advance(epoch, markers)
 
     async def apply(self, changes: Sequence[Change]) -> int:
         """See `Store.apply`."""

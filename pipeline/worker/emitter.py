@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.state.changelog import decode
 from pipeline.worker import metrics
 from pipeline.worker.codec import Wire
 from pipeline.worker.durability import StateGuard
@@ -48,6 +49,8 @@ class Delivery:
     outbox: list[str]
     profiles: list[tuple[str, str, int]]
     logged: list[int] = field(default_factory=list)  # indexes of its changelog records
+    records: list[tuple[bytes, bytes | None]] = field(default_factory=list)  # and those records
+    restores: int = 0  # the guard's count of catch-ups when the batch was sent
 
 
 class Emitter:
@@ -92,7 +95,9 @@ class Emitter:
         for topic, key, value in wires:
             if topic == STATE_CHANGELOG:
                 delivery.logged.append(len(delivery.futures))
+                delivery.records.append((key or b"", value))
             delivery.futures.append(await self.send(topic, key, value))
+        delivery.restores = self.guard.restores if self.guard is not None else 0
         metrics.OUTBOX_IN_FLIGHT.inc()
         self.in_background(self.release(delivery))
         return delivery
@@ -103,6 +108,13 @@ class Emitter:
         try:
             sent = await asyncio.gather(*delivery.futures)
             if self.guard is not None and delivery.logged:
+                if self.guard.restores != delivery.restores:
+                    # Redis was caught up while these records were on their way: the catch-up
+                    # may have ended before them, so they are applied here before the markers
+                    # say Redis has them.
+                    prefix = self.guard.keys.prefix()
+                    again = [decode(k, v, prefix) for k, v in delivery.records]
+                    await self.outbox.store.apply(again)
                 await self.advance(self.guard, [sent[i] for i in delivery.logged])
         except Exception:  # sent again from the outbox; the batch stays held
             logger.exception("output delivery failed; sending them again from the outbox")
@@ -124,11 +136,9 @@ class Emitter:
         """
         markers = guard.delivered((m.partition, m.offset) for m in delivered)
         try:
-            await self.outbox.store.apply(markers)
+            await guard.advance(markers)
         except Exception as exc:
             logger.warning("could not move the state changelog's markers (%s)", exc)
-            return
-        guard.confirmed(markers)
 
     async def refresh(self, profiles: Sequence[tuple[str, str, int]]) -> bool:
         """Send again, as they are now, the delivered profiles another commit changed since.

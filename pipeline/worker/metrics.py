@@ -136,6 +136,10 @@ class TimedStore:
         """See `Store.scan`."""
         return await self._store.scan(pattern)
 
+    async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
+        """See `Store.advance`."""
+        return await self._store.advance(epoch, markers)
+
     async def apply(self, changes: Sequence[Change]) -> int:
         """See `Store.apply`."""
         return await self._store.apply(changes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.state.base import Keys
+from pipeline.state.base import Change, Keys
 from pipeline.state.memory import MemoryStore
 from pipeline.worker.durability import StateGuard, StateLost
 
@@ -18,34 +18,51 @@ def guard() -> StateGuard:
 
 def test_markers_that_only_grow_are_learnt() -> None:
     g = guard()
-    g.check([0, 0])  # an empty Redis and an empty changelog
-    g.check([5, 0])
-    g.check([7, 3])  # other workers moved them
+    g.check([1, 0, 0])  # the epoch, then the markers: an empty changelog
+    g.check([1, 5, 0])
+    g.check([1, 7, 3])  # other workers moved them
     assert g.known == {0: 7, 1: 3}
 
 
 def test_a_marker_below_one_read_before_is_a_loss() -> None:
     g = guard()
-    g.check([7, 3])
+    g.check([1, 7, 3])
     with pytest.raises(StateLost, match=r"partition 0 7 -> 0"):
-        g.check([0, 3])  # FLUSHALL, or a Redis restarted without its last writes
+        g.check([1, 0, 3])  # a Redis restarted without its last writes
     assert g.known == {0: 7, 1: 3}  # nothing learnt from a read that lost state
+    with pytest.raises(StateLost, match="epoch"):
+        g.check([0, 7, 3])  # FLUSHALL, then a marker written again
+    assert g.total_loss
 
 
 def test_delivered_offsets_become_markers_one_past_the_highest() -> None:
     g = guard()
     changes = g.delivered([(0, 4), (1, 9), (0, 2)])
-    assert {(c.key, c.version) for c in changes} == {("t:changelog:0", 5), ("t:changelog:1", 10)}
-    g.check([3, 3])  # not yet written: a read of the older markers is no loss
+    assert {(c.key, c.version) for c in changes} == {
+        ("t:changelog:{t}:0", 5),
+        ("t:changelog:{t}:1", 10),
+    }
+    g.check([1, 3, 3])  # not yet written: a read of the older markers is no loss
     g.confirmed(changes)
     assert g.known == {0: 5, 1: 10}
     with pytest.raises(StateLost):
-        g.check([3, 10])
+        g.check([1, 3, 10])
 
 
 def test_a_markers_key_names_its_partition_and_no_record_key_does() -> None:
     keys = Keys("t")
     assert keys.marker_partition(keys.changelog_marker(3)) == 3
     assert keys.marker_partition(keys.of("ws", "dev", "changelog:3")) is None
-    assert keys.marker_partition("t:changelog:x") is None
+    assert keys.marker_partition(keys.changelog_epoch()) is None
     assert keys.parse(keys.changelog_marker(3)) is None  # not a record's key
+    assert keys.is_changelog(keys.changelog_epoch()) and keys.is_changelog(keys.changelog_marker(0))
+
+
+async def test_markers_advance_only_over_state_redis_still_holds() -> None:
+    store, keys = MemoryStore(), Keys("t")
+    epoch, marker = keys.changelog_epoch(), keys.changelog_marker(0)
+    assert not await store.advance(epoch, [(marker, 0, 5)])  # no epoch: Redis lost everything
+    await store.apply([Change(epoch, 1, b"")])
+    assert await store.advance(epoch, [(marker, 0, 5)])
+    assert not await store.advance(epoch, [(marker, 9, 12)])  # below what the caller knew
+    assert (await store.read([marker]))[0].version == 5
