@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     batch_gather_s: float = Field(0.05, ge=0, le=1, validation_alias="IDP_BATCH_GATHER_S")
     session_timeout_s: float = Field(60.0, ge=6, validation_alias="IDP_SESSION_TIMEOUT_S")
     commit_interval_s: float = Field(2.8, gt=0, validation_alias="IDP_COMMIT_INTERVAL_S")
-    # Devices whose first activity a worker remembers, to settle their page views without Redis.
+    # Devices whose first activity a worker remembers, to decide their page views without Redis.
     known_devices: int = Field(100_000, ge=0, validation_alias="IDP_KNOWN_DEVICES")
     # The asyncio event loop of the worker: uvloop (libuv, in C) or the standard library's.
     event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", validation_alias="IDP_EVENT_LOOP")
