@@ -334,6 +334,9 @@ def create_app(settings: Settings) -> faust.App:
                     await processor.refresh_erasures()
                 except REDIS_DOWN as exc:
                     logger.warning("could not read the counts of device erasures (%s)", exc)
+                except StateLost as exc:  # nothing decided yet: catch up, then read them
+                    logger.error("%s; catching up with the state changelog", exc)
+                    await catch_up(first=False)
             decoded = decode_batch((e.message for e in events), logical, processor.browsing)
             seen.update(decoded.topics)
             for topic, count in decoded.topics.items():

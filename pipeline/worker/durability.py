@@ -58,14 +58,19 @@ class StateGuard:
         markers = [self.keys.changelog_marker(p) for p in self.partitions]
         return [self.keys.changelog_epoch(), *markers]
 
-    def check(self, versions: Iterable[int]) -> None:
-        """Raise `StateLost` if the epoch is gone or a marker is below what this worker knew."""
+    def check(self, versions: Iterable[int], floor: dict[int, int] | None = None) -> None:
+        """Raise `StateLost` if the epoch is gone or a marker is below what this worker knew.
+
+        `floor`: what it knew when the read was sent (a marker it confirmed while the read was
+        on its way may be newer than what the read found, and that is no loss).
+        """
+        known = self.known if floor is None else floor
         epoch, *rest = versions
         if not epoch:
             self.total_loss = True
             raise StateLost("Redis lost its state: the changelog's epoch record is gone")
         read = dict(zip(self.partitions, rest, strict=True))
-        lost = {p: (v, self.known[p]) for p, v in read.items() if v < self.known.get(p, 0)}
+        lost = {p: (v, known[p]) for p, v in read.items() if v < known.get(p, 0)}
         if lost:
             raise StateLost(
                 "Redis lost writes: changelog markers went back "
@@ -168,8 +173,9 @@ class GuardedStore:
         markers = self.guard.marker_keys()
         if not markers:
             return await self.inner.read(keys, discard=discard)
+        floor = dict(self.guard.known)
         records = await self.inner.read([*keys, *markers], discard=discard)
-        self.guard.check(record.version for record in records[len(keys) :])
+        self.guard.check((record.version for record in records[len(keys) :]), floor)
         return records[: len(keys)]
 
     async def commit(self, commits: Sequence[Commit]) -> list[bool]:

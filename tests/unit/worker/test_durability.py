@@ -66,3 +66,13 @@ async def test_markers_advance_only_over_state_redis_still_holds() -> None:
     assert await store.advance(epoch, [(marker, 0, 5)])
     assert not await store.advance(epoch, [(marker, 9, 12)])  # below what the caller knew
     assert (await store.read([marker]))[0].version == 5
+
+
+def test_a_read_sent_before_a_confirmation_is_checked_against_what_was_known_then() -> None:
+    g = guard()
+    g.check([1, 3, 3])
+    floor = dict(g.known)  # a batch's read is sent now...
+    g.confirmed(g.delivered([(0, 9)]))  # ...a delivery's markers are confirmed meanwhile...
+    g.check([1, 3, 3], floor)  # ...and its reply, older than them, is no loss
+    with pytest.raises(StateLost):
+        g.check([1, 3, 3])  # a read sent after the confirmation finding them older is one
