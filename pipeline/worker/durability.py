@@ -116,7 +116,11 @@ class StateGuard:
             await self.recover()
         else:
             self.known = applied
-            await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
+            await self._open_epoch()
+
+    async def _open_epoch(self) -> None:
+        """Write the epoch record (if absent): Redis holds the namespace's state from now on."""
+        await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
 
     async def recover(self) -> None:
         """Apply the changelog's tail (auto-restore), or wait until someone has; then go on."""
@@ -125,7 +129,7 @@ class StateGuard:
                 caught = await catch_up(self.store, self.keys, self.bootstrap, self.topic,
                                         from_beginning=self.total_loss)  # fmt: skip
                 self.total_loss = False
-                await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
+                await self._open_epoch()
                 self.restores += 1
                 logger.warning("caught Redis up with the state changelog: %d records of %d "
                                "partitions applied in %.1fs, %d keys changed", caught.read,
@@ -139,7 +143,7 @@ class StateGuard:
             if not behind:  # restored meanwhile (`idp restore`)
                 self.known = applied
                 self.total_loss = False
-                await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
+                await self._open_epoch()
                 self.refusing = None
                 logger.warning("Redis caught up with the state changelog: processing resumes")
                 return

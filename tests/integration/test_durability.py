@@ -101,6 +101,19 @@ async def half_then_progress(pipe: Pipeline, messages: list, profiles: dict) -> 
                         timeout=90, what="some progress")  # fmt: skip
 
 
+def stop(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+
+
+async def flush_all(url: str) -> None:
+    client = aioredis.Redis.from_url(url)
+    try:
+        await client.flushall()
+    finally:
+        await client.aclose()
+
+
 async def keys_of(url: str, namespace: str) -> list[bytes]:
     client = aioredis.Redis.from_url(url)
     try:
@@ -120,11 +133,7 @@ async def test_redis_flushed_mid_stream_loses_no_identity(
     messages, profiles, merges, logouts = scenario(seed=700)
     durable.start_worker(SLOW)
     await half_then_progress(durable, messages, profiles)
-    client = aioredis.Redis.from_url(own_redis.url)
-    try:
-        await client.flushall()
-    finally:
-        await client.aclose()
+    await flush_all(own_redis.url)
     await durable.send_many(messages[len(messages) // 2 :])
     await settle(durable, profiles, merges, logouts, "Redis flushed mid-stream")
     assert "catching up with the state changelog" in durable.worker_log(0)
@@ -149,8 +158,7 @@ async def test_redis_data_folder_deleted_while_stopped(
     messages, profiles, merges, logouts = scenario(seed=702)
     worker = durable.start_worker(SLOW)
     await half_then_progress(durable, messages, profiles)
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=60)
+    stop(worker)
     own_redis.stop()
     shutil.rmtree(own_redis.home)
     own_redis.start()
@@ -174,8 +182,7 @@ async def test_idp_restore_rebuilds_a_namespace_from_the_changelog_alone(
     worker = durable.start_worker(SLOW)
     await durable.send_many(messages)
     await settle(durable, profiles, merges, logouts, "before a restore")
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=60)
+    stop(worker)
     live = durable.env["IDP_STATE_NAMESPACE"]
     copy = f"{live}-restored"
     done = idp_restore(durable, "--from-empty", "--namespace", copy)
@@ -214,13 +221,8 @@ async def test_a_worker_without_auto_restore_refuses_until_idp_restore(
     messages, profiles, merges, logouts = scenario(seed=704)
     worker = durable.start_worker(SLOW)
     await half_then_progress(durable, messages, profiles)
-    worker.send_signal(signal.SIGTERM)
-    worker.wait(timeout=60)
-    client = aioredis.Redis.from_url(own_redis.url)
-    try:
-        await client.flushall()
-    finally:
-        await client.aclose()
+    stop(worker)
+    await flush_all(own_redis.url)
     durable.start_worker({**SLOW, "IDP_AUTO_RESTORE": "false"})
     await durable.send_many(messages[len(messages) // 2 :])
     for _ in range(600):  # the refusal is logged once the worker has compared
