@@ -13,7 +13,9 @@ missing or behind the changelog's end.
 
 A read that comes before a loss, and a commit after it, cannot apply a decision made on lost
 state: the commit's compare-and-set fails for every record that existed, and the batch is
-read again. A decision that read only absent records was right either way.
+read again. A decision that read only absent records was right either way. A batch delivered
+across a loss waits for the catch-up before its markers move, and applies its own records
+again if a catch-up ended after it was sent (`pipeline.worker.emitter`).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ class StateGuard:
         self.known: dict[int, int] = {}  # partition -> the highest marker written or read
         self.refusing: str | None = None  # why the worker does not process (for /readyz)
         self.total_loss = False  # the epoch was found gone: apply the whole changelog
-        self.restores = 0
+        self.restores = 0  # catch-ups done; a delivery compares it with its own (`Emitter`)
+        self._recovering = asyncio.Lock()  # one catch-up at a time (the agent, deliveries)
 
     def marker_keys(self) -> list[str]:
         """The keys a batch reads after its state: the epoch, then the markers."""
@@ -122,8 +125,19 @@ class StateGuard:
         """Write the epoch record (if absent): Redis holds the namespace's state from now on."""
         await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
 
-    async def recover(self) -> None:
-        """Apply the changelog's tail (auto-restore), or wait until someone has; then go on."""
+    async def recover(self, since: int | None = None) -> None:
+        """Apply the changelog's tail (auto-restore), or wait until someone has; then go on.
+
+        The agent and the deliveries in flight may find one loss together: a caller that
+        waited while another caught up (`restores` moved past `since`, by default its value
+        at the call) returns at once.
+        """
+        seen = self.restores if since is None else since
+        async with self._recovering:
+            if self.restores == seen:
+                await self._recover()
+
+    async def _recover(self) -> None:
         while True:
             if self.auto_restore:
                 caught = await catch_up(self.store, self.keys, self.bootstrap, self.topic,
@@ -144,6 +158,7 @@ class StateGuard:
                 self.known = applied
                 self.total_loss = False
                 await self._open_epoch()
+                self.restores += 1
                 self.refusing = None
                 logger.warning("Redis caught up with the state changelog: processing resumes")
                 return

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from pipeline.state.changelog import decode
 from pipeline.worker import metrics
 from pipeline.worker.codec import Wire
-from pipeline.worker.durability import StateGuard
+from pipeline.worker.durability import GuardedStore, StateGuard, StateLost
 from pipeline.worker.outbox import Outbox, Send
 from schemas.topics import STATE_CHANGELOG
 
@@ -69,6 +69,11 @@ class Emitter:
         self.guard = guard  # with a changelog: moves its markers once records are delivered
         self.send = send
         self.outbox = outbox
+        # Profiles are sent again as Redis holds them: with a changelog, only as read with the
+        # markers, so that a profile Redis lost (FLUSHALL) is never sent as deleted.
+        self.current = outbox
+        if guard is not None:
+            self.current = Outbox(GuardedStore(outbox.store, guard), outbox.keys, outbox.send)
         self.ack = ack
         self.forget = forget
         self.in_background = in_background
@@ -83,6 +88,9 @@ class Emitter:
         """Send `wires`; release the batch's held events in the background once delivered."""
         if not wires:
             return None
+        # Before any wait: a catch-up that ends after this may have read the changelog's ends
+        # before these records were on it (the batch was committed before its loss).
+        restores = self.guard.restores if self.guard is not None else 0
         earliest: dict = {}
         for event in events:
             message = event.message
@@ -97,7 +105,7 @@ class Emitter:
                 delivery.logged.append(len(delivery.futures))
                 delivery.records.append((key or b"", value))
             delivery.futures.append(await self.send(topic, key, value))
-        delivery.restores = self.guard.restores if self.guard is not None else 0
+        delivery.restores = restores
         metrics.OUTBOX_IN_FLIGHT.inc()
         self.in_background(self.release(delivery))
         return delivery
@@ -108,14 +116,7 @@ class Emitter:
         try:
             sent = await asyncio.gather(*delivery.futures)
             if self.guard is not None and delivery.logged:
-                if self.guard.restores != delivery.restores:
-                    # Redis was caught up while these records were on their way: the catch-up
-                    # may have ended before them, so they are applied here before the markers
-                    # say Redis has them.
-                    prefix = self.guard.keys.prefix()
-                    again = [decode(k, v, prefix) for k, v in delivery.records]
-                    await self.outbox.store.apply(again)
-                await self.advance(self.guard, [sent[i] for i in delivery.logged])
+                await self.advance(self.guard, delivery, [sent[i] for i in delivery.logged])
         except Exception:  # sent again from the outbox; the batch stays held
             logger.exception("output delivery failed; sending them again from the outbox")
             await self.outbox.redeliver(delivery.outbox)  # sends the profiles as they are now
@@ -129,16 +130,52 @@ class Emitter:
             self.forget(delivery.outbox)  # delivered: nothing to send again
         # Else the outbox records stay: the sweep sends their profiles as they are then.
 
-    async def advance(self, guard: StateGuard, delivered: Sequence[Any]) -> None:
+    async def advance(
+        self, guard: StateGuard, delivery: Delivery, delivered: Sequence[Any]
+    ) -> None:
         """Move the changelog's markers past these delivered records (RecordMetadata).
 
-        A marker left behind (Redis away) only makes a later catch-up re-read a longer tail.
+        Only over state Redis holds: when it lost state since the batch was committed (the
+        markers do not move, `StateGuard.advance`), Redis is caught up with the changelog
+        first (or this waits for the catch-up under way). A catch-up that ended after the
+        batch was sent may have read the changelog's ends before its records were on it, so
+        they are then applied again (`Store.apply` keeps a newer version) before the markers
+        say Redis has them. While Redis is away, this tries again: the batch stays held.
         """
         markers = guard.delivered((m.partition, m.offset) for m in delivered)
-        try:
-            await guard.advance(markers)
-        except Exception as exc:
-            logger.warning("could not move the state changelog's markers (%s)", exc)
+        prefix = guard.keys.prefix()
+        delay = 0.5
+        while True:
+            restores = guard.restores
+            try:
+                if restores != delivery.restores:
+                    again = [decode(k, v, prefix) for k, v in delivery.records]
+                    await self.outbox.store.apply(again)
+                    delivery.restores = restores
+                if await guard.advance(markers):
+                    return
+            except Exception as exc:
+                logger.warning("could not move the state changelog's markers (%s); retrying in "
+                               "%.1fs", exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            logger.warning("Redis lost state since a batch was committed: its changelog "
+                           "records wait for the catch-up")  # fmt: skip
+            await self.caught_up(guard, restores)
+
+    async def caught_up(self, guard: StateGuard, since: int) -> None:
+        """Catch Redis up with the changelog, unless a catch-up ended since `since`."""
+        delay = 0.5
+        while True:
+            try:
+                await guard.recover(since)
+                return
+            except Exception as exc:  # Kafka or Redis away
+                logger.warning("could not compare Redis with the state changelog (%s: %s); "
+                               "retrying in %.1fs", type(exc).__name__, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def refresh(self, profiles: Sequence[tuple[str, str, int]]) -> bool:
         """Send again, as they are now, the delivered profiles another commit changed since.
@@ -152,7 +189,14 @@ class Emitter:
             versions.append(version)
         try:
             for workspace_id, (contacts, versions) in by_workspace.items():
-                await self.outbox.send_current(workspace_id, contacts, sent=versions)
+                while True:
+                    restores = self.guard.restores if self.guard is not None else 0
+                    try:
+                        await self.current.send_current(workspace_id, contacts, sent=versions)
+                        break
+                    except StateLost:  # read as Redis lost them: read again once caught up
+                        assert self.guard is not None
+                        await self.caught_up(self.guard, restores)
         except Exception as exc:  # left to the outbox sweep
             logger.warning("could not check the delivered profiles against the store (%s); "
                            "the outbox sweep sends them", exc)  # fmt: skip

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from pipeline.ops.restore import Caught
 from pipeline.state.base import Change, Keys
 from pipeline.state.memory import MemoryStore
-from pipeline.worker.durability import StateGuard, StateLost
+from pipeline.worker.durability import GuardedStore, StateGuard, StateLost
 
 
 def guard() -> StateGuard:
@@ -76,3 +79,36 @@ def test_a_read_sent_before_a_confirmation_is_checked_against_what_was_known_the
     g.check([1, 3, 3], floor)  # ...and its reply, older than them, is no loss
     with pytest.raises(StateLost):
         g.check([1, 3, 3])  # a read sent after the confirmation finding them older is one
+
+
+async def test_a_loss_found_by_several_callers_is_caught_up_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    g = guard()
+    calls = []
+
+    async def catch_up(*args: object, from_beginning: bool) -> Caught:
+        calls.append(from_beginning)
+        await asyncio.sleep(0)  # the others find the same loss meanwhile
+        return Caught()
+
+    monkeypatch.setattr("pipeline.worker.durability.catch_up", catch_up)
+    with pytest.raises(StateLost):
+        g.check([0, 0, 0])  # the epoch is gone
+    seen = g.restores
+    await asyncio.gather(g.recover(), g.recover(seen), g.recover(seen))
+    assert calls == [True] and g.restores == seen + 1  # the whole changelog, once
+    assert (await g.store.read([g.keys.changelog_epoch()]))[0].version  # the epoch is back
+    await g.recover(seen)  # a loss found before that catch-up ended: nothing more to do
+    assert calls == [True]
+
+
+async def test_a_guarded_read_of_lost_state_raises_instead_of_finding_records_absent() -> None:
+    g = guard()
+    store = GuardedStore(g.store, g)
+    contact = g.keys.of("ws", "contact", "c1")
+    await g.store.apply([Change(g.keys.changelog_epoch(), 1, b""), Change(contact, 3, b"{}")])
+    assert (await store.read([contact]))[0].version == 3
+    await g.store.delete([g.keys.changelog_epoch(), contact])  # FLUSHALL
+    with pytest.raises(StateLost):
+        await store.read([contact])  # never a contact seemingly deleted
