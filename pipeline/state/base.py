@@ -74,7 +74,24 @@ class Store(Protocol):
         ...
 
     async def scan(self, pattern: str) -> list[str]:
-        """Keys matching a glob pattern (to find outbox entries left by a crash)."""
+        """Keys matching a glob pattern (walks the whole keyspace: a rare fallback)."""
+        ...
+
+    async def indexed(self, indexes: Sequence[str], *, until: float) -> list[str]:
+        """The outbox records these outbox indexes list as committed at `until` or before.
+
+        `until` is in epoch seconds; one round trip. A commit that writes an outbox record
+        (`Keys.outbox`) lists it in its workspace's index (`Keys.outbox_index`), scored by the
+        time of the commit, atomically with the record; `delete` and `read(discard=...)`
+        remove it from the index with the record.
+        """
+        ...
+
+    async def mark(self, key: str, ttl_s: int, *, only_new: bool) -> bool:
+        """Write a flag `key` that expires after `ttl_s`; with `only_new`, only if absent.
+
+        Whether it was written: with `only_new`, one caller among many wins until it expires.
+        """
         ...
 
     async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
@@ -104,6 +121,7 @@ KeyKind = Literal["dev", "user", "email", "contact", "evt", "jti", "erased"]
 # identifier stays `%253A` and can never be read back as `:`.
 _ESCAPES = str.maketrans({"%": "%25", ":": "%3A", "{": "%7B", "}": "%7D"})
 _UNESCAPES = (("%3A", ":"), ("%7B", "{"), ("%7D", "}"), ("%25", "%"))
+_STRUCTURAL = frozenset(":{}")
 _GLOB_SPECIAL = str.maketrans({c: "\\" + c for c in "*?[]\\"})
 
 
@@ -123,6 +141,22 @@ def unescape(value: str) -> str:
     return value
 
 
+def outbox_index_of(key: str) -> str | None:
+    """The outbox index of an outbox record's key (`Keys.outbox`); None for any other key.
+
+    Read from the key's structure alone, as the stores see keys without their namespace: a
+    namespace holds no `:` once escaped, so `<ns>:outbox:{<ws>}:<id>` lists in
+    `<ns>:outbox:{<ws>}`, and no record's key (`<ns>:{<ws>}:...`) or marker has that shape.
+    """
+    head = key.find(":outbox:{")
+    if head < 0 or ":" in key[:head]:
+        return None
+    close = key.find("}:", head + 9)
+    if close < 0 or ":" in key[close + 2 :] or _STRUCTURAL & set(key[head + 9 : close]):
+        return None
+    return key[: close + 1]
+
+
 @dataclass(frozen=True, slots=True)
 class KeyParts:
     """What a key of the namespace names; `ident` as the record's identifier (unescaped)."""
@@ -135,6 +169,8 @@ class KeyParts:
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Key layout: `<namespace>:{<workspace_id>}:<kind>:<id>`; `<namespace>:outbox:{<ws>}:<id>`.
+
+    A workspace's outbox records are listed in its outbox index, `<namespace>:outbox:{<ws>}`.
 
     Every part that comes from input is escaped (`escape`), so the first `}` closes the
     workspace tag and the first `:` after it ends the kind, whatever an identifier holds; the
@@ -162,8 +198,24 @@ class Keys:
         return self._ns + ":"
 
     def outbox_prefix(self) -> str:
-        """What every outbox record's key starts with."""
+        """What every outbox record's key (and every outbox index's) starts with."""
         return f"{self._ns}:outbox:"
+
+    def outbox_index(self, workspace_id: str) -> str:
+        """The sorted set listing a workspace's outbox records (`outbox_index_of`).
+
+        `<ns>:outbox:{<ws>}`: in the workspace's slot, under the outbox prefix (so never a
+        record, never on the changelog) and not matched by `outbox_pattern`.
+        """
+        return f"{self._ns}:outbox:{{{escape(workspace_id)}}}"
+
+    def outbox_scan_marker(self) -> str:
+        """The flag saying the namespace's outbox was looked for by SCAN lately (`Outbox`).
+
+        `outbox-scan{<ns>}` has no `:`, so it is no key of any namespace: never a record, never
+        on the changelog, never counted by `idp restore --from-empty`; it expires by itself.
+        """
+        return f"outbox-scan{{{self._ns}}}"
 
     def changelog_epoch(self) -> str:
         """The record that exists while Redis holds the namespace's state (`StateGuard`)."""
@@ -196,6 +248,9 @@ class Keys:
         kind = None
         if rest.startswith("outbox:"):
             kind, rest = "outbox", rest[len("outbox:") :]
+            tag = rest[1:-1]
+            if rest.startswith("{") and rest.endswith("}") and tag and not _STRUCTURAL & set(tag):
+                return KeyParts(unescape(tag), "outbox_index", "")
         if not rest.startswith("{") or "}:" not in rest:
             return None
         tag, _, tail = rest[1:].partition("}:")

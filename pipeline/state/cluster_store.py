@@ -37,10 +37,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipeline.state.redis_store import (
     COMMIT_LUA,
     CONNECT_TIMEOUT_S,
+    READ_LUA,
     REPLY_TIMEOUT_S,
     RedisStore,
-    _by_slot,
     _HiredisPacking,
+    discard_commands,
     exchange,
 )
 
@@ -120,9 +121,7 @@ class ClusterRedisStore(RedisStore):
             (key_slot(keys[0].encode()), ("EVALSHA", sha, len(keys), *keys, *args))
             for keys, args in calls
         ]
-        commands += [
-            (key_slot(group[0].encode()), ("UNLINK", *group)) for group in _by_slot(unlink).values()
-        ]
+        commands += [(key_slot(cmd[1].encode()), cmd) for cmd in discard_commands(unlink)]
         replies = await self._cluster_round_trip(
             commands, script=script, sha=sha, wait=script is COMMIT_LUA
         )
@@ -260,13 +259,19 @@ class ClusterRedisStore(RedisStore):
             raise ClusterUnavailable(message) from exc
         self._known |= {(n.host, int(n.port)) for n in client.nodes_manager.nodes_cache.values()}
 
-    async def delete(self, keys: Sequence[str]) -> None:
-        """UNLINK the keys, one command per workspace on the master of its slot."""
-        groups = _by_slot(keys)
-        if groups:
-            await self._refresh_slots(unless_loaded=True)
-            async with _unavailable_as_connection_error():
-                await asyncio.gather(*(self._cluster.unlink(*group) for group in groups.values()))
+    async def _commands(self, commands: list[tuple]) -> list:
+        """Each command on the master of its key's slot, all masters at once; their replies.
+
+        A master's commands go in order on one of its connections (an UNLINK before the ZREM
+        that unlists what it deleted, `discard_commands`).
+        """
+        sha = hashlib.sha1(READ_LUA.encode()).hexdigest()  # loaded on the way, if need be
+        routed = [(key_slot(str(cmd[1]).encode()), cmd) for cmd in commands]
+        replies = await self._cluster_round_trip(routed, script=READ_LUA, sha=sha, wait=False)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     async def scan(self, pattern: str) -> list[str]:
         """SCAN every master for keys matching `pattern`."""

@@ -95,6 +95,14 @@ class _Undetected:
         """See `Store.scan`."""
         return await (await self._resolved()).scan(pattern)
 
+    async def indexed(self, indexes: Sequence[str], *, until: float) -> list[str]:
+        """See `Store.indexed`."""
+        return await (await self._resolved()).indexed(indexes, until=until)
+
+    async def mark(self, key: str, ttl_s: int, *, only_new: bool) -> bool:
+        """See `Store.mark`."""
+        return await (await self._resolved()).mark(key, ttl_s, only_new=only_new)
+
     async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
         """See `Store.advance`."""
         return await (await self._resolved()).advance(epoch, markers)

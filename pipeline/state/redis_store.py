@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from importlib.resources import files
 
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import DataError, NoScriptError, ResponseError
 
-from pipeline.state.base import ABSENT, Change, Commit, Record, Store
+from pipeline.state.base import ABSENT, Change, Commit, Record, Store, outbox_index_of
 
 REPLY_TIMEOUT_S = 10.0  # far above any script's run time; see `from_url`
 CONNECT_TIMEOUT_S = 5.0
@@ -73,6 +74,22 @@ def _by_slot(keys: Sequence[str]) -> dict[str, list[str]]:
     for key in keys:
         groups.setdefault(_slot_tag(key), []).append(key)
     return groups
+
+
+def discard_commands(keys: Sequence[str]) -> list[tuple]:
+    """UNLINK the keys (per slot), then ZREM the outbox records among them from their indexes.
+
+    In that order, so a connection lost in between leaves an index entry whose record is gone
+    (the sweep drops it), never a record no index lists.
+    """
+    commands: list[tuple] = [("UNLINK", *group) for group in _by_slot(keys).values()]
+    indexes: dict[str, list[str]] = {}
+    for key in keys:
+        index = outbox_index_of(key)
+        if index is not None:
+            indexes.setdefault(index, []).append(key)
+    commands += [("ZREM", index, *members) for index, members in indexes.items()]
+    return commands
 
 
 class RedisStore:
@@ -142,9 +159,11 @@ class RedisStore:
         if not commits:
             return []
         calls = []
+        score = f"{time.time():.3f}"  # an outbox record's place in its index: when committed
         for commit in commits:
             keys = list(commit.checks.keys() | commit.writes.keys())
             args: list[bytes | str | int] = [self._marker_ttl_s]
+            listed: list[tuple[str, str, str]] = []
             for key in keys:
                 args.append(commit.checks.get(key, 0))
                 if key not in commit.writes:
@@ -152,6 +171,12 @@ class RedisStore:
                 else:
                     mode = "d" if key in commit.deleting else "w"
                     args += ["x" if key in commit.expiring else mode, commit.writes[key]]
+                    index = outbox_index_of(key)
+                    if index is not None:
+                        listed.append((index, "r" if mode == "d" else "z", key))
+            for index, mode, key in listed:  # the outbox index, in the same script
+                keys.append(index)
+                args += [score, mode, key]
             calls.append((keys, args))
         return [bool(result) for result in await self._run(COMMIT_LUA, calls)]
 
@@ -199,7 +224,7 @@ class RedisStore:
                 sha = self._shas[script] = await self._client.script_load(script)
             commands: list[tuple] = [("EVALSHA", sha, len(keys), *keys, *args)
                                      for keys, args in calls]  # fmt: skip
-            commands += [("UNLINK", *group) for group in _by_slot(unlink).values()]
+            commands += discard_commands(unlink)
             replies = await self._round_trip(commands)
             errors = [reply for reply in replies if isinstance(reply, ResponseError)]
             if not errors:
@@ -226,19 +251,41 @@ class RedisStore:
             return await exchange(connection, commands)
 
     async def delete(self, keys: Sequence[str]) -> None:
-        """UNLINK the keys (one command per workspace, for Redis Cluster)."""
-        groups = _by_slot(keys)
-        if groups:
-            pipe = self._client.pipeline(transaction=False)
-            for group in groups.values():
-                pipe.unlink(*group)
-            await pipe.execute()
+        """UNLINK the keys (one command per workspace, for Redis Cluster), and unlist them."""
+        if keys:
+            await self._commands(discard_commands(keys))
 
     async def scan(self, pattern: str) -> list[str]:
         """SCAN for keys matching `pattern`."""
         return sorted(
             [key.decode() async for key in self._client.scan_iter(match=pattern, count=1000)]
         )
+
+    async def indexed(self, indexes: Sequence[str], *, until: float) -> list[str]:
+        """See `Store.indexed`: a ZRANGEBYSCORE per index, all in one round trip."""
+        if not indexes:
+            return []
+        bound = f"{until:.3f}"
+        replies = await self._commands([("ZRANGEBYSCORE", index, "-inf", bound)
+                                        for index in indexes])  # fmt: skip
+        return sorted({member.decode() for reply in replies for member in reply})
+
+    async def mark(self, key: str, ttl_s: int, *, only_new: bool) -> bool:
+        """See `Store.mark`: SET with EX (and NX)."""
+        command = ("SET", key, b"1", "EX", ttl_s, *(("NX",) if only_new else ()))
+        (reply,) = await self._commands([command])
+        return reply is not None
+
+    async def _commands(self, commands: list[tuple]) -> list:
+        """Send plain commands (their first argument a key) in one round trip; their replies.
+
+        An error reply is raised. On a cluster each goes to the master of its key's slot.
+        """
+        replies = await self._round_trip(commands)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
 
     async def ping(self) -> bool:
         """Whether the server answers."""

@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 ERASURE_CHECK_S = 0.5  # how stale a worker's memory of device erasures may be (`known`)
 OUTBOX_SWEEP_S = 15.0  # outbox records older than this are taken to be a dead worker's
-OUTBOX_SCAN_S = 300.0  # how often every worker looks for them anyway (besides rebalances)
+OUTBOX_SWEEP_INTERVAL_S = 300.0  # how often every worker sweeps anyway (and at start, rebalances)
 FORGET_FLUSH_S = 1.0  # delivered outbox records wait at most this long for a batch to carry them
 LAG_SAMPLE_S = 5.0  # how often the consumer lag of each assigned input partition is sampled
 
@@ -268,7 +268,10 @@ def create_app(settings: Settings) -> faust.App:
         return await app.producer.send(outputs[topic], key, value, partition=None,
                                        timestamp=None, headers=None)  # fmt: skip
 
-    outbox = Outbox(store, keys, send, changelog_ttl_s=ttl_s if guard else None)
+    # A sweep reads the outbox indexes of the configured workspaces; what none lists (an earlier
+    # release's records, a workspace removed since) waits for the SCAN of at most once a day.
+    outbox = Outbox(store, keys, send, changelog_ttl_s=ttl_s if guard else None,
+                    workspaces=sorted(settings.workspaces))  # fmt: skip
 
     async def catch_up(first: bool) -> None:
         """Bring Redis up to the changelog before deciding (retrying while a server is away)."""
@@ -367,7 +370,7 @@ def create_app(settings: Settings) -> faust.App:
         # is rarely a second old (if it is, it is sent twice: duplicates are harmless).
         await outbox.sweep(1.0)
 
-    @app.timer(interval=OUTBOX_SCAN_S)
+    @app.timer(interval=OUTBOX_SWEEP_INTERVAL_S)
     async def sweep_outbox() -> None:
         await outbox.sweep(OUTBOX_SWEEP_S)
 

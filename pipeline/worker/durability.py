@@ -209,6 +209,14 @@ class GuardedStore:
         """See `Store.scan`."""
         return await self.inner.scan(pattern)
 
+    async def indexed(self, indexes: Sequence[str], *, until: float) -> list[str]:
+        """See `Store.indexed`."""
+        return await self.inner.indexed(indexes, until=until)
+
+    async def mark(self, key: str, ttl_s: int, *, only_new: bool) -> bool:
+        """See `Store.mark`."""
+        return await self.inner.mark(key, ttl_s, only_new=only_new)
+
     async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
         """See `Store.advance`."""
         return await self.inner.advance(epoch, markers)

@@ -53,6 +53,16 @@ OUTBOX_FOUND = Gauge(
     "idp_outbox_records_found",
     "Outbox records the last sweep found (undelivered outputs of committed batches)",
 )
+OUTBOX_LOOKUP_SECONDS = Histogram(
+    "idp_outbox_lookup_seconds",
+    "How long a sweep took to find outbox records: through the indexes, or by the rare SCAN",
+    ["how"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 30.0, 120.0, 600.0),
+)
+OUTBOX_UNLISTED = Counter(
+    "idp_outbox_unlisted_records",
+    "Outbox records the rare SCAN found in no index of the configured workspaces",
+)
 OUTBOX_IN_FLIGHT = Gauge(
     "idp_outbox_in_flight", "Batches whose outputs are sent and not yet acknowledged by the broker"
 )
@@ -135,6 +145,14 @@ class TimedStore:
     async def scan(self, pattern: str) -> list[str]:
         """See `Store.scan`."""
         return await self._store.scan(pattern)
+
+    async def indexed(self, indexes: Sequence[str], *, until: float) -> list[str]:
+        """See `Store.indexed`."""
+        return await self._store.indexed(indexes, until=until)
+
+    async def mark(self, key: str, ttl_s: int, *, only_new: bool) -> bool:
+        """See `Store.mark`."""
+        return await self._store.mark(key, ttl_s, only_new=only_new)
 
     async def advance(self, epoch: str, markers: Sequence[tuple[str, int, int]]) -> bool:
         """See `Store.advance`."""

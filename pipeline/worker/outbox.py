@@ -6,6 +6,15 @@ a replay of the inputs would emit nothing: the outbox is what a worker sends aga
 (merges, shutdowns, rejections) are sent as they were; a profile is sent as it is *now* in
 Redis, never an older version, so a late re-send cannot overwrite a newer profile on the
 compacted topic.
+
+Finding them costs what is undelivered, not what Redis holds: every commit that writes an
+outbox record lists it, in the same script, in its workspace's outbox index (a sorted set scored
+by the time of the commit, `Keys.outbox_index`), and deleting the record unlists it. A sweep
+reads the indexes of the configured workspaces in one round trip. Records no such index lists
+(an earlier release's, which kept no index, or those of a workspace no longer configured) are
+found by a SCAN of the whole keyspace, made at most once per `RESCAN_S` per namespace: by the
+first sweep of any worker once the flag `Keys.outbox_scan_marker` is gone (the first sweep
+after an upgrade among them).
 """
 
 from __future__ import annotations
@@ -31,17 +40,29 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 # Send one output (logical topic, key, value) and return what resolves once the broker has it.
 Send = Callable[[str, bytes | None, bytes | None], Awaitable[Awaitable[object]]]
 
+RESCAN_S = 86400  # at most this often per namespace a sweep also SCANs for unlisted records
+SCAN_LEASE_S = 900  # a sweep's claim to that SCAN, until it is done (a worker may die in it)
+
 
 class Outbox:
     """Finds, sends again and deletes the outbox records of a state namespace."""
 
     def __init__(
-        self, store: Store, keys: Keys, send: Send, *, changelog_ttl_s: int | None = None
+        self,
+        store: Store,
+        keys: Keys,
+        send: Send,
+        *,
+        changelog_ttl_s: int | None = None,
+        workspaces: Sequence[str] = (),
+        rescan_s: int = RESCAN_S,
     ) -> None:
         self.store = store
         self.keys = keys
         self.send = send
         self.changelog_ttl_s = changelog_ttl_s  # see `Processor`: None, no changelog
+        self.workspaces = sorted(workspaces)  # whose outbox indexes a sweep reads
+        self.rescan_s = rescan_s
 
     async def sweep(self, min_age_s: float) -> int:
         """Send the records older than `min_age_s` (a dead worker's); never raises for Redis.
@@ -70,19 +91,49 @@ class Outbox:
                 logger.warning("outbox re-send failed (%s); retrying in %.1fs", exc, delay)
                 delay = min(delay * 2, 5.0)
 
+    async def find(self, min_age_s: float) -> list[str]:
+        """The outbox records a sweep looks at: those the indexes list as older than `min_age_s`.
+
+        One round trip whatever the keyspace holds. Besides, when no sweep of the namespace
+        has SCANned in the last `rescan_s` (the flag `Keys.outbox_scan_marker` is gone), this
+        one also SCANs for every outbox record: those no index lists are found there.
+        """
+        started = time.perf_counter()
+        indexes = [self.keys.outbox_index(ws) for ws in self.workspaces]
+        found = set(await self.store.indexed(indexes, until=time.time() - min_age_s))
+        metrics.OUTBOX_LOOKUP_SECONDS.labels("index").observe(time.perf_counter() - started)
+        marker = self.keys.outbox_scan_marker()
+        if await self.store.mark(marker, SCAN_LEASE_S, only_new=True):
+            started = time.perf_counter()
+            scanned = await self.store.scan(self.keys.outbox_pattern())  # the whole keyspace
+            listed = set(await self.store.indexed(indexes, until=float("inf")))
+            await self.store.mark(marker, self.rescan_s, only_new=False)
+            metrics.OUTBOX_LOOKUP_SECONDS.labels("scan").observe(time.perf_counter() - started)
+            unlisted = set(scanned) - listed
+            metrics.OUTBOX_UNLISTED.inc(len(unlisted))
+            logger.info("outbox SCAN (at most every %ds): %d records, %d of them in no index of "
+                        "the configured workspaces", self.rescan_s, len(scanned),
+                        len(unlisted))  # fmt: skip
+            found |= unlisted
+        return sorted(found)
+
     async def drain(self, min_age_s: float, *, entries: Sequence[str] | None = None) -> int:
-        """Send and delete outbox records (found by SCAN unless given); return outputs sent.
+        """Send and delete outbox records (those `find` finds, unless given); return outputs sent.
 
         An entry that is not an outbox record of this namespace, or that cannot be decoded, is
-        logged, counted (`idp_unreadable_state_records{kind="outbox"}`) and left as it is.
+        logged, counted (`idp_unreadable_state_records{kind="outbox"}`) and left as it is. An
+        index entry whose record is gone (deleted by a connection lost before its index was
+        told) is dropped.
         """
-        if entries is None:  # SCAN walks the whole keyspace: rarely (see the worker's timers)
-            entries = await self.store.scan(self.keys.outbox_pattern())
+        if entries is None:
+            entries = await self.find(min_age_s)
             metrics.OUTBOX_FOUND.set(len(entries))
         entries = list(entries)
         sent = 0
+        gone = []
         for entry, record in zip(entries, await self.store.read(entries), strict=True):
             if record.data is None:
+                gone.append(entry)
                 continue
             parts = self.keys.parse(entry)
             try:
@@ -104,6 +155,8 @@ class Outbox:
             await asyncio.gather(*futures)
             await self.store.delete([entry])
             sent += len(records)
+        if gone:
+            await self.store.delete(gone)
         if sent:
             logger.warning("re-sent %d undelivered outputs from the outbox", sent)
         return sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -151,6 +152,96 @@ async def test_redis_store_raises_an_error_reply(servers: tuple[str, str], key: 
         await store.close()
 
 
+# ------------------------------------------------------------------------------ outbox indexes
+
+
+def outbox_keys() -> tuple[Keys, str]:
+    """A namespace of its own and a workspace whose keys need escaping."""
+    return Keys(f"contract-{uuid.uuid4().hex[:8]}"), "ws:{odd}"
+
+
+async def test_a_commit_lists_its_outbox_record_in_the_workspace_index(store: Store) -> None:
+    keys, ws = outbox_keys()
+    dev, box = keys.of(ws, "dev", "a1"), keys.outbox(ws, "b1")
+    index = keys.outbox_index(ws)
+    before = time.time()
+    assert await store.commit([Commit(checks={dev: 0, box: 0}, writes={dev: b"d", box: b"o"})])
+    after = time.time()
+    assert await store.indexed([index], until=after + 1) == [box]
+    # Scored by the time of the commit: not listed as committed before it.
+    assert await store.indexed([index], until=before - 1) == []
+    # Another workspace's index lists nothing of it; a record that is no outbox record is
+    # listed nowhere.
+    assert await store.indexed([keys.outbox_index("other")], until=after + 1) == []
+    assert await store.read([dev, box]) == [Record(1, b"d"), Record(1, b"o")]  # as before
+    await store.delete([dev, box])
+
+
+async def test_a_commit_that_loses_lists_nothing(store: Store) -> None:
+    keys, ws = outbox_keys()
+    dev, box = keys.of(ws, "dev", "a1"), keys.outbox(ws, "b1")
+    stale = Commit(checks={dev: 3, box: 0}, writes={dev: b"d", box: b"o"})
+    assert await store.commit([stale]) == [False]
+    assert await store.indexed([keys.outbox_index(ws)], until=time.time() + 1) == []
+    assert await store.read([box]) == [Record(0, None)]
+
+
+async def test_the_index_lists_only_the_undelivered_records(store: Store) -> None:
+    keys, ws = outbox_keys()
+    index, other = keys.outbox_index(ws), keys.outbox_index("ws-2")
+    boxes = [keys.outbox(ws, f"b{n}") for n in range(3)] + [keys.outbox("ws-2", "b3")]
+    for box in boxes:  # one commit each, as batches write them
+        assert await store.commit([Commit(checks={box: 0}, writes={box: b"o"})]) == [True]
+    later = time.time() + 1
+    assert await store.indexed([index, other], until=later) == sorted(boxes)
+    await store.delete([boxes[0]])  # delivered, deleted at once
+    assert await store.read([keys.of(ws, "dev", "a1")], discard=[boxes[1], boxes[3]]) == [
+        Record(0, None)
+    ]  # delivered, deleted with the next read
+    assert await store.indexed([index, other], until=later) == [boxes[2]]
+    await store.delete([boxes[2]])
+    assert await store.indexed([index, other], until=later) == []
+    # An emptied index is no key at all (a namespace holds nothing once its outbox is sent).
+    assert await store.scan(keys.everything()) == []
+
+
+async def test_a_flag_is_written_once_until_it_expires(store: Store) -> None:
+    keys = Keys(f"contract-{uuid.uuid4().hex[:8]}")
+    flag = keys.outbox_scan_marker()
+    assert await store.mark(flag, 60, only_new=True)
+    assert not await store.mark(flag, 60, only_new=True)  # another sweep: not this one's turn
+    assert await store.mark(flag, 3600, only_new=False)  # renewed, for longer
+    assert not await store.mark(flag, 60, only_new=True)
+    await store.delete([flag])
+    assert await store.mark(flag, 60, only_new=True)
+    await store.delete([flag])
+
+
+async def test_redis_flags_and_empty_indexes_expire_or_go(servers: tuple[str, str]) -> None:
+    import redis.asyncio as aioredis
+
+    keys, ws = outbox_keys()
+    store = RedisStore.from_url(servers[1], marker_ttl_s=3600)
+    client = aioredis.Redis.from_url(servers[1])
+    try:
+        flag = keys.outbox_scan_marker()
+        assert await store.mark(flag, 120, only_new=True)
+        assert 0 < await client.ttl(flag) <= 120
+        assert await store.mark(flag, 86400, only_new=False)
+        assert 120 < await client.ttl(flag) <= 86400
+        box = keys.outbox(ws, "b1")
+        assert await store.commit([Commit(checks={box: 0}, writes={box: b"o"})]) == [True]
+        index = keys.outbox_index(ws)
+        assert await client.type(index) == b"zset" and await client.ttl(index) == -1
+        assert await client.zrange(index, 0, -1) == [box.encode()]
+        await store.delete([box])
+        assert not await client.exists(index)
+    finally:
+        await client.delete(keys.outbox_scan_marker())
+        await client.aclose()
+        await store.close()
+
+
 # --------------------------------------------------------------------------- changelog records
 
 
@@ -185,6 +276,8 @@ async def test_a_commits_changelog_rebuilds_it_in_an_empty_store(store: Store, k
     logged = [encode(c, keys.prefix()) for commit in (first, second)
               for c in changes(commit, keys, now_ms=1_000, ttl_s=3600)]  # fmt: skip
     assert [k for k, _ in logged] == [b"{ws}:dev:a1", b"{ws}:evt:e1", b"{ws}:dev:a1"]  # no outbox
+    # The outbox record is listed in its index, which is no record and not logged either.
+    assert await store.indexed([keys.outbox_index("ws")], until=time.time() + 1) == [box]
     other = Keys(keys.namespace + "-restored")
     rebuilt = [decode(k, v, other.prefix()) for k, v in logged]
     assert rebuilt[1].expires_at_ms == 1_000 + 3600 * 1000
