@@ -113,6 +113,32 @@ def is_placeholder(user_id: str | None) -> bool:
     return user_id is not None and user_id.startswith(PLACEHOLDER)
 
 
+def email_subject(email: str) -> str:
+    """The subject an e-mail's marker is kept under (never requested: an erased user's)."""
+    return f"email:{email}"
+
+
+def matched_as(digest: str, verified_at: int) -> str:
+    """The e-mail of a lead's chat that carried an erased user's verified e-mail (R7, R16).
+
+    The chat keeps only its time and event_id, and stands for a lead matched by the erased
+    user's first verification (`verified_at`): the same segments as before the erasure, and
+    the same visitor after it, on whichever side of the erasure it is read.
+    """
+    return f"{PLACEHOLDER}{digest}@{verified_at}"
+
+
+def matched_at(chat: ChatFact) -> tuple[int, str]:
+    """(time, event_id) of the verification a placeholder e-mail stands for (`_derive`).
+
+    A chat `matched_as` an erased user's e-mail carries it; a lead's end that an older state
+    kept (`PLACEHOLDER + digest`) was matched at its own time.
+    """
+    assert chat.email is not None
+    _, sep, verified = chat.email.rpartition("@")
+    return (int(verified), "") if sep else (chat.at, chat.event_id)
+
+
 def erased_segment(segment: Segment) -> bool:
     """A session of an erased user, or a visitor that was merged into one."""
     if is_placeholder(segment.user_id):
@@ -168,7 +194,7 @@ def erase(
         # Erased at this time or later already: nothing before it is left, nor ever admitted.
         return Transition(Unchanged(), reads=frozenset(resolver.reads))
     if kind == "user":
-        change = _erase_user(resolver, ident, digest, at)
+        change = _erase_user(resolver, config.secrets[request.workspace_id], ident, digest, at)
     else:
         change = _erase_device(resolver, ident, at)
     if resolver.missing:
@@ -183,7 +209,7 @@ def erase(
     # A record left with no fact is deleted: the erasure's marker keeps the time, under a
     # keyed digest (a device record holding only it would name the device in its key).
     devices: dict[str, Device | None] = {
-        a: None if _emptied(d) else d for a, d in change.devices.items()
+        a: None if d is None or _emptied(d) else d for a, d in result.devices.items()
     }
     record = Erased(
         event_id=ids.output_event_id("erased", request.workspace_id, digest, request.event_id),
@@ -197,7 +223,7 @@ def erase(
     return replace(
         result,
         devices=devices,
-        erasures={digest: ErasureMarker(at)}
+        erasures={**change.erasures, digest: ErasureMarker(at)}
         if kind == "user"
         else {
             digest: ErasureMarker(at),
@@ -207,7 +233,9 @@ def erase(
     )
 
 
-def _erase_user(resolver: _Resolver, user_id: str, digest: str, at: int) -> _Change:
+def _erase_user(
+    resolver: _Resolver, secrets: tuple[bytes, ...], user_id: str, digest: str, at: int
+) -> _Change:
     """The records a user's erasure at `at` changes (see the module's docstring)."""
     from pipeline.core.rules import _Change
 
@@ -239,40 +267,161 @@ def _erase_user(resolver: _Resolver, user_id: str, digest: str, at: int) -> _Cha
             if claim.email == email:
                 kept = kept.with_claim(user_id, claim)
         emails[email] = kept
-    # Conversations of the erased sessions, of the visitors merged into them, and of the leads
-    # merged into the user by an e-mail match (R7) before the erasure.
-    resolver.new_devices, resolver.new_emails = (
-        devices,
-        {e: v or EmailEntry() for e, v in emails.items()},
-    )
-    resolver.forget_timelines()
-    removed_chats: dict[str, set[ChatFact]] = {}
-    boundaries: dict[str, set[ChatFact]] = {}
-    for anonymous_id in devices:
-        doomed = {c for s in resolver.timeline(anonymous_id, new=True).segments
-                  if erased_segment(s) for c in s.chats}  # fmt: skip
-        for s in resolver.timeline(anonymous_id, new=False).segments:
-            if _matched_into(s, user_id) and s.merge is not None and s.merge.at < at:
-                # The lead merged into her by an e-mail match (R7) goes, but its end stays: a
-                # content-free chat at the match's time, matched into her placeholder.
-                doomed |= set(s.chats)
-                cause = next(c for c in s.chats if c.email is not None).event_id
-                boundary = ChatFact(s.merge.at, cause, "", placeholder)
-                boundaries.setdefault(anonymous_id, set()).add(boundary)
-        if doomed:
-            removed_chats[anonymous_id] = doomed
+    resolver.new_devices = dict(devices)
+    resolver.new_emails = {e: v or EmailEntry() for e, v in emails.items()}
+    # The leads matched into her by an e-mail only she verified (R7) before the erasure keep
+    # their segments, as content-free chats matched into an e-mail marker; their other chats,
+    # and those of her sessions, go when the change is derived (`scrub`).
+    markers: dict[str, ErasureMarker] = {}
+    for email, entry in sorted(entries.items()):
+        first = entry.verified.get(user_id)
+        if first is None or first[0] >= at or set(entry.verified) != {user_id}:
+            continue
+        mark = _email_marker(resolver, secrets, email, at, first[0])
+        if mark is None:
+            continue
+        email_digest, marker = mark
+        if marker != resolver.erasure(email_digest):
+            markers[email_digest] = marker
+        devices, converted = _match_leads(
+            resolver, devices, email, at, matched_as(email_digest, _first_verified(marker))
+        )
+        _forget_leads(resolver, emails, devices, converted)
     if resolver.missing:
         return _Change({}, {}, {})
-    devices = {a: _without_chats(d, removed_chats.get(a, set())) for a, d in devices.items()}
-    devices = {a: _with_chats(d, boundaries.get(a, set())) for a, d in devices.items()}
-    _forget_leads(resolver, emails, devices, removed_chats)
     tokens = _forget_uses(resolver, old, removed_sessions)
     linked = tuple(a for a in user.devices
                    if any(f.user_id == user_id for f in devices[a].sessions))  # fmt: skip
     name = user.name if user.name is not None and user.name[0] >= at else None
     new_user = User(linked, claims, name, at) if (linked or claims or name) else None
     changed_devices = {a: d for a, d in devices.items() if d != old[a]}
-    return _Change(changed_devices, {user_id: new_user}, _changed_emails(resolver, emails), tokens)
+    return _Change(changed_devices, {user_id: new_user}, _changed_emails(resolver, emails),
+                   tokens, erasures=markers)  # fmt: skip
+
+
+def _first_verified(marker: ErasureMarker) -> int:
+    assert marker.verified is not None  # an e-mail's marker always holds it
+    return marker.verified
+
+
+def _email_marker(
+    resolver: _Resolver, secrets: tuple[bytes, ...], email: str, at: int, verified: int
+) -> tuple[str, ErasureMarker] | None:
+    """(digest, marker) of an erased user's e-mail, erased at `at` and verified at `verified`.
+
+    The stored marker's times are kept where they are later (an erasure) or earlier (a first
+    verification). None while the stored marker is not loaded.
+    """
+    digest, marker = find_marker(resolver, secrets, email_subject(email))
+    if resolver.missing:
+        return None
+    if marker is not None:
+        at = max(at, marker.at)
+        verified = min(verified, marker.verified if marker.verified is not None else verified)
+    return digest, ErasureMarker(at, verified)
+
+
+def erased_claim(
+    resolver: _Resolver,
+    secrets: tuple[bytes, ...],
+    devices: dict[str, Device],
+    email: str,
+    erased_at: int,
+    at: int,
+) -> tuple[dict[str, Device], dict[str, EmailEntry | None], dict[str, ErasureMarker]]:
+    """What an erased user's refused login or signup verifying `email` at `at` records.
+
+    Its marker (the erasure's time, the first verification) and the e-mail's leads before the
+    erasure matched into it, as the erasure would have left them had it come after: a replay
+    into empty state reads the erasure before her events and decides them this way.
+    """
+    mark = _email_marker(resolver, secrets, email, erased_at, at)
+    if mark is None:
+        return devices, {}, {}
+    digest, marker = mark
+    devices, converted = _match_leads(
+        resolver, devices, email, marker.at, matched_as(digest, _first_verified(marker))
+    )
+    emails: dict[str, EmailEntry | None] = {}
+    _forget_leads(resolver, emails, devices, converted)
+    if resolver.missing:
+        return devices, {}, {}
+    stored = resolver.erasure(digest)
+    return devices, _changed_emails(resolver, emails), {} if stored == marker else {digest: marker}
+
+
+def _match_leads(
+    resolver: _Resolver, devices: dict[str, Device], email: str, before: int, mark: str
+) -> tuple[dict[str, Device], dict[str, set[ChatFact]]]:
+    """The e-mail's lead chats before `before`, content-free and matched into `mark`.
+
+    Only where the lead is then merged into the erased user (R7): a lead that had become
+    someone else first (a login) keeps its chat as it was. Returns the devices and the chats
+    replaced on each.
+    """
+    entry = resolver.email(email, new=True)
+    if entry.verified:
+        return devices, {}  # another user verified it too: no lead was matched into hers alone
+    devices = dict(devices)
+    swaps: dict[str, dict[ChatFact, ChatFact]] = {}
+    for anonymous_id in entry.lead_devices:
+        device = devices.get(anonymous_id) or resolver.device(anonymous_id, new=True)
+        swap = {ChatFact(c.at, c.event_id, "", mark): c for c in device.chats
+                if c.email == email and c.at < before}  # fmt: skip
+        if swap:
+            swaps[anonymous_id] = swap
+            kept = tuple(c for c in device.chats if c not in swap.values())
+            devices[anonymous_id] = replace(device, chats=tuple(sorted({*kept, *swap})))
+    if resolver.missing or not swaps:
+        return devices, {}
+    resolver.new_devices = {**resolver.new_devices, **devices}
+    resolver.forget_timelines()
+    converted: dict[str, set[ChatFact]] = {}
+    for anonymous_id, swap in swaps.items():
+        timeline = resolver.timeline(anonymous_id, new=True)
+        back = {c for s in timeline.segments if not erased_segment(s) for c in s.chats if c in swap}
+        device = devices[anonymous_id]
+        if back:  # not merged into her: as it was
+            chats = {*(c for c in device.chats if c not in back), *(swap[c] for c in back)}
+            devices[anonymous_id] = replace(device, chats=tuple(sorted(chats)))
+        if set(swap) - back:
+            converted[anonymous_id] = {swap[c] for c in swap if c not in back}
+    resolver.new_devices = {**resolver.new_devices, **devices}
+    resolver.forget_timelines()
+    return devices, converted
+
+
+def scrub(resolver: _Resolver, change: _Change) -> _Change:
+    """The change without the chats that lie in an erased user's sessions or leads (R16).
+
+    A chat read inside an erased user's session (or in a visitor merged into her), or put
+    there by a boundary of hers read after it, goes with its conversation: the state keeps
+    nothing of it. Content-free chats that keep a lead's match (`matched_as`) stay.
+    """
+    removed: dict[str, set[ChatFact]] = {}
+    for anonymous_id in sorted(change.devices):
+        segments = resolver.timeline(anonymous_id, new=True).segments
+        doomed = {c for s in segments if erased_segment(s) for c in s.chats
+                  if not is_placeholder(c.email)}  # fmt: skip
+        if doomed:
+            removed[anonymous_id] = doomed
+    if resolver.missing or not removed:
+        return change
+    devices = {a: _without_chats(d, removed.get(a, set())) for a, d in change.devices.items()}
+    forgotten: dict[str, EmailEntry | None] = {
+        e: v or EmailEntry() for e, v in change.emails.items()
+    }
+    _forget_leads(resolver, forgotten, devices, removed)
+    emails = dict(change.emails)
+    for email, entry in forgotten.items():
+        if entry == resolver.old_email(email):
+            emails.pop(email, None)
+        elif entry != change.emails.get(email):
+            emails[email] = None if entry == EmailEntry() else entry
+    resolver.new_devices = {**resolver.new_devices, **devices}
+    resolver.new_emails = {**resolver.new_emails, **emails}
+    resolver.forget_timelines()
+    return replace(change, devices=devices, emails=emails)
 
 
 def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
@@ -290,21 +439,43 @@ def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
     erased = max(at, device.erased or at)
     new_device = Device(sessions, chats, first, erased)
     users: dict[str, User | None] = {}
-    # Logouts too: a user's record lists the devices of its logouts (`rules._facts`).
+    emails: dict[str, EmailEntry | None] = {
+        c.email: resolver.old_email(c.email)
+        for c in gone_chats
+        if c.email is not None and not is_placeholder(c.email)
+    }
+    # Logouts too: a user's record lists the devices of its logouts (`rules._facts`). The
+    # e-mail claims and the name its logins and signups here carried go with them.
+    gone_events = {f.event_id for f in gone_sessions}
     for user_id in sorted({f.user_id for f in gone_sessions}):
         user = resolver.old_user(user_id)
+        kept = user
         if anonymous_id in user.devices and not any(f.user_id == user_id for f in sessions):
-            kept = replace(user, devices=tuple(d for d in user.devices if d != anonymous_id))
+            kept = replace(kept, devices=tuple(d for d in user.devices if d != anonymous_id))
+        claims = tuple(c for c in user.emails if c.event_id not in gone_events)
+        if claims != user.emails:
+            kept = replace(kept, emails=claims)
+            for email in sorted({c.email for c in user.emails if c.event_id in gone_events}):
+                entry = _without_user(emails.get(email) or resolver.old_email(email), user_id)
+                for claim in claims:  # claimed elsewhere too: those claims stay
+                    if claim.email == email:
+                        entry = entry.with_claim(user_id, claim)
+                emails[email] = entry
+        if user.name is not None and user.name[1] in gone_events:
+            kept = replace(kept, name=None)
+        if kept != user:
             users[user_id] = None if kept == User() else kept
-    emails: dict[str, EmailEntry | None] = {
-        c.email: resolver.old_email(c.email) for c in gone_chats if c.email is not None
-    }
     if resolver.missing:
         return _Change({}, {}, {})
     _forget_leads(resolver, emails, {anonymous_id: new_device}, {anonymous_id: gone_chats})
     tokens = _forget_uses(resolver, {anonymous_id: device},
                           {(anonymous_id, f.event_id) for f in gone_sessions})  # fmt: skip
     return _Change({anonymous_id: new_device}, users, _changed_emails(resolver, emails), tokens)
+
+
+def _without_user(entry: EmailEntry, user_id: str) -> EmailEntry:
+    verified = {u: first for u, first in entry.verified.items() if u != user_id}
+    return EmailEntry(verified, tuple(u for u in entry.unverified if u != user_id), entry.leads)
 
 
 def _changed_emails(resolver: _Resolver, emails: dict[str, EmailEntry | None]) -> dict:
@@ -314,17 +485,6 @@ def _changed_emails(resolver: _Resolver, emails: dict[str, EmailEntry | None]) -
         if entry != resolver.old_email(email):
             changed[email] = None if entry == EmailEntry() else entry
     return changed
-
-
-def _matched_into(segment: Segment, user_id: str) -> bool:
-    merge = segment.merge
-    return merge is not None and merge.reason == "email_match" and merge.user_id == user_id
-
-
-def _with_chats(device: Device, chats: set[ChatFact]) -> Device:
-    if not chats:
-        return device
-    return replace(device, chats=tuple(sorted({*device.chats, *chats})))
 
 
 def _without_chats(device: Device, chats: set[ChatFact]) -> Device:
@@ -341,7 +501,8 @@ def _forget_leads(
 ) -> None:
     """Drop from the e-mail index the leads of removed chats (a device's other chat may stay)."""
     for anonymous_id, chats in removed.items():
-        for email in sorted({c.email for c in chats if c.email is not None}):
+        for email in sorted({c.email for c in chats
+                             if c.email is not None and not is_placeholder(c.email)}):  # fmt: skip
             entry = emails.get(email) or resolver.old_email(email)
             leads = tuple(lead for lead in entry.leads if lead[2] != anonymous_id)
             kept = EmailEntry(entry.verified, entry.unverified, leads)

@@ -294,17 +294,23 @@ class TokenUses:
 class ErasureMarker:
     """An erased subject (R16), stored under a keyed digest of it: the time of its erasure.
 
-    It holds nothing else, so the state keeps no personal data of an erased user; a user's
-    events stamped before `at` are refused, in live processing and in a replay alike.
+    A user's events stamped before `at` are refused, in live processing and in a replay alike.
+    The marker of an e-mail an erased user verified also holds `verified`, the time of her
+    first verification, so that a lead typing it before `at` is matched as it was (R7). It
+    holds nothing else, so the state keeps no personal data of an erased subject.
     """
 
     at: int
+    verified: int | None = None
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
-        return orjson.dumps({"t": self.at})
+        if self.verified is None:
+            return orjson.dumps({"t": self.at})
+        return orjson.dumps({"t": self.at, "v": self.verified})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ErasureMarker:
         """Inverse of `to_bytes`."""
-        return cls(orjson.loads(data)["t"])
+        fields = orjson.loads(data)
+        return cls(fields["t"], fields.get("v"))

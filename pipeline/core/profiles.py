@@ -33,7 +33,8 @@ class Lead:
 def _conversations(chats: Iterable[ChatFact]) -> list[str]:
     seen: dict[str, None] = {}
     for chat in sorted(chats):
-        seen.setdefault(chat.conversation_id, None)
+        if chat.conversation_id:  # a content-free chat (R16) is none
+            seen.setdefault(chat.conversation_id, None)
     return list(seen)
 
 
@@ -58,7 +59,9 @@ def visitor_updated_ms(lead: Lead) -> int:
 def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEntry]) -> Profile:
     """The profile of a visitor, or a lead once it has chatted (R5)."""
     segment = lead.segment
-    chats = segment.chats
+    # A content-free chat (what an erasure leaves of a lead matched into the erased user, R16)
+    # is no conversation.
+    chats = tuple(c for c in segment.chats if c.conversation_id)
     is_lead = bool(chats)
     email = next((c.email for c in reversed(chats) if c.email), None)
     name = next((c.name for c in reversed(chats) if c.name), None)

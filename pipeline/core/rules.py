@@ -15,7 +15,7 @@ been given it returns `NeedMore` and the caller loads them and calls again with 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import jwt
 
@@ -89,8 +89,9 @@ class _Change:
     users: dict[str, User | None]  # None: deleted (an erasure)
     emails: dict[str, EmailEntry | None]
     tokens: dict[str, TokenUses | None] = field(default_factory=dict)
-    # An event refused that still records its activity (a chat in an erased user's session).
+    # An event refused that still records its fact (an erased user's boundary, R16).
     refusal: Refusal | None = None
+    erasures: dict[str, ErasureMarker] = field(default_factory=dict)  # markers written (R16)
 
 
 def apply(event: Checked, view: View, config: CoreConfig) -> Transition | NeedMore:
@@ -114,10 +115,13 @@ def apply(event: Checked, view: View, config: CoreConfig) -> Transition | NeedMo
     if change.refusal is not None:
         # Refused, yet it records a fact (an erased user's boundary or activity, R16).
         refusal = change.refusal
-        if not change.devices:
+        if not (change.devices or change.erasures):
             return Transition(refusal, reads=frozenset(resolver.reads))
         resolver.new_devices, resolver.new_emails = change.devices, change.emails
-        return resolver.rederive(change, {anonymous_id}, lambda _: refusal)
+        result = resolver.rederive(change, set(change.devices), lambda _: refusal)
+        if isinstance(result, NeedMore) or not change.erasures:
+            return result
+        return replace(result, erasures=change.erasures)
     if not (change.devices or change.users or change.emails or change.tokens):
         # Nothing new: a known device browsing, or a replay.
         return Transition(Unchanged(), reads=frozenset(resolver.reads))
@@ -172,6 +176,8 @@ def likely_needs(event: Checked, config: CoreConfig, *, new_device: bool = False
         if new_device:
             origin = (ids.visitor_contact_id(event.workspace_id, event.anonymous_id, ids.ORIGIN),)
         email = event.email if isinstance(event, CheckedChat) else None
+        if email and secrets:  # an e-mail an erased user verified has a marker (R16)
+            device_marker += erasure.subject_digests(secrets, erasure.email_subject(email))
         return NeedMore(contacts=origin, emails=(email,) if email else (), erasures=device_marker)
     if not isinstance(event, CheckedSession) or isinstance(event.user_id, Refusal):
         return NeedMore()
@@ -277,6 +283,15 @@ def _facts(
         chat = ChatFact(at, event.event_id, conversation_id, email, event.name, event.city)
         emails: dict[str, EmailEntry | None] = {}
         if email is not None:
+            digest, marker = erasure.find_marker(resolver, secrets, erasure.email_subject(email))
+            if marker is not None and marker.verified is not None and at < marker.at:
+                if not resolver.old_email(email).verified:
+                    # A lead typing an erased user's verified e-mail before her erasure: matched
+                    # into her marker, content-free, as the erasure left such leads (R16).
+                    mark = erasure.matched_as(digest, marker.verified)
+                    chat = ChatFact(at, event.event_id, "", mark)
+                    return _Change(_changed(anonymous_id, device, device.with_chat(chat)), {}, {})
+
             entry = resolver.old_email(email)
             emails = _changed(email, entry, entry.with_lead(at, event.event_id, anonymous_id))
         return _Change(_changed(anonymous_id, device, device.with_chat(chat)), {}, emails)
@@ -305,10 +320,19 @@ def _facts(
         placeholder = erasure.placeholder_of(resolver, secrets, user_id)
         fact = SessionFact(at, event.event_id, event.kind, placeholder)
         refusal = Refusal("erased", "the user was erased after this event's time (R16)")
-        # Chats it puts into the erased session are hidden, not removed: a later boundary (a
-        # logout read after it) may still move them into the next visitor's session.
-        new_device = device.with_session(fact)
-        return _Change(_changed(anonymous_id, device, new_device), {}, {}, refusal=refusal)
+        # Chats it puts into the erased session go (`erasure.scrub`). The e-mail it verifies
+        # gets the marker the erasure gives the e-mails she verified, and its leads before the
+        # erasure are matched into it, as they would have been (R7).
+        devices = {anonymous_id: device.with_session(fact)}
+        emails = {}
+        markers: dict[str, ErasureMarker] = {}
+        if proof is not None and proof.email is not None:
+            assert erased_at is not None  # `erased`
+            devices, emails, markers = erasure.erased_claim(
+                resolver, secrets, devices, proof.email, erased_at, at
+            )
+        devices = {a: d for a, d in devices.items() if d != resolver.old_device(a)}
+        return _Change(devices, {}, emails, refusal=refusal, erasures=markers)
     assert proof is not None  # a signup or login with a user_id has its proof checked
     fact = SessionFact(at, event.event_id, event.kind, user_id, proof.jti or "")
     tokens: dict[str, TokenUses | None] = {}
@@ -503,8 +527,8 @@ class _Resolver:
         verified = {}
         for chat in device.chats:
             if chat.email is not None and erasure.is_placeholder(chat.email):
-                # The end of a lead e-mail-matched into an erased user (R16): matched at its time.
-                verified[chat.email] = {chat.email: (chat.at, chat.event_id)}
+                # A lead e-mail-matched into an erased user (R16): as her verification matched it.
+                verified[chat.email] = {chat.email: erasure.matched_at(chat)}
             elif chat.email is not None:
                 entry = self.email(chat.email, new=new)
                 if entry.admits(anonymous_id):  # one of the e-mail's leads it may match (R15)
@@ -553,6 +577,7 @@ class _Resolver:
         of an erased user's placeholder (R16) never are: it links to no profile.
         """
         placeholder = erasure.is_placeholder
+        change = erasure.scrub(self, change)
         scope = set(devices)
         touched_users = set(change.users)
         # A link can move the guard's verdicts (R4) on the user's other devices, even when the

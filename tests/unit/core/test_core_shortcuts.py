@@ -79,7 +79,9 @@ def test_a_token_s_e_mail_claim_is_a_hint_even_before_its_signature_is_checked()
 
 def test_a_chat_is_likely_to_need_its_e_mail_and_a_page_view_nothing() -> None:
     chat = ev.model(ev.chat_start("ws", "d1", "2026-11-24T10:00:00Z", "c1", email="a@b.io"))
-    assert likely_needs(checked(chat), CONFIG) == NeedMore(emails=("a@b.io",))
+    # And the e-mail's erasure marker (R16), named by HMAC(secret, "erased:email:a@b.io").
+    marker = hmac.new(SECRET.encode(), b"erased:email:a@b.io", hashlib.sha256).hexdigest()[:32]
+    assert likely_needs(checked(chat), CONFIG) == NeedMore(emails=("a@b.io",), erasures=(marker,))
     assert likely_needs(checked(page_view()), CONFIG) == NeedMore()
     junk = ev.model(ev.login("ws", "d1", "2026-11-24T10:00:00Z", "null", SECRET))
     assert likely_needs(checked(junk), CONFIG) == NeedMore()  # apply refuses it; nothing to load

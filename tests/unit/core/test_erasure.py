@@ -20,7 +20,7 @@ import hashlib
 import hmac
 
 from pipeline.core import ids
-from pipeline.core.model import Refusal, Unchanged
+from pipeline.core.model import Applied, Refusal, Unchanged
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
 from schemas import Erased, EraseRequest
@@ -142,8 +142,69 @@ def test_the_erased_user_s_late_events_are_refused_and_name_her_nowhere() -> Non
     assert c["ann"] not in oracle.profiles()
     assert {k: v for k, v in oracle.profiles().items() if k in profiles} == profiles
     text = stored_text(oracle)
-    for personal in ("ann", "Ann"):
+    for personal in ("ann", "Ann", "conv-late"):
         assert personal not in text
+
+
+def test_a_lead_typing_her_e_mail_after_her_erasure_is_matched_into_no_one() -> None:
+    """A chat stamped before her erasure, with the e-mail she verified, read after it.
+
+    Before the erasure it would have been a lead merged into her (R7), which the erasure
+    removes: it is that lead, published nowhere, and her e-mail is stored nowhere. The device's
+    visitor after the match begins as it would have: empty, no one's.
+    """
+    oracle, _ = world()
+    oracle.apply(erase("user:ann"))
+    profiles = oracle.profiles()
+    chat = oracle.apply(ev.model({**ev.chat_start("w1", "d4", at("10:20"), "conv-phone",
+                                                  email="Ann@Example.com", name="Ann"),
+                                  "event_id": "chat-w13"}))  # fmt: skip
+    assert chat.outcome == Applied()
+    (after,) = [e.value for e in chat.emits]
+    assert after is not None and after.anonymous_ids == ["d4"]
+    assert after.contact_id == ids.visitor_contact_id("w1", "d4", ids.email_session("chat-w13"))
+    assert (after.type, after.email, after.conversation_ids, after.merged_into) == (
+        "visitor", None, [], None)  # fmt: skip
+    assert {k: v for k, v in oracle.profiles().items() if k != after.contact_id} == profiles
+    text = stored_text(oracle)
+    for personal in ("ann@example.com", "Ann", "conv-phone"):
+        assert personal not in text
+    # After her erasure's time, the same e-mail is anyone's to type: a lead of its own.
+    later = oracle.apply(ev.model(ev.chat_start("w1", "d4", at("10:40"), "conv-later",
+                                                email="ann@example.com")))  # fmt: skip
+    (lead,) = [e.value for e in later.emits if e.topic == "identity.profiles"]
+    assert lead.type == "lead" and lead.email == "ann@example.com"
+    assert lead.conversation_ids == ["conv-later"] and lead.merged_into is None
+
+
+def test_a_chat_in_her_session_until_a_late_logout_is_gone() -> None:
+    """Privacy first: a chat read while it lies in an erased user's session goes with it.
+
+    On the shared d2 ann logs out at 10:15 and a visitor chats at 10:17; read in that order,
+    the visitor keeps its conversation through ann's erasure. Read with the logout last, after
+    the erasure, the chat lay in her session when her sessions were emptied: it is gone, and
+    the logout then begins the visitor without it (the one case where the order of an
+    erasure and the events changes the final profiles; the any-order law names it).
+    """
+    oracle = Oracle(CONFIG)
+    logout = {**ev.logout("w1", "d2", at("10:15"), "ann"), "event_id": "logout-ann"}
+    for event in (ev.login("w1", "d2", at("10:13"), "ann", SECRET),
+                  ev.chat_start("w1", "d2", at("10:17"), "conv-visitor")):  # fmt: skip
+        oracle.apply(ev.model(event))
+    oracle.apply(erase("user:ann"))
+    oracle.apply(ev.model(logout))
+    visitor = ids.visitor_contact_id("w1", "d2", "logout-ann")
+    assert all("conv-visitor" not in p.conversation_ids for p in oracle.profiles().values())
+    assert oracle.profiles()[visitor].type == "visitor"  # the logout begins it, empty
+    assert oracle.profiles()[visitor].conversation_ids == []
+    assert "conv-visitor" not in stored_text(oracle)
+    # In the other order the visitor keeps it.
+    ordered = Oracle(CONFIG)
+    for event in (ev.login("w1", "d2", at("10:13"), "ann", SECRET), logout,
+                  ev.chat_start("w1", "d2", at("10:17"), "conv-visitor")):  # fmt: skip
+        ordered.apply(ev.model(event))
+    ordered.apply(erase("user:ann"))
+    assert ordered.profiles()[visitor].conversation_ids == ["conv-visitor"]
 
 
 def test_a_wrong_proof_is_refused_and_changes_nothing() -> None:
@@ -219,7 +280,11 @@ def profiles_created(oracle: Oracle, contact_id: str) -> str:
 
 
 def test_an_erasure_before_the_subject_s_events_gives_the_same_profiles() -> None:
-    """Her chats read after the erasure are kept hidden (never published), not removed."""
+    """As a replay into empty state reads them: the erasure first, then all of her events.
+
+    Her chats go too, and the lead she was on d1 (her e-mail, verified by her signup) is
+    matched into her as before: the state keeps nothing of hers either way.
+    """
     after, _ = world()
     after.apply(erase("user:ann"))
     before = Oracle(CONFIG)
@@ -228,6 +293,9 @@ def test_an_erasure_before_the_subject_s_events_gives_the_same_profiles() -> Non
     assert before.profiles() == after.profiles()
     assert ("w1", "ann") not in before.users
     assert not any(f.user_id == "ann" for d in before.devices.values() for f in d.sessions)
+    text = stored_text(before)
+    for personal in ("ann", "Ann", "conv-ann-1", "conv-ann-2", "conv-ann-3"):
+        assert personal not in text
 
 
 def test_erasure_markers_are_found_under_any_configured_secret() -> None:

@@ -8,8 +8,8 @@ and an erasure in one workspace changes nothing in another.
 
 from __future__ import annotations
 
-import pytest
-from hypothesis import given
+import jwt
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from pipeline.core.erasure import erase_request
@@ -66,12 +66,34 @@ def test_erasing_again_changes_nothing(events: list[dict], erased: list[str]) ->
     assert (profiles(oracle), oracle.devices, oracle.users, oracle.emails) == state
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: an erasure removes the chats of the erased user's sessions as they are "
-    "when it is applied; a logout of that user read after the erasure would have moved a chat "
-    "into the next visitor's session, which then lacks it",
-)
+def moved_after(items: list) -> bool:
+    """Whether a login or logout after a user's erasure may move a chat read before it.
+
+    Read last, a boundary on the chat's device can move it out of the erased user's session
+    (or out of a visitor merged into her: a login at her login's time, say), and another
+    user's verification of the e-mail the chat carried can make its lead someone else's (R7:
+    matched into her alone, or into nobody); read before them, the chat is hers when the
+    erasure (or a marker that came first) empties her sessions and leads, conversation and
+    all. Privacy comes first, so the final profiles differ: the one exception to the law (see
+    `test_a_chat_in_her_session_until_a_late_logout_is_gone`, test_erasure.py).
+    """
+    erasing = False
+    chats: list[dict] = []
+    for item in items:
+        if isinstance(item, EraseRequest):
+            erasing = erasing or item.subject.startswith("user:")
+        elif "conversation_id" in item:
+            chats.append(item)
+        elif "user_id" in item and erasing:
+            token = item.get("identity_token")
+            claim = jwt.decode(token, options={"verify_signature": False}) if token else {}
+            if any(c["anonymous_id"] == item["anonymous_id"] for c in chats):
+                return True
+            if claim.get("email") and any(c.get("email") == claim["email"] for c in chats):
+                return True
+    return False
+
+
 @LAW
 @given(st.data())
 def test_erasures_and_events_in_any_order_give_the_same_final_profiles(
@@ -81,6 +103,7 @@ def test_erasures_and_events_in_any_order_give_the_same_final_profiles(
     erased = data.draw(subjects)
     items = [*events, *(request(s, index=i) for i, s in enumerate(erased))]
     shuffled = data.draw(st.permutations(items))
+    assume(not moved_after(shuffled))
     assert profiles(run(shuffled)) == profiles(run(items))
 
 
