@@ -12,10 +12,10 @@ login or logout of the user becomes the same fact of a *placeholder* user (a key
 no real user_id can equal: it starts with a NUL character, which R3 refuses), so the device's
 other sessions keep their start and end, their visitors keep their contact_ids and no one
 else's profile changes. A placeholder links to no profile: its sessions, and the visitors
-merged into it, are never published, and their conversations are removed with the user's
-e-mail claims and name. A chat that arrives later inside such a session is kept but never
-published: a boundary that comes later still (a logout read after it) may move it into the
-next visitor's session, and removing it would make the outcome depend on the order.
+merged into it, are never published, and their chats are removed whenever a change puts them
+there (`scrub`), with the user's e-mail claims and name. An e-mail only she verified gets a
+marker of its own (`email_subject`): a lead typing it before her erasure is kept as content-free
+chats matched into that marker (`matched_as`), whether it was read before or after.
 Erasing a device removes its facts stamped before E and deletes its record unless facts after E
 remain (the record then keeps E, so its later events need no other read); a device without a
 record is looked up by its marker (`device_erased_at`), so nothing but a keyed digest names it.

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Literal
 
 import orjson
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.topics import INPUT_TOPICS
 
 
 class SecretsFileError(ValueError):
@@ -67,6 +69,9 @@ class Settings(BaseSettings):
     # outputs, before sending them (0: never).
     fault_exit_after_commits: int = Field(0, ge=0, validation_alias="IDP_FAULT_EXIT_AFTER_COMMITS")
     metrics_port: int = Field(0, ge=0, lt=65536, validation_alias="IDP_METRICS_PORT")
+    # The input topics this worker reads (logical names, comma-separated; empty: all). `idp
+    # replay` reads `privacy.erase` alone first, so that every erasure precedes the events.
+    inputs: str = Field("", validation_alias="IDP_INPUTS")
     # SPEC §4: create the missing topics at start (else wait for them); the HTTP endpoints
     # (port 0: none); the bearer token of /v1 (unset: /v1 answers 403).
     create_topics: bool = Field(True, validation_alias="IDP_CREATE_TOPICS")
@@ -95,6 +100,20 @@ class Settings(BaseSettings):
         if not self.state_namespace:
             object.__setattr__(self, "state_namespace", prefixed_default("idp", prefix))
         return self
+
+    @field_validator("inputs")
+    @classmethod
+    def _known_inputs(cls, value: str) -> str:
+        unknown = {n.strip() for n in value.split(",") if n.strip()} - set(INPUT_TOPICS)
+        if unknown:
+            raise ValueError(f"not input topics: {', '.join(sorted(unknown))} "
+                             f"(they are {', '.join(INPUT_TOPICS)})")  # fmt: skip
+        return value
+
+    def input_topics(self) -> tuple[str, ...]:
+        """The logical input topics this worker reads (`IDP_INPUTS`), in SPEC §3's order."""
+        chosen = {name.strip() for name in self.inputs.split(",") if name.strip()}
+        return tuple(name for name in INPUT_TOPICS if not chosen or name in chosen)
 
     def topic(self, logical: str) -> str:
         """The physical name of a topic of SPEC §3 under the configured prefix."""

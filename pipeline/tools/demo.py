@@ -67,12 +67,17 @@ async def produce(
 
 
 async def wait_processed(
-    settings: Settings, targets: dict[TopicPartition, int], progress: Progress, *, timeout: float
+    settings: Settings,
+    targets: dict[TopicPartition, int],
+    progress: Progress,
+    *,
+    timeout: float,
+    what: str = "worker processing",
 ) -> bool:
     """Wait until the worker's group has committed up to `targets`; show how far it is."""
     start = {tp: 0 for tp in targets}
     total = sum(targets.values())
-    task = progress.add_task("worker processing", total=total)
+    task = progress.add_task(what, total=total)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
     deadline = time.monotonic() + timeout

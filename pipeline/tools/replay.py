@@ -2,8 +2,9 @@
 
 The replay runs a worker under its own consumer group and Redis namespace, reading the live
 input topics from the beginning (or from a time) and writing to output topics under another
-prefix, so live state and live outputs are never touched. It shows progress and stops when it
-has caught up with the end of the input topics as they were when it started.
+prefix, so live state and live outputs are never touched: first `privacy.erase` alone, then
+every input. It shows progress and stops when it has caught up with the end of the input
+topics as they were when it started.
 """
 
 from __future__ import annotations
@@ -73,21 +74,32 @@ async def run(
         "IDP_APP_ID": group, "IDP_STATE_NAMESPACE": namespace,
         "IDP_SECRETS_FILE": str(settings.secrets_file or ""), "IDP_COMMIT_INTERVAL_S": "0.5",
     }  # fmt: skip
-    log = Path(os.environ.get("IDP_RUN_DIR", ".run")) / f"replay-{name}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    worker = spawn("worker", env, log)
+    run_dir = Path(os.environ.get("IDP_RUN_DIR", ".run"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_dir / f"replay-{name}.log"
+    # The erasure requests first, alone: the replay then refuses every event of an erased
+    # subject stamped before its erasure (R16), whatever order it reads the other topics in.
+    erasures = {tp: end for tp, end in targets.items() if tp.topic == settings.topic(ERASE)}
+    phases = [("worker processing", env, targets, log)]
+    if sum(erasures.values()):
+        first = run_dir / f"replay-{name}-erasures.log"
+        phases.insert(0, ("erasures first", {**env, "IDP_INPUTS": ERASE}, erasures, first))
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip
-    try:
-        with Progress(*columns, console=console) as progress:
-            caught_up = await demo.wait_processed(
-                settings.model_copy(update={"app_id": group}), targets, progress, timeout=timeout
-            )
-    finally:
-        stop(worker)
-    if not caught_up:
-        console.print(f"[red]the replay did not catch up within {timeout:.0f}s; see {log}[/red]")
-        return 1
+    for what, environment, wanted, phase_log in phases:
+        worker = spawn("worker", environment, phase_log)
+        try:
+            with Progress(*columns, console=console) as progress:
+                caught_up = await demo.wait_processed(
+                    settings.model_copy(update={"app_id": group}), wanted, progress,
+                    timeout=timeout, what=what,
+                )  # fmt: skip
+        finally:
+            stop(worker)
+        if not caught_up:
+            console.print(f"[red]the replay did not catch up within {timeout:.0f}s ({what}); "
+                          f"see {phase_log}[/red]")  # fmt: skip
+            return 1
     console.print(f"caught up: {sum(targets.values()):,} input records replayed into {to_prefix}* "
                   f"(state in Redis namespace {namespace!r}, log {log})")  # fmt: skip
     return 0

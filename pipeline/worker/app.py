@@ -39,7 +39,7 @@ from pipeline.worker.emitter import Emitter
 from pipeline.worker.http import HttpServer, KafkaProbe, ProfileLookup, Readiness, build_web_app
 from pipeline.worker.outbox import REDIS_DOWN, Outbox
 from pipeline.worker.processor import Processed, Processor, Tally
-from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS, REJECTED, STATE_CHANGELOG
+from schemas.topics import OUTPUT_TOPICS, REJECTED, STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
 
@@ -229,9 +229,10 @@ def http_service(app: faust.App, settings: Settings, group: GroupState) -> type[
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app, its agent and its timers for these settings (wiring only)."""
     app = faust_app(settings)
-    inputs = app.topic(*(settings.topic(name) for name in INPUT_TOPICS), value_type=bytes)
+    reads = settings.input_topics()
+    inputs = app.topic(*(settings.topic(name) for name in reads), value_type=bytes)
     outputs = {name: settings.output_topic(name) for name in (*OUTPUT_TOPICS, STATE_CHANGELOG)}
-    logical = {settings.topic(name): name for name in INPUT_TOPICS}
+    logical = {settings.topic(name): name for name in reads}
     keys = Keys(settings.state_namespace)
     store = metrics.TimedStore(
         RedisStore.from_url(

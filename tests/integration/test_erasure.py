@@ -8,8 +8,6 @@ of the inputs from the beginning into empty state reproduces Bob and nothing of 
 Cara browses on her tablet and chats there as a lead; Dan chats on his phone. Erasing the tablet
 tombstones its anonymous contacts, leaves Dan's as it was, and refuses the tablet's past events
 when they come again. Requests whose proof is not the workspace's are refused and change nothing.
-
-The tests marked xfail are gaps of the product against SPEC R16, each named in its reason.
 """
 
 from __future__ import annotations
@@ -635,13 +633,6 @@ async def test_a_replay_after_an_erasure_reproduces_the_others_and_no_profile_of
     assert not found, "\n".join(found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a replay into empty state after a user's erasure republishes the lead merged "
-    "into her by a verified e-mail match as a lead with her e-mail and conversation, keeps her "
-    "e-mail, name and conversations in its Redis records, and refuses her signup as erased "
-    "only when it happens to read privacy.erase before it",
-)
 async def test_a_replay_after_an_erasure_keeps_nothing_of_her(
     pipeline: Pipeline, redis_client: aioredis.Redis, replay_name: str, tmp_path: Path
 ) -> None:

@@ -42,3 +42,16 @@ def test_a_malformed_secrets_file_is_a_clear_error(tmp_path: Path, content: byte
     path.write_bytes(content)
     with pytest.raises(SecretsFileError, match=str(path)):
         _ = Settings(secrets_file=path).workspace_secrets
+
+
+def test_a_worker_reads_every_input_unless_told_which(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IDP_INPUTS", raising=False)
+    assert Settings().input_topics() == (
+        "telemetry.page_view", "telemetry.chat_start", "telemetry.signup", "telemetry.login",
+        "telemetry.logout", "privacy.erase",
+    )  # fmt: skip
+    monkeypatch.setenv("IDP_INPUTS", " privacy.erase ,telemetry.login")
+    assert Settings().input_topics() == ("telemetry.login", "privacy.erase")
+    monkeypatch.setenv("IDP_INPUTS", "privacy.erase,identity.profiles")
+    with pytest.raises(ValueError, match="not input topics: identity.profiles"):
+        Settings()
