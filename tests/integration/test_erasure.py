@@ -28,11 +28,13 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
 from pipeline.core import ids
 from pipeline.ops.admin import remove_run
 from schemas.time import parse_timestamp, to_epoch_ms
-from schemas.topics import OUTPUT_TOPICS
+from schemas.topics import OUTPUT_TOPICS, STATE_CHANGELOG
 from tests.integration.conftest import SECRETS, TOKEN_EXP
 from tests.support import events as ev
 from tests.support.kafka import PROJECT_ROOT, OutputLog, Pipeline, read_topics
@@ -116,6 +118,44 @@ def traces(records: dict[bytes, bytes], needles: Iterable[str]) -> list[str]:
 def state_records(records: dict[bytes, bytes]) -> dict[bytes, bytes]:
     """The records without the outbox (outputs in transit, deleted once the broker has them)."""
     return {key: value for key, value in records.items() if b":outbox:" not in key}
+
+
+async def changelog_view(pipeline: Pipeline) -> dict[bytes, bytes]:
+    """The state changelog as compaction leaves it: each key's latest record (tombstones gone)."""
+    topic = pipeline.prefix + STATE_CHANGELOG
+    consumer = AIOKafkaConsumer(bootstrap_servers=pipeline.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    latest: dict[bytes, bytes | None] = {}
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        wanted = {tp: end for tp, end in (await consumer.end_offsets(partitions)).items() if end}
+        if wanted:
+            consumer.assign(list(wanted))
+            await consumer.seek_to_beginning(*wanted)
+        while wanted:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                for record in records:
+                    if record.offset < wanted.get(tp, -1) and record.key is not None:
+                        latest[record.key] = record.value
+                if records and records[-1].offset + 1 >= wanted.get(tp, 0):
+                    wanted.pop(tp, None)
+    finally:
+        await consumer.stop()
+    return {key: value for key, value in latest.items() if value is not None}
+
+
+async def no_traces_in_changelog(pipeline: Pipeline, needles: list[str], timeout: float = 30.0):
+    """Await the changelog's latest records holding none of the needles; the traces left if not.
+
+    The erasure's own records reach the changelog once its batch's outputs are delivered.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = traces(await changelog_view(pipeline), needles)
+        if not found or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.5)
 
 
 async def outbox_cleared(client: aioredis.Redis, namespace: str, timeout: float = 30.0) -> None:
@@ -224,6 +264,11 @@ async def test_erasing_a_user_leaves_others_as_they_were_and_nothing_of_her(
     found = traces(await dump(redis_client, pipeline.namespace),
                    [ANN, ANN_EMAIL, ANN_NAME, "conv-ann-"])  # fmt: skip
     assert not found, "\n".join(found)
+    # Nor in the state changelog, once compacted: each key's latest record holds nothing of hers
+    # (the older ones go within max.compaction.lag.ms, README Privacy).
+    found = await no_traces_in_changelog(pipeline, [ANN, ANN_EMAIL, ANN_NAME, "conv-ann-"])
+    assert not found, "\n".join(found)
+    assert traces(await changelog_view(pipeline), [BOB, "conv-bob-"])  # the search sees state
     # Her session events replayed (a signup, a login, a logout) are refused as erased.
     hers = [events[2], events[6], events[8]]
     for topic, event in hers:
