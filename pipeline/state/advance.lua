@@ -3,6 +3,9 @@
 -- Nothing is written, and -1 returned, when the epoch is gone (Redis lost everything since)
 -- or a marker is below its floor (what the caller last knew of it: Redis lost writes since);
 -- else each marker takes its version unless it holds a greater one, and 1 is returned.
+-- An entry may name the epoch record itself, with its version as the floor and the version:
+-- an epoch written again after a loss has a lower version (pipeline.worker.durability), so
+-- the caller learns that Redis was caught up since it knew the epoch.
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return -1
 end

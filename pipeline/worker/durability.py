@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 
 from pipeline.ops.restore import catch_up, changelog_ends, markers
@@ -30,6 +31,17 @@ from pipeline.state.base import Change, Commit, Keys, Record, Store
 logger = logging.getLogger(__name__)
 
 REFUSED_RETRY_S = 5.0  # how often a worker refusing to process looks again (auto-restore off)
+EPOCH_BASE = 1 << 43  # an epoch's version is this minus the epoch ms it was written at
+
+
+def new_epoch() -> int:
+    """The version of an epoch record written now: lower than any written before it.
+
+    Writing keeps a higher version (`Store.apply`), so of several workers writing the epoch
+    after one loss the first one's stays; and a version below the one a worker knew means the
+    epoch was written again since, after a loss.
+    """
+    return EPOCH_BASE - int(time.time() * 1000)
 
 
 class StateLost(RuntimeError):
@@ -53,6 +65,7 @@ class StateGuard:
         self.total_loss = False  # the epoch was found gone: apply the whole changelog
         self.restores = 0  # catch-ups done; a delivery compares it with its own (`Emitter`)
         self._recovering = asyncio.Lock()  # one catch-up at a time (the agent, deliveries)
+        self.epoch = 0  # the epoch record's version as last read or written (0: not yet)
 
     def marker_keys(self) -> list[str]:
         """The keys a batch reads after its state: the epoch, then the markers."""
@@ -83,12 +96,26 @@ class StateGuard:
             )
         for partition, version in read.items():
             self.known[partition] = max(version, self.known.get(partition, 0))
+        if self.epoch and epoch != self.epoch:
+            # Another worker caught Redis up after a loss this one did not see: its batches in
+            # flight apply their records again before their markers move (`Emitter`).
+            logger.warning(
+                "Redis was caught up with the state changelog by another worker "
+                "(a new epoch): batches in flight apply their records again"
+            )
+            self.restores += 1
+        self.epoch = epoch
 
     async def advance(self, markers: list[Change]) -> bool:
-        """Write the markers unless Redis lost state since this worker read or wrote them."""
+        """Write the markers unless Redis lost state since this worker read or wrote them.
+
+        The epoch is checked as a marker too, its floor the version this worker knows: a lower
+        one was written after a loss (`new_epoch`), by whichever worker caught Redis up.
+        """
         floors = [(c.key, self.known.get(self.keys.marker_partition(c.key) or 0, 0), c.version)
                   for c in markers]  # fmt: skip
-        if not await self.store.advance(self.keys.changelog_epoch(), floors):
+        epoch = self.keys.changelog_epoch()
+        if not await self.store.advance(epoch, [(epoch, self.epoch, self.epoch), *floors]):
             return False  # the next read finds what was lost
         self.confirmed(markers)
         return True
@@ -123,7 +150,9 @@ class StateGuard:
 
     async def _open_epoch(self) -> None:
         """Write the epoch record (if absent): Redis holds the namespace's state from now on."""
-        await self.store.apply([Change(self.keys.changelog_epoch(), 1, b"")])
+        epoch = self.keys.changelog_epoch()
+        await self.store.apply([Change(epoch, new_epoch(), b"")])
+        self.epoch = (await self.store.read([epoch]))[0].version  # another worker's, if first
 
     async def recover(self, since: int | None = None) -> None:
         """Apply the changelog's tail (auto-restore), or wait until someone has; then go on.

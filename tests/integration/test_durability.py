@@ -3,8 +3,8 @@
 Each test runs a worker against a Redis server of its own (started here from the project's
 `redis-server`, on a port and in a folder of its own, so that losing it touches nothing else),
 loses that Redis's state mid-stream, and ends with the final profiles of the in-memory oracle,
-every merge and shutdown announced (duplicates counted): FLUSHALL; SIGKILL with persistence
-off and a restart empty; the data folder deleted while stopped. `idp restore` rebuilds a
+every merge and shutdown announced (duplicates counted): FLUSHALL, under one worker and under
+two; SIGKILL with persistence off and a restart empty; the data folder deleted while stopped. `idp restore` rebuilds a
 namespace from the changelog alone, refuses a non-empty one, and is idempotent.
 """
 
@@ -29,6 +29,7 @@ from pipeline.ops import stack
 from pipeline.ops.admin import ensure_topics, remove_run
 from pipeline.ops.topics import topic_specs
 from pipeline.state.base import Keys
+from schemas.topics import INPUT_TOPICS
 from tests.integration.conftest import KEEP
 from tests.integration.test_faults import SLOW, scenario, settle
 from tests.support.kafka import PROJECT_ROOT, Pipeline
@@ -232,3 +233,37 @@ async def test_a_worker_without_auto_restore_refuses_until_idp_restore(
     done = idp_restore(durable)
     assert done.returncode == 0, done.stderr
     await settle(durable, profiles, merges, logouts, "refused, then idp restore")
+
+
+def assigned(pipe: Pipeline, index: int) -> int:
+    """How many input partitions the worker's latest assignment holds (0: none yet)."""
+    lines = [line for line in pipe.worker_log(index).splitlines() if "input partitions" in line]
+    return int(lines[-1].split("assigned ")[1].split(" ")[0]) if lines else 0
+
+
+async def both_assigned(pipe: Pipeline) -> None:
+    """Await two workers each holding some, not all, of the input partitions."""
+    everything = 4 * len(INPUT_TOPICS)  # the `durable` fixture's topics have 4 partitions
+    await pipe.wait_for(lambda _: all(0 < assigned(pipe, i) < everything for i in (0, 1)),
+                        timeout=60, what="the two workers sharing the partitions")  # fmt: skip
+
+
+# Both workers find the loss and catch up, one while the other commits, or one finds the epoch
+# written again by the other: either way a batch of each committed before the loss and
+# delivered after a catch-up read the changelog's ends applies its own records again.
+async def test_redis_flushed_under_two_workers_loses_no_identity(
+    durable: Pipeline, own_redis: OwnRedis
+) -> None:
+    messages, profiles, merges, logouts = scenario(seed=705)
+    durable.start_worker(SLOW)
+    durable.start_worker(SLOW)
+    await both_assigned(durable)
+    await half_then_progress(durable, messages, profiles)
+    await flush_all(own_redis.url)
+    await durable.send_many(messages[len(messages) // 2 :])
+    await settle(durable, profiles, merges, logouts, "Redis flushed under two workers")
+    # Each caught Redis up, or found it caught up by the other (its batches in flight then
+    # applied their own records again).
+    for index in (0, 1):
+        log = durable.worker_log(index)
+        assert "catching up with the state changelog" in log or "by another worker" in log, log

@@ -9,7 +9,7 @@ import pytest
 from pipeline.ops.restore import Caught
 from pipeline.state.base import Change, Keys
 from pipeline.state.memory import MemoryStore
-from pipeline.worker.durability import GuardedStore, StateGuard, StateLost
+from pipeline.worker.durability import GuardedStore, StateGuard, StateLost, new_epoch
 
 
 def guard() -> StateGuard:
@@ -112,3 +112,21 @@ async def test_a_guarded_read_of_lost_state_raises_instead_of_finding_records_ab
     await g.store.delete([g.keys.changelog_epoch(), contact])  # FLUSHALL
     with pytest.raises(StateLost):
         await store.read([contact])  # never a contact seemingly deleted
+
+
+async def test_an_epoch_written_again_by_another_worker_holds_back_this_ones_markers() -> None:
+    g = guard()
+    epoch, marker = g.keys.changelog_epoch(), g.keys.changelog_marker(0)
+    first = new_epoch()
+    await g.store.apply([Change(epoch, first, b"")])
+    g.check([first, 0, 0])
+    assert await g.advance(g.delivered([(0, 4)]))
+    await g.store.delete([epoch, marker])  # FLUSHALL, then another worker's catch-up:
+    again = new_epoch() - 1  # (within the same millisecond or not, a lower version)
+    await g.store.apply([Change(epoch, again, b""), Change(marker, 9, b"")])
+    # This worker's batch in flight may be missing from what that catch-up applied.
+    assert not await g.advance(g.delivered([(0, 6)]))
+    seen = g.restores
+    g.check([again, 9, 0])  # a read finds the new epoch: a catch-up this worker did not make
+    assert g.restores == seen + 1 and g.epoch == again
+    assert await g.advance(g.delivered([(0, 6)]))
