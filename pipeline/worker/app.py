@@ -271,8 +271,13 @@ def create_app(settings: Settings) -> faust.App:
 
     # A sweep reads the outbox indexes of the configured workspaces; what none lists (an earlier
     # release's records, a workspace removed since) waits for the SCAN of at most once a day.
-    outbox = Outbox(store, keys, send, changelog_ttl_s=ttl_s if guard else None,
-                    workspaces=sorted(settings.workspaces))  # fmt: skip
+    # With a changelog its reads are checked too, so a sweep never re-sends a profile (or a
+    # changelog record) read from a Redis that lost it: it catches Redis up first.
+    outbox = Outbox(GuardedStore(store, guard) if guard else store, keys, send,
+                    changelog_ttl_s=ttl_s if guard else None,
+                    workspaces=sorted(settings.workspaces),
+                    recover=(lambda: catch_up(first=False)) if guard else None)  # fmt: skip
+    started = asyncio.Event()  # Redis compared with the changelog (and caught up) at start
 
     async def catch_up(first: bool) -> None:
         """Bring Redis up to the changelog before deciding (retrying while a server is away)."""
@@ -322,6 +327,7 @@ def create_app(settings: Settings) -> faust.App:
 
         if guard is not None:
             await catch_up(first=True)
+        started.set()
         emitter = Emitter(send, outbox, ack=stream.ack, forget=processor.forget,
                           in_background=in_background, guard=guard)  # fmt: skip
         takes = stream.take_events(settings.batch_size, within=settings.batch_within_s)
@@ -368,17 +374,21 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def drain_at_start() -> None:
         # A worker that died left its undelivered outputs; a live worker's batch in flight
-        # is rarely a second old (if it is, it is sent twice: duplicates are harmless).
+        # is rarely a second old (if it is, it is sent twice: duplicates are harmless). They
+        # are sent as Redis holds them now: once it is caught up with the changelog.
+        await started.wait()
         await outbox.sweep(1.0)
 
     @app.timer(interval=OUTBOX_SWEEP_INTERVAL_S)
     async def sweep_outbox() -> None:
+        await started.wait()
         await outbox.sweep(OUTBOX_SWEEP_S)
 
     async def sweep_after_rebalance() -> None:
         # Partitions of a worker that died may come with its undelivered outputs; once they
         # are old enough not to be a live worker's batch in flight, send them.
         await asyncio.sleep(OUTBOX_SWEEP_S)
+        await started.wait()
         await outbox.sweep(OUTBOX_SWEEP_S)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type] # mode's signal typing

@@ -73,7 +73,9 @@ class Emitter:
         # markers, so that a profile Redis lost (FLUSHALL) is never sent as deleted.
         self.current = outbox
         if guard is not None:
-            self.current = Outbox(GuardedStore(outbox.store, guard), outbox.keys, outbox.send)
+            store = outbox.store
+            guarded = store if isinstance(store, GuardedStore) else GuardedStore(store, guard)
+            self.current = Outbox(guarded, outbox.keys, outbox.send)
         self.ack = ack
         self.forget = forget
         self.in_background = in_background

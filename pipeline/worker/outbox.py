@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from pipeline.state.base import Change, Keys, Store
 from pipeline.state.changelog import encode
 from pipeline.worker import metrics
+from pipeline.worker.durability import StateLost
 from pipeline.worker.processor import outbox_records, outbox_state
 from schemas.topics import PROFILES, STATE_CHANGELOG
 
@@ -56,8 +57,10 @@ class Outbox:
         changelog_ttl_s: int | None = None,
         workspaces: Sequence[str] = (),
         rescan_s: int = RESCAN_S,
+        recover: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.store = store
+        self.store = store  # with a changelog, a `GuardedStore`: reads of lost state raise
+        self.recover = recover  # catches Redis up with the changelog after such a read
         self.keys = keys
         self.send = send
         self.changelog_ttl_s = changelog_ttl_s  # see `Processor`: None, no changelog
@@ -69,11 +72,18 @@ class Outbox:
 
         Younger ones may belong to a live worker's batch in flight.
         """
-        try:
-            return await self.drain(min_age_s)
-        except REDIS_DOWN as exc:
-            logger.warning("outbox sweep skipped: Redis unavailable (%s)", exc)
-            return 0
+        while True:
+            try:
+                return await self.drain(min_age_s)
+            except REDIS_DOWN as exc:
+                logger.warning("outbox sweep skipped: Redis unavailable (%s)", exc)
+                return 0
+            except StateLost as exc:
+                # Profiles read absent from a Redis that lost them would go out as tombstones.
+                if self.recover is None:
+                    raise
+                logger.error("%s; catching up with the state changelog before the sweep", exc)
+                await self.recover()
 
     async def redeliver(self, entries: Sequence[str], *, first_delay_s: float = 0.5) -> None:
         """Send these records again until the broker and Redis take them (a refused delivery).
@@ -87,6 +97,11 @@ class Outbox:
             try:
                 await self.drain(0.0, entries=entries)
                 return
+            except StateLost as exc:
+                logger.error("%s; catching up with the state changelog before re-sending", exc)
+                if self.recover is not None:
+                    await self.recover()
+                    delay = first_delay_s
             except Exception as exc:  # the broker or Redis is still away
                 logger.warning("outbox re-send failed (%s); retrying in %.1fs", exc, delay)
                 delay = min(delay * 2, 5.0)

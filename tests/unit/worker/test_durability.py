@@ -10,6 +10,7 @@ from pipeline.ops.restore import Caught
 from pipeline.state.base import Change, Keys
 from pipeline.state.memory import MemoryStore
 from pipeline.worker.durability import GuardedStore, StateGuard, StateLost, new_epoch
+from pipeline.worker.outbox import Outbox
 
 
 def guard() -> StateGuard:
@@ -130,3 +131,31 @@ async def test_an_epoch_written_again_by_another_worker_holds_back_this_ones_mar
     g.check([again, 9, 0])  # a read finds the new epoch: a catch-up this worker did not make
     assert g.restores == seen + 1 and g.epoch == again
     assert await g.advance(g.delivered([(0, 6)]))
+
+
+async def test_an_outbox_sweep_that_finds_state_lost_catches_up_before_it_sends() -> None:
+    g = guard()
+    store = GuardedStore(g.store, g)
+    contact = g.keys.of("ws", "contact", "c1")
+    await g.store.apply([Change(g.keys.changelog_epoch(), 1, b""), Change(contact, 3, b"{}")])
+    await store.read([contact])  # the epoch is known
+    await g.store.delete([g.keys.changelog_epoch(), contact])  # FLUSHALL
+    caught: list[int] = []
+
+    async def recover() -> None:  # the changelog applied: the epoch and the contact are back
+        caught.append(1)
+        await g.store.apply([Change(g.keys.changelog_epoch(), 1, b""), Change(contact, 3, b"{}")])
+
+    sent: list[tuple] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes | None) -> asyncio.Future:
+        sent.append((topic, key, value))
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    outbox = Outbox(store, g.keys, send, workspaces=["ws"], recover=recover)
+    assert await outbox.sweep(0.0) == 0  # nothing undelivered, and no error
+    assert caught == [1]  # caught up once, before reading on
+    assert (await store.read([contact]))[0].version == 3
+    assert not sent
