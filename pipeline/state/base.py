@@ -58,6 +58,15 @@ class Commit:
 class Store(Protocol):
     """Versioned records; every key of one commit belongs to one workspace."""
 
+    @property
+    def topology(self) -> int:
+        """How often slots moved to other masters so far (a Redis Cluster's failovers); 0 else.
+
+        A promoted replica may lack its old master's last writes, which no marker in another
+        slot shows: the worker applies the whole changelog when this moves (`GuardedStore`).
+        """
+        ...
+
     async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
         """The current record of each key, in one round trip; `discard` is deleted meanwhile.
 

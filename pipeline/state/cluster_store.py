@@ -80,6 +80,7 @@ class ClusterRedisStore(RedisStore):
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._refresh = True  # load the slot map before the first call
+        self._topology = 0  # slots found served by another master than before (`topology`)
         # Every node ever seen: redis-py forgets its startup nodes when a refresh fails (a
         # master just died), and the node of the URL may be the one that is down.
         self._known: set[tuple[str, int]] = {
@@ -175,6 +176,7 @@ class ClusterRedisStore(RedisStore):
                     replies[index] = reply
                     if isinstance(reply, MovedError):
                         await client.nodes_manager.move_slot(reply)
+                        self._topology += 1
                         pending.append(index)
                     elif isinstance(reply, AskError):
                         asking[index] = _node_at(client, reply.host, reply.port)
@@ -243,11 +245,22 @@ class ClusterRedisStore(RedisStore):
             raw = raw[1::2]  # the reply of each command, not of its ASKING
         return raw
 
+    @property
+    def topology(self) -> int:
+        """See `Store.topology`: counted when a refreshed slot map or a MOVED shows it."""
+        return self._topology
+
+    def _owners(self) -> dict[int, str]:
+        """Slot -> the name of the master serving it, as the client knows it now."""
+        cache = self._cluster.nodes_manager.slots_cache
+        return {slot: nodes[0].name for slot, nodes in cache.items() if nodes}
+
     async def _refresh_slots(self, *, unless_loaded: bool = False) -> None:
         """Load the slot map from any node that answers (first use, a failover, a MOVED)."""
         client = self._cluster
         if unless_loaded and not client._initialize:  # redis-py's "must load" flag
             return
+        before = self._owners()
         known = sorted(self._known)
         try:
             if client._initialize:
@@ -258,6 +271,9 @@ class ClusterRedisStore(RedisStore):
             message = f"no node of the cluster could tell who serves the slots ({exc})"
             raise ClusterUnavailable(message) from exc
         self._known |= {(n.host, int(n.port)) for n in client.nodes_manager.nodes_cache.values()}
+        after = self._owners()
+        if before and any(after.get(slot) != owner for slot, owner in before.items()):
+            self._topology += 1
 
     async def _commands(self, commands: list[tuple]) -> list:
         """Each command on the master of its key's slot, all masters at once; their replies.

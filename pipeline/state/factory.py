@@ -79,6 +79,11 @@ class _Undetected:
             self._store = _build(self._url, cluster=cluster, options=self._options)
         return self._store
 
+    @property
+    def topology(self) -> int:
+        """See `Store.topology`."""
+        return 0 if self._store is None else self._store.topology
+
     async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
         """See `Store.read`."""
         return await (await self._resolved()).read(keys, discard=discard)

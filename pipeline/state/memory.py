@@ -16,6 +16,8 @@ class MemoryStore:
     (key -> when it expires) are kept apart, as Redis keeps them in keys of other types.
     """
 
+    topology = 0  # see `Store.topology`
+
     def __init__(self) -> None:
         self.records: dict[str, Record] = {}
         self.indexes: dict[str, dict[str, float]] = {}

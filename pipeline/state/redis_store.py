@@ -97,6 +97,11 @@ class RedisStore:
 
     one_slot_per_call = False  # a script's keys may span slots (a standalone server)
 
+    @property
+    def topology(self) -> int:
+        """See `Store.topology`: one server, whose slots never move."""
+        return 0
+
     def __init__(self, client: aioredis.Redis, *, marker_ttl_s: int) -> None:
         self._client = client
         self._marker_ttl_s = marker_ttl_s

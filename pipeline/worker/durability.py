@@ -66,6 +66,7 @@ class StateGuard:
         self.restores = 0  # catch-ups done; a delivery compares it with its own (`Emitter`)
         self._recovering = asyncio.Lock()  # one catch-up at a time (the agent, deliveries)
         self.epoch = 0  # the epoch record's version as last read or written (0: not yet)
+        self.topology: int | None = None  # the store's `topology` at the last read
 
     def marker_keys(self) -> list[str]:
         """The keys a batch reads after its state: the epoch, then the markers."""
@@ -105,6 +106,20 @@ class StateGuard:
             )
             self.restores += 1
         self.epoch = epoch
+
+    def moved(self, topology: int) -> None:
+        """Raise `StateLost` if slots moved to other masters since the last read (a failover).
+
+        The replica promoted may lack its old master's last writes, and the markers, in the
+        namespace's slot, on another master, do not show it: the whole changelog is applied.
+        """
+        if self.topology is None or topology == self.topology:
+            self.topology = topology
+            return
+        self.topology = topology
+        self.total_loss = True
+        raise StateLost("Redis Cluster slots moved to other masters (a failover): a promoted "
+                        "replica may lack its last writes")  # fmt: skip
 
     async def advance(self, markers: list[Change]) -> bool:
         """Write the markers unless Redis lost state since this worker read or wrote them.
@@ -223,8 +238,14 @@ class GuardedStore:
             return await self.inner.read(keys, discard=discard)
         floor = dict(self.guard.known)
         records = await self.inner.read([*keys, *markers], discard=discard)
+        self.guard.moved(self.inner.topology)
         self.guard.check((record.version for record in records[len(keys) :]), floor)
         return records[: len(keys)]
+
+    @property
+    def topology(self) -> int:
+        """See `Store.topology`."""
+        return self.inner.topology
 
     async def commit(self, commits: Sequence[Commit]) -> list[bool]:
         """See `Store.commit`."""

@@ -122,6 +122,11 @@ class TimedStore:
         self._read = REDIS_SECONDS.labels("read")
         self._commit = REDIS_SECONDS.labels("commit")
 
+    @property
+    def topology(self) -> int:
+        """See `Store.topology`."""
+        return self._store.topology
+
     async def read(self, keys: Sequence[str], *, discard: Sequence[str] = ()) -> list[Record]:
         """See `Store.read`."""
         started = time.perf_counter()

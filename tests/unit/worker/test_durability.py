@@ -159,3 +159,30 @@ async def test_an_outbox_sweep_that_finds_state_lost_catches_up_before_it_sends(
     assert caught == [1]  # caught up once, before reading on
     assert (await store.read([contact]))[0].version == 3
     assert not sent
+
+
+class FailingOver(MemoryStore):
+    """A store whose slots can move to other masters, as a Redis Cluster's on a failover."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failovers = 0
+
+    @property
+    def topology(self) -> int:
+        return self.failovers
+
+
+async def test_slots_moved_to_other_masters_are_a_loss_of_everything_since() -> None:
+    inner = FailingOver()
+    g = StateGuard(inner, Keys("t"), "127.0.0.1:1", "t.state.changelog", auto_restore=True)
+    g.partitions = [0, 1]
+    store = GuardedStore(inner, g)
+    contact = g.keys.of("ws", "contact", "c1")
+    await inner.apply([Change(g.keys.changelog_epoch(), 1, b""), Change(contact, 3, b"{}")])
+    assert (await store.read([contact]))[0].version == 3
+    inner.failovers += 1  # a master died and its replica took over: the markers look the same
+    with pytest.raises(StateLost, match="failover"):
+        await store.read([contact])
+    assert g.total_loss  # the whole changelog is applied, not its tail from the markers
+    assert (await store.read([contact]))[0].version == 3  # once: the next read goes on
