@@ -118,8 +118,10 @@ class StateGuard:
             return
         self.topology = topology
         self.total_loss = True
-        raise StateLost("Redis Cluster slots moved to other masters (a failover): a promoted "
-                        "replica may lack its last writes")  # fmt: skip
+        reason = ("Redis Cluster slots moved to other masters (a failover): a promoted replica "
+                  "may lack its last writes")  # fmt: skip
+        logger.error("%s; the whole state changelog is applied before anything is decided", reason)
+        raise StateLost(reason)
 
     async def advance(self, markers: list[Change]) -> bool:
         """Write the markers unless Redis lost state since this worker read or wrote them.

@@ -10,7 +10,10 @@ in-memory oracle's and every merge and shutdown must be announced (duplicates ar
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from pipeline.ops import stack
-from pipeline.ops.admin import ensure_topics, remove_keys, topics_visible
+from pipeline.ops.admin import ensure_topics, remove_keys, remove_run, topics_visible
 from pipeline.ops.topics import TopicSpec, topic_specs
 from pipeline.state.base import Commit, Keys, Record, Store
 from pipeline.state.cluster_store import ClusterRedisStore
@@ -30,7 +33,7 @@ from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 from tests.integration.conftest import KEEP
 from tests.integration.test_faults import report
 from tests.integration.test_faults import scenario as fault_free
-from tests.support.kafka import OutputLog, Pipeline, read_topics
+from tests.support.kafka import PROJECT_ROOT, OutputLog, Pipeline, read_topics
 
 pytestmark = pytest.mark.integration
 
@@ -311,3 +314,53 @@ async def test_a_worker_killed_mid_stream(pipeline: Pipeline) -> None:
     victim.send_signal(signal.SIGKILL)
     await settle(pipeline, profiles, merges, logouts, "cluster, a worker killed")
     assert all(worker.poll() is None for worker in survivors)
+
+
+def idp(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=PROJECT_ROOT,
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+
+
+async def state_of(store: Store, namespace: str) -> dict[str, Record]:
+    """Every record of the namespace on every master, the outbox and the markers aside."""
+    keys = [k for k in await store.scan(f"{namespace}:*")
+            if not k.startswith((f"{namespace}:outbox:", f"{namespace}:changelog:"))]  # fmt: skip
+    return dict(zip(keys, await store.read(keys), strict=True))
+
+
+async def test_inspect_restore_and_replay_run_on_the_cluster(
+    cluster: Cluster, pipeline: Pipeline, store: Store, tmp_path: Path
+) -> None:
+    messages, profiles, merges, logouts = scenario(seed=15)
+    worker = pipeline.start_worker(SLOW)
+    await pipeline.send_many(messages)
+    await settle(pipeline, profiles, merges, logouts, "cluster, before inspect, restore, replay")
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(timeout=60)
+    user = next(p for p in profiles.values() if p["type"] == "user")
+    shown = await asyncio.to_thread(idp, pipeline.env, "inspect", user["workspace_id"],
+                                    user["user_id"])  # fmt: skip
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert user["contact_id"] in shown.stdout
+    # The state changelog alone rebuilds the namespace, every record in its version.
+    copy, name = f"{pipeline.namespace}-restored", uuid.uuid4().hex[:8]
+    try:
+        done = await asyncio.to_thread(idp, pipeline.env, "restore", "--from-empty",
+                                       "--namespace", copy)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        live = await state_of(store, pipeline.namespace)
+        restored = await state_of(store, copy)
+        assert live and {k.removeprefix(copy): r for k, r in restored.items()} == {
+            k.removeprefix(pipeline.namespace): r for k, r in live.items()
+        }
+        # A replay from the beginning, into its own namespace and topics, reaches the same.
+        replayed = await asyncio.to_thread(idp, {**pipeline.env, "IDP_RUN_DIR": str(tmp_path)},
+                                           "replay", name, "--timeout", "180")  # fmt: skip
+        assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+        to = f"replay.{name}."
+        out = await read_topics(cluster.bootstrap, [to + t for t in OUTPUT_TOPICS], to)
+        assert out.latest_profiles() == profiles
+    finally:
+        await remove_keys(cluster.redis_url, copy)
+        await remove_run(cluster.bootstrap, cluster.redis_url, f"replay.{name}.", f"replay-{name}")
