@@ -260,9 +260,7 @@ def _erase_user(
     claims = tuple(c for c in user.emails if c.at >= at)
     emails: dict[str, EmailEntry | None] = {}
     for email, entry in entries.items():
-        verified = {u: first for u, first in entry.verified.items() if u != user_id}
-        unverified = tuple(u for u in entry.unverified if u != user_id)
-        kept = EmailEntry(verified, unverified, entry.leads)
+        kept = _without_user(entry, user_id)
         for claim in claims:
             if claim.email == email:
                 kept = kept.with_claim(user_id, claim)
