@@ -19,6 +19,9 @@ from schemas.time import from_epoch_ms
 
 POSSIBLE_DUPLICATE = "possible_duplicate"
 SHARED_IDENTIFIER = "shared_identifier"
+TRUNCATED = "truncated"
+DEFAULT_LIST_LIMIT = 1000  # IDP_PROFILE_LIST_LIMIT (R15)
+LIMITED_LISTS = ("anonymous_ids", "merged_contact_ids", "conversation_ids", "possible_duplicates")
 
 
 # Derived anew at every decision and never mutated; not frozen, as in `timeline`, to be cheap.
@@ -30,12 +33,42 @@ class Lead:
     timeline: Timeline
 
 
-def _conversations(chats: Iterable[ChatFact]) -> list[str]:
-    seen: dict[str, None] = {}
+def _conversations(chats: Iterable[ChatFact]) -> dict[str, int]:
+    """Conversation ids in the order they started -> the time of their latest chat."""
+    seen: dict[str, int] = {}
     for chat in sorted(chats):
         if chat.conversation_id:  # a content-free chat (R16) is none
-            seen.setdefault(chat.conversation_id, None)
-    return list(seen)
+            seen[chat.conversation_id] = chat.at
+    return seen
+
+
+def _bounded(profile: Profile, times: Mapping[str, Mapping[str, int]], limit: int) -> Profile:
+    """R15: each list keeps its `limit` most recent entries (by `times`, then by value).
+
+    A list that had to drop entries is counted in `totals`, and the profile is flagged
+    `truncated`; the kept entries keep their order. `email_matched_contact_ids`, a subset of
+    `merged_contact_ids`, keeps the ones that list keeps.
+    """
+    lists: dict[str, list[str]] = {}
+    totals: dict[str, int] = {}
+    for name in LIMITED_LISTS:
+        entries: list[str] = getattr(profile, name)
+        if len(entries) <= limit:
+            continue
+        when = times.get(name, {})
+        kept = set(sorted(entries, key=lambda e: (when.get(e, 0), e))[-limit:])
+        lists[name] = [e for e in entries if e in kept]
+        totals[name] = len(entries)
+    if not lists:
+        return profile
+    if "merged_contact_ids" in lists:
+        merged = set(lists["merged_contact_ids"])
+        lists["email_matched_contact_ids"] = [
+            c for c in profile.email_matched_contact_ids if c in merged
+        ]
+    update: dict[str, object] = {**lists, "totals": totals}
+    update["flags"] = sorted({*profile.flags, TRUNCATED})
+    return profile.model_copy(update=update)
 
 
 def visitor_created_ms(lead: Lead) -> int:
@@ -56,7 +89,13 @@ def visitor_updated_ms(lead: Lead) -> int:
     return max(times)
 
 
-def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEntry]) -> Profile:
+def visitor_profile(
+    workspace_id: str,
+    lead: Lead,
+    emails: Mapping[str, EmailEntry],
+    *,
+    limit: int = DEFAULT_LIST_LIMIT,
+) -> Profile:
     """The profile of a visitor, or a lead once it has chatted (R5)."""
     segment = lead.segment
     # A content-free chat (what an erasure leaves of a lead matched into the erased user, R16)
@@ -67,7 +106,9 @@ def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEnt
     name = next((c.name for c in reversed(chats) if c.name), None)
     city = next((c.city for c in chats if c.city), None)
     into = segment.merge.into_contact_id if segment.merge else None
-    duplicates: set[str] = set()
+    # A possible duplicate's time is its verification; an unverified claim has none kept, so
+    # it ranks as the oldest (R15).
+    duplicates: dict[str, int] = {}
     for chat in chats:
         entry = emails.get(chat.email or "")
         if entry is None:
@@ -75,10 +116,13 @@ def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEnt
         if len(entry.verified) > 1 or not entry.admits(lead.timeline.anonymous_id):
             # Several users verified it (R7), or the e-mail has matched as many devices' leads
             # as it may (R15): do not merge, flag.
-            duplicates.update(ids.user_contact_id(workspace_id, u) for u in entry.verified)
-        duplicates.update(ids.user_contact_id(workspace_id, u) for u in entry.unverified)
-    duplicates.discard(into or "")
-    return Profile(
+            for u, (at, _) in entry.verified.items():
+                duplicates[ids.user_contact_id(workspace_id, u)] = at
+        for u in entry.unverified:
+            duplicates.setdefault(ids.user_contact_id(workspace_id, u), 0)
+    duplicates.pop(into or "", None)
+    conversations = _conversations(chats)
+    profile = Profile(
         contact_id=segment.contact_id,
         workspace_id=workspace_id,
         type="lead" if is_lead else "visitor",
@@ -88,13 +132,15 @@ def visitor_profile(workspace_id: str, lead: Lead, emails: Mapping[str, EmailEnt
         pseudonym=ids.pseudonym(segment.contact_id, city) if is_lead else None,
         anonymous_ids=[lead.timeline.anonymous_id],
         merged_contact_ids=[],  # given, not defaulted: pydantic deep-copies a mutable default
-        conversation_ids=_conversations(chats),
+        conversation_ids=list(conversations),
         possible_duplicates=sorted(duplicates),
         flags=[POSSIBLE_DUPLICATE] if duplicates else [],
         created_at=from_epoch_ms(visitor_created_ms(lead)),
         updated_at=from_epoch_ms(visitor_updated_ms(lead)),
         merged_into=into,
     )
+    times = {"conversation_ids": conversations, "possible_duplicates": duplicates}
+    return _bounded(profile, times, limit)
 
 
 @dataclass(slots=True, unsafe_hash=True)
@@ -138,7 +184,9 @@ def first_link(view: UserView) -> tuple[int, str] | None:
     return min(starts) if starts else None
 
 
-def user_profile(workspace_id: str, view: UserView) -> Profile | None:
+def user_profile(
+    workspace_id: str, view: UserView, *, limit: int = DEFAULT_LIST_LIMIT
+) -> Profile | None:
     """The profile of a user (R6-R8); None before any verified login or signup."""
     sessions = user_segments(view)
     if not sessions:
@@ -149,8 +197,9 @@ def user_profile(workspace_id: str, view: UserView) -> Profile | None:
     chats += [c for lead in merged for c in lead.segment.chats]
     verified = [c for c in view.user.emails if c.verified]
     claim = max(verified) if verified else max(view.user.emails, default=None)
-    duplicates: set[str] = set()
-    merged_ids = {lead.segment.contact_id for lead in merged}
+    duplicates: dict[str, int] = {}  # contact_id -> its latest fact
+    merged_at = {lead.segment.contact_id: visitor_updated_ms(lead) for lead in merged}
+    merged_ids = set(merged_at)
     for lead in view.email_leads:
         segment = lead.segment
         lead_emails = {c.email for c in segment.chats}
@@ -159,14 +208,19 @@ def user_profile(workspace_id: str, view: UserView) -> Profile | None:
             ambiguous = entry is not None and len(entry.verified) > 1
             if own.email in lead_emails and (not own.verified or ambiguous):
                 if segment.contact_id not in merged_ids and lead.timeline.exists(segment):
-                    duplicates.add(segment.contact_id)
+                    duplicates[segment.contact_id] = visitor_updated_ms(lead)
     created = [s.start_ms or 0 for s, _ in sessions]
     created += [visitor_created_ms(lead) for lead in merged]
     updated = [*created, *(c.at for c in chats), *(c.at for c in view.user.emails)]
     updated += [visitor_updated_ms(lead) for lead in merged]
     if view.user.name is not None:
         updated.append(view.user.name[0])
-    return Profile(
+    devices: dict[str, int] = {}  # anonymous_id -> the start of the user's latest session there
+    for segment, timeline in sessions:
+        start = segment.start_ms or 0
+        devices[timeline.anonymous_id] = max(start, devices.get(timeline.anonymous_id, start))
+    conversations = _conversations(chats)
+    profile = Profile(
         contact_id=contact_id,
         workspace_id=workspace_id,
         type="user",
@@ -174,17 +228,20 @@ def user_profile(workspace_id: str, view: UserView) -> Profile | None:
         email=claim.email if claim else None,
         email_verified=bool(claim and claim.verified),
         name=view.user.name[2] if view.user.name else None,
-        anonymous_ids=sorted({t.anonymous_id for _, t in sessions}),
+        anonymous_ids=sorted(devices),
         merged_contact_ids=sorted(merged_ids),
         email_matched_contact_ids=sorted(
             lead.segment.contact_id
             for lead in merged
             if lead.segment.merge is not None and lead.segment.merge.reason == "email_match"
         ),
-        conversation_ids=_conversations(chats),
+        conversation_ids=list(conversations),
         possible_duplicates=sorted(duplicates),
         flags=sorted({POSSIBLE_DUPLICATE} if duplicates else set())
         + ([SHARED_IDENTIFIER] if view.refused else []),
         created_at=from_epoch_ms(min(created)),
         updated_at=from_epoch_ms(max(updated)),
     )
+    times = {"anonymous_ids": devices, "merged_contact_ids": merged_at,
+             "conversation_ids": conversations, "possible_duplicates": duplicates}  # fmt: skip
+    return _bounded(profile, times, limit)

@@ -51,7 +51,14 @@ from pipeline.core.model import (
     Unchanged,
     View,
 )
-from pipeline.core.profiles import Lead, UserView, first_link, user_profile, visitor_profile
+from pipeline.core.profiles import (
+    DEFAULT_LIST_LIMIT,
+    Lead,
+    UserView,
+    first_link,
+    user_profile,
+    visitor_profile,
+)
 from pipeline.core.timeline import Merge, Timeline, derive
 from pipeline.core.verify import TokenPolicy
 from schemas import InputEvent, Merged, PageView, Profile, Shutdown
@@ -75,6 +82,8 @@ class CoreConfig:
     session_lateness_ms: int = 300_000
     # R17: workspace id -> its identity-token policy (absent: tokens optional, any lifetime).
     policies: Mapping[str, TokenPolicy] = field(default_factory=dict)
+    # R15: the entries each list of a profile keeps, the most recent by event time.
+    profile_list_limit: int = DEFAULT_LIST_LIMIT
 
 
 _NOT_LOADED = object()
@@ -649,12 +658,15 @@ class _Resolver:
                 lead = Lead(segment, timeline)
                 emails = {c.email: self.email(c.email, new=True)
                           for c in segment.chats if c.email}  # fmt: skip
-                profiles[segment.contact_id] = visitor_profile(self.view.workspace_id, lead, emails)
+                profiles[segment.contact_id] = visitor_profile(
+                    self.view.workspace_id, lead, emails, limit=self.config.profile_list_limit
+                )
         for timeline in old_timelines.values():
             for segment in timeline.visitors():
                 profiles.setdefault(segment.contact_id, None)  # vanished: a tombstone
         for user_view in user_views.values():
-            profile = user_profile(self.view.workspace_id, user_view)
+            profile = user_profile(self.view.workspace_id, user_view,
+                                   limit=self.config.profile_list_limit)  # fmt: skip
             contact_id = ids.user_contact_id(self.view.workspace_id, user_view.user_id)
             # None: the user has no linked session (left): a late first use of its token
             # elsewhere (R17) took its only link; a published profile then gets a tombstone.

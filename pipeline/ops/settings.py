@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # R14: how far before its Kafka record's timestamp an event may be stamped.
     allowed_lateness_s: int = Field(86_400, ge=0, validation_alias="IDP_ALLOWED_LATENESS_S")
     session_lateness_s: int = Field(300, ge=0, validation_alias="IDP_SESSION_LATENESS_S")
+    # R15: the entries each list of a profile keeps, the most recent by event time.
+    profile_list_limit: int = Field(1000, ge=1, validation_alias="IDP_PROFILE_LIST_LIMIT")
     # The timestamp type the project creates its input topics with (see the README, Security).
     input_timestamp_type: Literal["CreateTime", "LogAppendTime"] = Field(
         "CreateTime", validation_alias="IDP_INPUT_TIMESTAMP_TYPE"

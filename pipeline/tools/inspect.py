@@ -207,7 +207,8 @@ async def load(
         wait_replicas=settings.redis_wait_replicas,
     )
     config = CoreConfig(shared_device_limit=settings.shared_device_limit,
-                        shared_window_ms=settings.shared_window_s * 1000)  # fmt: skip
+                        shared_window_ms=settings.shared_window_s * 1000,
+                        profile_list_limit=settings.profile_list_limit)  # fmt: skip
     facts = Facts(workspace_id, config=config)
 
     def known(table: str, key: str) -> bool:

@@ -64,6 +64,7 @@ def core_config(settings: Settings) -> CoreConfig:
         shared_window_ms=settings.shared_window_s * 1000,
         allowed_lateness_ms=settings.allowed_lateness_s * 1000,
         session_lateness_ms=settings.session_lateness_s * 1000,
+        profile_list_limit=settings.profile_list_limit,
         policies={
             ws: TokenPolicy(entry.require_token, entry.max_token_lifetime_s)
             for ws, entry in workspaces.items()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -80,6 +81,16 @@ def test_any_delivery_order_gives_the_same_final_profiles(data: st.DataObject) -
     events = data.draw(journeys())
     shuffled = data.draw(st.permutations(events))
     assert final_profiles(shuffled) == final_profiles(events)
+
+
+@LAW
+@given(st.data())
+def test_truncated_lists_are_the_same_in_any_delivery_order(data: st.DataObject) -> None:
+    """R15 with a limit of one: which entries a list keeps does not depend on arrival order."""
+    events = data.draw(journeys())
+    shuffled = data.draw(st.permutations(events))
+    limited = replace(CONFIG, profile_list_limit=1)
+    assert final_profiles(shuffled, config=limited) == final_profiles(events, config=limited)
 
 
 @LAW
