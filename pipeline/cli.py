@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from pipeline.ops import stack
 from pipeline.ops.settings import SecretsFileError, Settings
+from pipeline.state.base import Keys
+from pipeline.state.format import UnreadableState
 from schemas.time import format_timestamp
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,22 @@ def _run_once(coroutine: Coroutine[object, object, None]) -> None:
         loop.close()
 
 
+async def _check_state_format(settings: Settings, namespace: str | None = None) -> None:
+    """Raise `UnreadableState` unless this release reads the namespace's state (recording it)."""
+    from pipeline.state.factory import open_store
+    from pipeline.state.format import ensure_format
+
+    keys = Keys(namespace or settings.state_namespace)
+    store = open_store(settings.redis_url, marker_ttl_s=settings.dedup_ttl_days * 86400,
+                       wait_replicas=settings.redis_wait_replicas)  # fmt: skip
+    try:
+        found = await ensure_format(store, keys)
+    finally:
+        await store.close()
+    if found.recorded:
+        logger.info("namespace %r: state format %d recorded", keys.namespace, found.format)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the Faust worker in the foreground."""
     import faust
@@ -143,6 +161,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "unknown_workspace"
         )  # a log line: JSON too with IDP_LOG_FORMAT=json
     _await_servers(settings, kafka=True, redis=True, wait_s=STARTUP_WAIT_S)
+    try:
+        _run_once(_check_state_format(settings))
+    except UnreadableState as exc:
+        print(f"idp worker: {exc}", file=sys.stderr)
+        return 2
     _run_once(prepare_topics(settings))  # created or awaited before Faust subscribes
     app = create_app(settings)
     freeze_heap()
@@ -295,7 +318,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _await_servers(settings, kafka=False, redis=True, wait_s=0)
     try:
+        asyncio.run(_check_state_format(settings))
         found = asyncio.run(load(settings, args.workspace_id, args.identifier))
+    except UnreadableState as exc:
+        print(f"idp inspect: {exc}", file=sys.stderr)
+        return 2
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise Unreachable(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
     if found is None:
@@ -374,6 +401,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     _await_servers(settings, kafka=True, redis=True, wait_s=0)
     namespace = args.namespace or settings.state_namespace
     topic = restore.changelog_topic(settings, args.prefix)
+    try:
+        asyncio.run(_check_state_format(settings, namespace))
+    except UnreadableState as exc:
+        print(f"idp restore: {exc}", file=sys.stderr)
+        return 2
     return asyncio.run(restore.run(settings, namespace=namespace, topic=topic, whole=args.force,
                                    empty=args.from_empty))  # fmt: skip
 

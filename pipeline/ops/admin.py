@@ -196,10 +196,15 @@ async def remove_run(bootstrap: str, redis_url: str, prefix: str, namespace: str
 
 
 async def remove_keys(redis_url: str, namespace: str) -> None:
-    """Delete the Redis keys of a state namespace (on every master of a Redis Cluster)."""
+    """Delete the Redis keys of a state namespace (on every master of a Redis Cluster).
+
+    Its state format record and outbox scan flag go too: the namespace is then as new.
+    """
     store = open_store(redis_url, marker_ttl_s=1)
+    named = Keys(namespace)
     try:
-        keys = await store.scan(Keys(namespace).everything())
+        keys = await store.scan(named.everything())
+        keys += [named.state_format(), named.outbox_scan_marker()]
         for start in range(0, len(keys), 1000):
             await store.delete(keys[start : start + 1000])
     finally:

@@ -226,6 +226,14 @@ class Keys:
         """
         return f"outbox-scan{{{self._ns}}}"
 
+    def state_format(self) -> str:
+        """The record naming the format of the namespace's state (`pipeline.state.format`).
+
+        `state-format{<ns>}` has no `:`, like the outbox's scan flag: never a record, never on
+        the changelog, not counted by `idp restore --from-empty`.
+        """
+        return f"state-format{{{self._ns}}}"
+
     def changelog_epoch(self) -> str:
         """The record that exists while Redis holds the namespace's state (`StateGuard`)."""
         return f"{self._ns}:changelog:{{{self._ns}}}:epoch"

@@ -1,0 +1,71 @@
+"""The format of a namespace's state in Redis, recorded beside it.
+
+Each namespace holds one small record, `Keys.state_format()`, naming the format its records are
+written in and the release that first wrote them. A worker (and `idp restore`, `idp inspect`)
+reads it before touching state:
+
+* absent: the namespace is empty, or holds state of a release that recorded no format, which
+  is format 1 (the record layouts of `pipeline.core.facts` have not changed since); it is read
+  as it is and the record is written;
+* `FORMAT`: read as it is;
+* anything else (a later release's state, or a record that is not one): refused, with a
+  message naming both formats. Nothing is written then, so a rollback to the release that
+  wrote the state keeps working.
+
+The changelog's records carry a format of their own (`pipeline.state.changelog`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import orjson
+
+from pipeline.state.base import Commit, Keys, Store
+
+FORMAT = 1  # the layouts of pipeline.core.facts, keyed as `Keys.of` says
+RELEASE = f"identity-pipeline {version('identity-pipeline')}"
+
+
+class UnreadableState(RuntimeError):
+    """The namespace's state is in a format this release cannot read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """The namespace's recorded format, and whether this call recorded it."""
+
+    format: int
+    written_by: str
+    recorded: bool = False
+
+
+def _record(written_by: str) -> bytes:
+    return orjson.dumps({"format": FORMAT, "written_by": written_by})
+
+
+async def ensure_format(store: Store, keys: Keys) -> Found:
+    """Check the namespace's state format, recording it when absent; raise `UnreadableState`."""
+    key = keys.state_format()
+    (record,) = await store.read([key])
+    if record.data is None:
+        stamp = Commit(checks={key: record.version}, writes={key: _record(RELEASE)})
+        if await store.commit([stamp]) == [True]:
+            return Found(FORMAT, RELEASE, recorded=True)
+        return await ensure_format(store, keys)  # another worker recorded it meanwhile
+    try:
+        fields = orjson.loads(record.data)
+        found, written_by = int(fields["format"]), str(fields.get("written_by", "unknown"))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise UnreadableState(
+            f"namespace {keys.namespace!r} has a state format record {key!r} this release "
+            f"cannot read ({record.data[:80]!r}); it reads format {FORMAT}"
+        ) from None
+    if found != FORMAT:
+        raise UnreadableState(
+            f"namespace {keys.namespace!r} holds state in format {found} (written by "
+            f"{written_by}); {RELEASE} reads format {FORMAT} only: run "
+            f"the release that wrote it, or point IDP_STATE_NAMESPACE at another namespace"
+        )
+    return Found(found, written_by)
