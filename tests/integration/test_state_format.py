@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-
 from collections.abc import AsyncIterator
 
 import orjson
@@ -101,9 +100,7 @@ async def test_state_in_another_format_is_refused_and_left_alone(
     assert await store.scan(keys.everything()) == []
 
 
-async def test_a_format_record_that_is_not_one_is_refused(
-    pipeline: Pipeline, store: Store
-) -> None:
+async def test_a_format_record_that_is_not_one_is_refused(pipeline: Pipeline, store: Store) -> None:
     keys = Keys(pipeline.namespace)
     await put(store, keys.state_format(), b"\x00garbage")
     result = await run_worker(pipeline)
