@@ -591,20 +591,23 @@ def stop_cluster_broker(index: int, *, kill: bool = False) -> bool:
     return _stop(pid_file, f"Kafka node {index + 1}", timeout=30)
 
 
-def start_kafka_cluster(brokers: int = 3) -> str:
-    """Start the local Kafka cluster unless it runs already; return a one-line status."""
+def start_kafka_cluster(brokers: int = 3, *, timeout: float = 120) -> str:
+    """Start the local Kafka cluster unless it runs already; return a one-line status.
+
+    `timeout` bounds the wait for each node to answer, and then for each to see all the others.
+    """
     if brokers < 1:
         raise StackError("--brokers must be at least 1")
     for index in range(brokers):
         start_cluster_broker(index, brokers)
     for index in range(brokers):
-        wait_cluster_broker(index)
+        wait_cluster_broker(index, timeout=timeout)
     from pipeline.ops.admin import live_brokers  # late import: aiokafka is heavy
 
     # Topics created before every broker has registered would get fewer replicas.
     for index in range(brokers):
         broker = f"{CLUSTER_HOST}:{CLUSTER_KAFKA_PORT + index}"
-        wait_until(lambda b=broker: live_brokers(b) == brokers, timeout=60,  # type: ignore[misc]
+        wait_until(lambda b=broker: live_brokers(b) == brokers, timeout=timeout,  # type: ignore[misc]
                    what=f"{broker} to see {brokers} brokers")  # fmt: skip
     return f"kafka cluster: {brokers} KRaft nodes on {cluster_bootstrap(brokers)}"
 

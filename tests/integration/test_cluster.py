@@ -21,10 +21,16 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaError
 from redis.asyncio.cluster import RedisCluster
 
 from pipeline.ops import stack
-from pipeline.ops.admin import ensure_topics, remove_keys, remove_run, topics_visible
+from pipeline.ops.admin import (
+    ensure_topics,
+    missing_topics,
+    remove_keys,
+    remove_run,
+)
 from pipeline.ops.topics import TopicSpec, topic_specs
 from pipeline.state.base import Commit, Keys, Record, Store
 from pipeline.state.cluster_store import ClusterRedisStore
@@ -54,18 +60,26 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Three Redis masters with a replica each and three brokers, for the whole module."""
-    home = tmp_path_factory.mktemp("cluster")
+    """Three Redis masters with a replica each and three brokers, for the whole module.
+
+    Four JVMs and six Redis servers starting on two loaded cores can miss a deadline: a start
+    that fails is stopped and made once more in a fresh folder before the module fails.
+    """
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stack, "cluster_dir", lambda: home)
         patch.setattr(stack, "CLUSTER_KAFKA_PORT", KAFKA_PORT)
         patch.setattr(stack, "CLUSTER_REDIS_PORT", REDIS_PORT)
-        try:
-            stack.start_redis_cluster(MASTERS)
-            stack.start_kafka_cluster(BROKERS)
-        except stack.StackError as exc:
-            stack.stop_cluster()
-            pytest.fail(f"the cluster did not start: {exc}", pytrace=False)
+        for attempt in (1, 2):
+            home = tmp_path_factory.mktemp("cluster")
+            patch.setattr(stack, "cluster_dir", lambda home=home: home)
+            try:
+                stack.start_redis_cluster(MASTERS)
+                stack.start_kafka_cluster(BROKERS, timeout=180)
+                break
+            except stack.StackError as exc:
+                stack.stop_cluster()
+                if attempt == 2:
+                    pytest.fail(f"the cluster did not start: {exc}", pytrace=False)
+                print(f"the cluster did not start, trying once more: {exc}")
         try:
             yield Cluster(
                 stack.cluster_bootstrap(BROKERS),
@@ -140,14 +154,35 @@ async def pipeline(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Pipeline]:
     specs += [TopicSpec(prefix + name, 4, {}) for name in (*INPUT_TOPICS, *OUTPUT_TOPICS)
               if prefix + name not in named]  # fmt: skip
     await ensure_topics(cluster.bootstrap, specs)
-    await topics_visible(cluster.bootstrap, [spec.name for spec in specs])
+    await topics_led_everywhere(cluster.bootstrap, [spec.name for spec in specs])
     pipe = Pipeline(bootstrap=cluster.bootstrap, redis_url=cluster.redis_url, prefix=prefix,
                     app_id=f"idp-{run}", namespace=f"c{run}", secrets_file=secrets_file,
                     log_dir=tmp_path)  # fmt: skip
-    await pipe.start()
+    await pipe.start(timeout=120)
     yield pipe
     await pipe.close()
     await remove_keys(cluster.redis_url, f"c{run}")
+
+
+async def topics_led_everywhere(bootstrap: str, names: list[str], timeout: float = 120) -> None:
+    """Wait until every broker's metadata gives every partition of `names` a leader.
+
+    A broker that learns of new topics late answers the readers' first requests with
+    "unknown topic": the workers and the test's reader start only once all of them know.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    for broker in bootstrap.split(","):
+        while True:
+            try:
+                missing = await asyncio.wait_for(missing_topics(broker, names), 15)
+            except (KafkaError, OSError, TimeoutError):
+                missing = names
+            if not missing:
+                break
+            if loop.time() > deadline:
+                raise AssertionError(f"{broker} has no leader for {missing[:3]} after {timeout}s")
+            await asyncio.sleep(0.2)
 
 
 async def settle(pipe: Pipeline, profiles: dict, merges: set, logouts: set, name: str) -> None:

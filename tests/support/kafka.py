@@ -84,23 +84,33 @@ class Pipeline:
             "IDP_PARTITIONS": "4",
         }
 
-    async def start(self) -> None:
+    async def start(self, *, timeout: float = 30.0) -> None:
+        """Start the producer and the reader of the output topics, within `timeout` seconds.
+
+        A topic created moments ago may not be in every broker's metadata yet, and on a loaded
+        machine a consumer's start can stall on such a broker: each attempt is bounded, and a
+        stalled or refused one is abandoned and made again until `timeout`.
+        """
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
-        await self._producer.start()
+        await asyncio.wait_for(self._producer.start(), timeout)
         topics = [self.prefix + name for name in OUTPUT_TOPICS]
-        deadline = time.monotonic() + 30
-        while True:  # a topic created moments ago may not be in every broker's metadata yet
+        deadline = time.monotonic() + timeout
+        while True:
             self._consumer = AIOKafkaConsumer(
                 *topics, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
                 enable_auto_commit=False, group_id=None, metadata_max_age_ms=1000,
+                request_timeout_ms=10000,
             )  # fmt: skip
             try:
-                await self._consumer.start()
+                await asyncio.wait_for(self._consumer.start(), max(5.0, timeout / 3))
                 break
-            except UnknownTopicOrPartitionError:
-                await self._consumer.stop()
+            except (UnknownTopicOrPartitionError, TimeoutError) as exc:
+                try:
+                    await asyncio.wait_for(self._consumer.stop(), 10)
+                except TimeoutError:
+                    pass  # abandoned: its connections close with the loop
                 if time.monotonic() > deadline:
-                    raise
+                    raise TimeoutError(f"the output topics' reader did not start: {exc!r}") from exc
                 await asyncio.sleep(0.2)
         self._reader = asyncio.create_task(self._read())
 
