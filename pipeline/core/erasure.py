@@ -146,6 +146,24 @@ def erased_segment(segment: Segment) -> bool:
     return segment.merge is not None and is_placeholder(segment.merge.user_id)
 
 
+def lands_matched(resolver: _Resolver, anonymous_id: str, trial: Device, event_id: str) -> bool:
+    """Whether chat `event_id` of `trial` lies where R7 merges it into an erased user.
+
+    That is in a visitor merged into her, or in a session of hers: what `_match_leads` asks of
+    the chats an erasure finds.
+    """
+    before = resolver.new_devices
+    resolver.new_devices = {**before, anonymous_id: trial}
+    resolver.forget_timelines()
+    try:
+        segments = resolver.timeline(anonymous_id, new=True).segments
+        return any(erased_segment(s) for s in segments if any(c.event_id == event_id
+                                                               for c in s.chats))  # fmt: skip
+    finally:
+        resolver.new_devices = before
+        resolver.forget_timelines()
+
+
 def user_erased_at(resolver: _Resolver, user_id: str) -> int | None:
     """When the user was last erased, if ever: from its record, or else from its marker.
 

@@ -59,7 +59,7 @@ from pipeline.core.profiles import (
     user_profile,
     visitor_profile,
 )
-from pipeline.core.timeline import Merge, Timeline, derive
+from pipeline.core.timeline import Merge, Segment, Timeline, derive
 from pipeline.core.verify import TokenPolicy
 from schemas import InputEvent, Merged, PageView, Profile, Shutdown
 from schemas.time import from_epoch_ms
@@ -296,10 +296,13 @@ def _facts(
             if marker is not None and marker.verified is not None and at < marker.at:
                 if not resolver.old_email(email).verified:
                     # A lead typing an erased user's verified e-mail before her erasure: matched
-                    # into her marker, content-free, as the erasure left such leads (R16).
+                    # into her marker, content-free, as the erasure left such leads (R16). A chat
+                    # in someone's session (or a lead that became someone else first) is no
+                    # such lead: it is kept as it is, as the erasure keeps it when it comes after.
                     mark = erasure.matched_as(digest, marker.verified)
-                    chat = ChatFact(at, event.event_id, "", mark)
-                    return _Change(_changed(anonymous_id, device, device.with_chat(chat)), {}, {})
+                    matched = device.with_chat(ChatFact(at, event.event_id, "", mark))
+                    if erasure.lands_matched(resolver, anonymous_id, matched, event.event_id):
+                        return _Change(_changed(anonymous_id, device, matched), {}, {})
 
             entry = resolver.old_email(email)
             emails = _changed(email, entry, entry.with_lead(at, event.event_id, anonymous_id))
@@ -371,6 +374,32 @@ def _facts(
 
 def _changed(key: str, old: object, new: object) -> dict:
     return {} if old == new else {key: new}
+
+
+def _moved_segments(
+    old: Mapping[str, Timeline], new: Mapping[str, Timeline], emails: set[str]
+) -> tuple[set[Segment], set[Segment]]:
+    """The segments of `old` that `new` no longer has, and those `new` has that `old` had not.
+
+    A profile is a function of its segments, their timeline's `first_activity` (whether a
+    device's first visitor exists) and, for a lead, the e-mail records of its chats: a device
+    whose first activity moved counts all its segments, and a segment with a chat carrying a
+    changed e-mail counts as new.
+    """
+    gone: set[Segment] = set()
+    came: set[Segment] = set()
+    for anonymous_id, after in new.items():
+        before = old[anonymous_id]
+        if before.first_activity != after.first_activity:
+            gone.update(before.segments)
+            came.update(after.segments)
+        elif before.segments != after.segments:
+            was, now = set(before.segments), set(after.segments)
+            gone |= was - now
+            came |= now - was
+        if emails:
+            came.update(s for s in after.segments if any(c.email in emails for c in s.chats))
+    return gone, came
 
 
 # Rounds of loading that a device's timeline needs at most: the device, its users, a shared
@@ -591,10 +620,11 @@ class _Resolver:
         touched_users = set(change.users)
         # A link can move the guard's verdicts (R4) on the user's other devices, even when the
         # user's record does not change (a second login from a device it already has).
+        # Only the users whose own link facts changed: a user's verdicts depend on its links.
         linkers = {
             fact.user_id
             for anonymous_id, device in change.devices.items()
-            for fact in (*device.sessions, *self.device(anonymous_id, new=False).sessions)
+            for fact in set(device.sessions) ^ set(self.device(anonymous_id, new=False).sessions)
             if fact.kind != "logout" and not placeholder(fact.user_id)
         }
         for user_id in sorted(linkers):
@@ -615,7 +645,15 @@ class _Resolver:
             # Timelines derived without a record they depend on (a token's uses, another
             # device of a shared user) are not to be compared, nor kept: ask for it first.
             return self.need()
-        if not (change.users or change.emails or change.tokens) and new_timelines == old_timelines:
+        # A refused link moves no segment, yet flags its user (R4): such a user is touched.
+        flagged = {u for u in sorted(linkers)
+                   if self.refused(u, new=False) != self.refused(u, new=True)}  # fmt: skip
+        if self.missing:
+            return self.need()
+        if (
+            not (change.users or change.emails or change.tokens or flagged)
+            and new_timelines == old_timelines
+        ):
             # The new facts move no segment of any device they can affect and touch no user
             # or e-mail record (a repeated login of the user already linked there, say):
             # every profile, merge and shutdown is derived from the same inputs as before, so
@@ -625,9 +663,13 @@ class _Resolver:
                 devices=self.new_devices,
                 reads=frozenset(self.reads),
             )
-        for timeline in (*old_timelines.values(), *new_timelines.values()):
-            touched_users |= timeline.users()
-            touched_users |= {s.merge.user_id for s in timeline.segments if s.merge}
+        # Only the segments that differ can change a profile (R15: a device's thousandth session
+        # re-derives the contacts of that session, not of the 999 before it).
+        gone, came = _moved_segments(old_timelines, new_timelines, set(change.emails))
+        for segment in (*gone, *came):
+            touched_users |= {segment.user_id} if segment.user_id else set()
+            touched_users |= {segment.merge.user_id} if segment.merge else set()
+        touched_users |= flagged
         # A user's profile also depends on leads that carry one of its e-mails (duplicates,
         # e-mail matches): a change on a device touches the users of its chats' e-mails.
         for device_id in scope:  # not `anonymous_id`: that names the event's device below
@@ -638,11 +680,9 @@ class _Resolver:
                         touched_users.update(entry.verified, entry.unverified)
         touched_users = {u for u in touched_users if not placeholder(u)}
         workspace_id = self.view.workspace_id
-        self.want_published(
-            s.contact_id
-            for timeline in (*old_timelines.values(), *new_timelines.values())
-            for s in timeline.visitors()
-        )
+        visitors = [(s, t) for t in new_timelines.values() for s in t.visitors() if s in came]
+        vanished = [s for t in old_timelines.values() for s in t.visitors() if s in gone]
+        self.want_published([s.contact_id for s, _ in visitors] + [s.contact_id for s in vanished])
         self.want_published(ids.user_contact_id(workspace_id, u) for u in touched_users)
         if self.missing:
             return self.need()
@@ -651,19 +691,17 @@ class _Resolver:
             return self.need()
 
         profiles: dict[str, Profile | None] = {}
-        for timeline in new_timelines.values():
-            for segment in timeline.visitors():
-                if erasure.erased_segment(segment):
-                    continue  # merged into an erased user: removed (a tombstone below)
-                lead = Lead(segment, timeline)
-                emails = {c.email: self.email(c.email, new=True)
-                          for c in segment.chats if c.email}  # fmt: skip
-                profiles[segment.contact_id] = visitor_profile(
-                    self.view.workspace_id, lead, emails, limit=self.config.profile_list_limit
-                )
-        for timeline in old_timelines.values():
-            for segment in timeline.visitors():
-                profiles.setdefault(segment.contact_id, None)  # vanished: a tombstone
+        for segment, timeline in visitors:
+            if erasure.erased_segment(segment):
+                continue  # merged into an erased user: removed (a tombstone below)
+            lead = Lead(segment, timeline)
+            emails = {c.email: self.email(c.email, new=True)
+                      for c in segment.chats if c.email}  # fmt: skip
+            profiles[segment.contact_id] = visitor_profile(
+                self.view.workspace_id, lead, emails, limit=self.config.profile_list_limit
+            )
+        for segment in vanished:
+            profiles.setdefault(segment.contact_id, None)  # vanished: a tombstone
         for user_view in user_views.values():
             profile = user_profile(self.view.workspace_id, user_view,
                                    limit=self.config.profile_list_limit)  # fmt: skip
