@@ -638,7 +638,11 @@ class _Resolver:
         for email in change.emails:
             entry, old = self.email(email, new=True), self.email(email, new=False)
             scope.update(entry.lead_devices, old.lead_devices)
-            touched_users.update(entry.verified, entry.unverified, old.verified, old.unverified)
+            if entry.leads != old.leads or entry.verified != old.verified:
+                # Which leads its users see, or whether it is theirs alone (R7): all of them.
+                touched_users.update(entry.verified, entry.unverified, old.verified, old.unverified)
+            else:  # a claim added or removed: that claimant's profile only (R15)
+                touched_users.update(set(entry.unverified) ^ set(old.unverified))
         old_timelines = {a: self.timeline(a, new=False) for a in sorted(scope)}
         new_timelines = {a: self.timeline(a, new=True) for a in sorted(scope)}
         if self.missing:
@@ -671,11 +675,11 @@ class _Resolver:
             touched_users |= {segment.merge.user_id} if segment.merge else set()
         touched_users |= flagged
         # A user's profile also depends on leads that carry one of its e-mails (duplicates,
-        # e-mail matches): a change on a device touches the users of its chats' e-mails.
-        for device_id in scope:  # not `anonymous_id`: that names the event's device below
-            for new in (False, True):
-                for chat in self.device(device_id, new=new).chats:
-                    if chat.email is not None and not placeholder(chat.email):
+        # e-mail matches): a moved segment touches the users of its chats' e-mails.
+        for segment in (*gone, *came):
+            for chat in segment.chats:
+                if chat.email is not None and not placeholder(chat.email):
+                    for new in (False, True):
                         entry = self.email(chat.email, new=new)
                         touched_users.update(entry.verified, entry.unverified)
         touched_users = {u for u in touched_users if not placeholder(u)}
