@@ -291,6 +291,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     try:
+        if args.history:
+            from pipeline.tools import history
+
+            sizes = tuple(int(size) for size in args.sizes.split(","))
+            asyncio.run(history.run(settings, sizes=sizes, shapes=tuple(args.shapes.split(",")),
+                                    budget_s=args.budget_s))  # fmt: skip
+            return 0
         asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
                               seed=args.seed, load=args.load, passes=args.passes))  # fmt: skip
     except KeyboardInterrupt:
@@ -463,6 +470,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_parser.add_argument(
         "--passes", type=int, default=3, help="throughput passes of each process (best counts)"
+    )
+    bench_parser.add_argument(
+        "--history",
+        action="store_true",
+        help="instead: the cost per event as one history grows (R15)",
+    )
+    bench_parser.add_argument(
+        "--sizes", default="10,100,1000,10000", help="--history: the history sizes measured"
+    )
+    bench_parser.add_argument(
+        "--shapes",
+        default="library,laptop,devices,email",
+        help="--history: the shapes of history measured",
+    )
+    bench_parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=300.0,
+        help="--history: how long each shape's history may take to grow",
     )
     bench_parser.set_defaults(func=cmd_bench)
     bare_parser = sub.add_parser("bench-bare")  # internal to `idp bench`: no help, not listed

@@ -1,0 +1,287 @@
+"""`idp bench --history`: what one event costs as the history it touches grows (R15).
+
+Four shapes of history, each on topics, a Redis namespace and a worker of its own:
+
+* `library`: one shared computer, a new user each session (log in, browse, log out);
+* `laptop`: one user on one device, logging in and out every session;
+* `devices`: one user on a new device each session (within R4: 3 h apart, 8 a day);
+* `email`: one e-mail claimed (unverified) by a new user's signup on a new device each time.
+
+For each history size N (10, 100, 1,000, 10,000 sessions), the history is grown to N and the
+worker's cost per event is measured on the last sessions (at most `PROBE` of them): the CPU
+seconds of the worker process over those events, less what the idle worker burns in the same
+time (measured just before), divided by their number. The largest stored record (the data of
+the namespace's largest key) is read after each size. Sessions are 3 h apart in event time,
+and every record is produced with its event's timestamp (R14).
+
+A shape stops when growing its history takes longer than its budget: the sizes not reached
+are reported as such, with the cost at the last size measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.ops.admin import ensure_topics, remove_keys, remove_run
+from pipeline.ops.processes import cpu_seconds, spawn, stop
+from pipeline.ops.settings import Settings
+from pipeline.ops.topics import topic_specs
+from pipeline.state.base import Keys
+from pipeline.tools.bench import environment, produce
+from pipeline.tools.journey import Record, user_hash
+from schemas.time import format_timestamp
+from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
+
+SIZES = (10, 100, 1_000, 10_000)
+PROBE = 50  # sessions whose events are measured at each size
+BUDGET_S = 300.0  # per shape: growing its history may take this long
+SECRETS = {"history": "history-secret-0123456789abcdef012345"}
+WS = "history"
+START = datetime(2024, 1, 1, tzinfo=UTC)
+SPACING = timedelta(hours=3)  # between sessions: 8 devices a day stays within R4's 10
+
+
+def _event(topic: str, at: datetime, anonymous_id: str, n: int, **fields: object) -> Record:
+    value = {"event_id": f"h-{topic}-{anonymous_id}-{n}", "workspace_id": WS,
+             "anonymous_id": anonymous_id, "timestamp": format_timestamp(at), **fields}  # fmt: skip
+    return Record(topic, anonymous_id, value)
+
+
+def _proof(user_id: str) -> dict[str, str]:
+    return {"user_id": user_id, "user_hash": user_hash(SECRETS[WS], user_id)}
+
+
+def library(n: int) -> list[Record]:
+    """Session `n` of the library computer: a new reader logs in, browses and logs out."""
+    at, user = START + n * SPACING, f"reader-{n}"
+    return [_event(LOGIN, at, "library", n, **_proof(user)),
+            _event(PAGE_VIEW, at + timedelta(minutes=1), "library", n, url="https://lib/"),
+            _event(LOGOUT, at + timedelta(minutes=30), "library", n, user_id=user)]  # fmt: skip
+
+
+def laptop(n: int) -> list[Record]:
+    """Session `n` of the laptop: its owner logs in, browses and logs out."""
+    at = START + n * SPACING
+    return [_event(LOGIN, at, "laptop", n, **_proof("owner")),
+            _event(PAGE_VIEW, at + timedelta(minutes=1), "laptop", n, url="https://app/"),
+            _event(LOGOUT, at + timedelta(minutes=30), "laptop", n, user_id="owner")]  # fmt: skip
+
+
+def devices(n: int) -> list[Record]:
+    """Session `n` of the traveller: a new device browses, and the same user logs in on it."""
+    at, device = START + n * SPACING, f"browser-{n}"
+    return [
+        _event(PAGE_VIEW, at, device, n, url="https://app/"),
+        _event(LOGIN, at + timedelta(minutes=1), device, n, **_proof("traveller")),
+    ]
+
+
+def email(n: int) -> list[Record]:
+    """Claim `n` of the shared e-mail: a new device's chat carries it, then its user signs up."""
+    at, device = START + n * SPACING, f"signup-{n}"
+    return [_event(CHAT_START, at, device, n, conversation_id=f"conv-{n}", email="shared@x.io"),
+            _event(SIGNUP, at + timedelta(minutes=1), device, n, email="shared@x.io",
+                   **_proof(f"claimant-{n}"))]  # fmt: skip
+
+
+SHAPES: dict[str, tuple[str, Callable[[int], list[Record]]]] = {
+    "library": ("one library computer, a new user each session", library),
+    "laptop": ("one user, one device, log in and out", laptop),
+    "devices": ("one user, a new device each session", devices),
+    "email": ("one e-mail, claimed by a new user each time", email),
+}
+
+
+@dataclass
+class Point:
+    """One history size of one shape."""
+
+    size: int
+    ms_per_event: float | None = None  # None: not reached within the budget
+    largest_record: int = 0  # bytes of the largest state record's data
+    largest_kind: str = "-"  # its kind (`dev`, `user`, `email`, `contact`, ...)
+    largest_outbox: int = 0  # bytes of the largest outbox record's data
+
+
+@dataclass
+class Shape:
+    """The points measured of one shape."""
+
+    name: str
+    points: list[Point] = field(default_factory=list)
+
+    def ratio(self) -> float | None:
+        """Cost per event at the largest size reached over the cost at the first."""
+        done = [p for p in self.points if p.ms_per_event is not None]
+        if len(done) < 2 or not done[0].ms_per_event:
+            return None
+        return (done[-1].ms_per_event or 0) / done[0].ms_per_event
+
+
+async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
+    """Records the group committed, over all its partitions."""
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except KafkaError:
+        return 0
+    return sum(max(meta.offset, 0) for meta in offsets.values())
+
+
+async def until_processed(
+    admin: AIOKafkaAdminClient, group: str, total: int, worker: subprocess.Popen, deadline: float
+) -> bool:
+    """Wait until the group committed `total` records; False at the deadline."""
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}")
+        if await committed(admin, group) >= total:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def largest_records(url: str, namespace: str) -> tuple[tuple[int, str], tuple[int, str]]:
+    """(bytes, kind) of the largest state record's data and of the largest outbox record's.
+
+    State records are the facts and published profiles (`Keys.of`); an outbox record holds a
+    committed batch's outputs until they are delivered (`HSTRLEN key d`).
+    """
+    layout = Keys(namespace)
+    outbox = layout.outbox_prefix().encode()
+    client = aioredis.Redis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=layout.everything(), count=1000)]
+        state, box = (0, "-"), (0, "outbox")
+        for start in range(0, len(keys), 1000):
+            chunk = keys[start : start + 1000]
+            pipe = client.pipeline(transaction=False)
+            for key in chunk:
+                pipe.hstrlen(key, "d")
+            sizes = await pipe.execute(raise_on_error=False)
+            for key, size in zip(chunk, sizes, strict=True):
+                if not isinstance(size, int):
+                    continue  # not a record (an outbox index)
+                if key.startswith(outbox):
+                    box = max(box, (size, "outbox"))
+                    continue
+                parts = layout.parse(key.decode())
+                state = max(state, (size, parts.kind if parts is not None else "other"))
+        return state, box
+    finally:
+        await client.aclose()
+
+
+async def run_shape(
+    settings: Settings, name: str, sizes: tuple[int, ...], budget_s: float, console: Console
+) -> Shape:
+    """Grow one shape's history through the sizes, measuring each; remove what it made."""
+    _, unit = SHAPES[name]
+    run_id = uuid.uuid4().hex[:8]
+    prefix, namespace, group = f"hist{run_id}.", f"hist{run_id}", f"hist-{run_id}"
+    bootstrap = settings.kafka_bootstrap_servers
+    workdir = Path(tempfile.mkdtemp(prefix="idp-history-"))
+    secrets_file = workdir / "secrets.json"
+    secrets_file.write_bytes(orjson.dumps(SECRETS))
+    # Records keep their old event times: no retention by time on these topics.
+    await ensure_topics(bootstrap, topic_specs(prefix, settings.partitions, retention_ms=-1))
+    env = environment(settings, prefix, namespace, secrets_file, IDP_APP_ID=group)
+    worker = spawn("worker", env, workdir / "worker.log")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    shape = Shape(name)
+    sent = produced = 0
+    try:
+        # Started, joined and warm: one event of another device, processed.
+        await produce(bootstrap, prefix, [_event(PAGE_VIEW, START, "warm-up", 0, url="/")])
+        produced = 1
+        if not await until_processed(admin, group, produced, worker, time.monotonic() + 120):
+            raise RuntimeError(f"the worker did not start within 120 s ({workdir / 'worker.log'})")
+        deadline = time.monotonic() + budget_s
+        for size in sizes:
+            probe_from = max(sent, size - PROBE)
+            grow = [r for n in range(sent, probe_from) for r in unit(n)]
+            if grow:
+                await produce(bootstrap, prefix, grow)
+                produced += len(grow)
+            if not await until_processed(admin, group, produced, worker, deadline):
+                shape.points += [Point(s) for s in sizes if s >= size]
+                console.print(f"{name}: history of {size} not reached within {budget_s:.0f}s")
+                break
+            probe = [r for n in range(probe_from, size) for r in unit(n)]
+            idle_from = cpu_seconds(worker.pid), time.monotonic()
+            await asyncio.sleep(1.0)
+            idle = (cpu_seconds(worker.pid) - idle_from[0]) / (time.monotonic() - idle_from[1])
+            busy_from = cpu_seconds(worker.pid), time.monotonic()
+            await produce(bootstrap, prefix, probe)
+            produced += len(probe)
+            if not await until_processed(admin, group, produced, worker, deadline + budget_s):
+                shape.points += [Point(s) for s in sizes if s >= size]
+                console.print(f"{name}: the probe at {size} did not finish")
+                break
+            cpu = cpu_seconds(worker.pid) - busy_from[0]
+            wall = time.monotonic() - busy_from[1]
+            cost = max(cpu - idle * wall, 0.0) / len(probe) * 1000
+            sent = size
+            (largest, kind), (box, _) = await largest_records(settings.redis_url, namespace)
+            shape.points.append(Point(size, cost, largest, kind, box))
+            console.print(f"{name}: history {size}: {cost:.2f} ms per event; largest state "
+                          f"record {largest:,} B ({kind}), outbox record {box:,} B")  # fmt: skip
+    finally:
+        await admin.close()
+        stop(worker)
+        await remove_run(bootstrap, settings.redis_url, prefix, namespace)
+        await remove_keys(settings.redis_url, namespace)
+    return shape
+
+
+async def run(
+    settings: Settings,
+    *,
+    sizes: tuple[int, ...] = SIZES,
+    shapes: tuple[str, ...] = tuple(SHAPES),
+    budget_s: float = BUDGET_S,
+) -> list[Shape]:
+    """Every shape in turn; prints one table and returns the figures."""
+    console = Console(width=160)
+    results = [await run_shape(settings, name, sizes, budget_s, console) for name in shapes]
+    table = Table(title="cost per event as history grows (worker CPU ms per event)")
+    table.add_column("shape")
+    for size in sizes:
+        table.add_column(f"N={size:,}", justify="right")
+    table.add_column("largest state record", justify="right")
+    table.add_column("largest outbox record", justify="right")
+    table.add_column(f"N={sizes[-1]:,} / N={sizes[0]:,}", justify="right")
+    for shape in results:
+        cells = [f"{p.ms_per_event:.2f}" if p.ms_per_event is not None else "not reached"
+                 for p in shape.points]  # fmt: skip
+        largest = max(((p.largest_record, p.largest_kind) for p in shape.points),
+                      default=(0, "-"))  # fmt: skip
+        box = max((p.largest_outbox for p in shape.points), default=0)
+        ratio = shape.ratio()
+        last = shape.points[-1] if shape.points else None
+        reached = last is not None and last.ms_per_event is not None
+        table.add_row(shape.name, *cells, f"{largest[0]:,} B ({largest[1]})",
+                      f"{box:,} B",
+                      f"{ratio:.1f}x" if ratio is not None and reached else
+                      (f"> {ratio:.1f}x" if ratio is not None else "-"))  # fmt: skip
+    console.print(table)
+    for name in shapes:
+        console.print(f"{name}: {SHAPES[name][0]}")
+    console.print(f"target (R15): at most 2x, no record over 65,536 B; each shape's history "
+                  f"grown within {budget_s:.0f}s")  # fmt: skip
+    return results
