@@ -111,11 +111,13 @@ def visitor_profile(
     duplicates: dict[str, int] = {}
     for chat in chats:
         entry = emails.get(chat.email or "")
-        if entry is None:
+        if entry is None or not entry.admits(lead.timeline.anonymous_id):
+            # None of the e-mail's kept leads (R15): neither merged nor flagged, as the
+            # e-mail's users do not list it (a claim or verification made after it would
+            # otherwise have to reach every device that ever typed the e-mail).
             continue
-        if len(entry.verified) > 1 or not entry.admits(lead.timeline.anonymous_id):
-            # Several users verified it (R7), or the e-mail has matched as many devices' leads
-            # as it may (R15): do not merge, flag.
+        if len(entry.verified) > 1:
+            # Several users verified it (R7): do not merge, flag.
             for u, (at, _) in entry.verified.items():
                 duplicates[ids.user_contact_id(workspace_id, u)] = at
         for u in entry.unverified:

@@ -377,29 +377,22 @@ def _changed(key: str, old: object, new: object) -> dict:
 
 
 def _moved_segments(
-    old: Mapping[str, Timeline], new: Mapping[str, Timeline], emails: set[str]
-) -> tuple[set[Segment], set[Segment]]:
-    """The segments of `old` that `new` no longer has, and those `new` has that `old` had not.
+    old: Mapping[str, Timeline], new: Mapping[str, Timeline]
+) -> dict[str, tuple[set[Segment], set[Segment]]]:
+    """Per device: the segments of `old` that `new` no longer has, and those it has anew.
 
-    A profile is a function of its segments, their timeline's `first_activity` (whether a
-    device's first visitor exists) and, for a lead, the e-mail records of its chats: a device
-    whose first activity moved counts all its segments, and a segment with a chat carrying a
-    changed e-mail counts as new.
+    A profile is a function of its segments and their timeline's `first_activity` (whether a
+    device's first visitor exists): a device whose first activity moved counts all of them.
     """
-    gone: set[Segment] = set()
-    came: set[Segment] = set()
+    moved: dict[str, tuple[set[Segment], set[Segment]]] = {}
     for anonymous_id, after in new.items():
         before = old[anonymous_id]
         if before.first_activity != after.first_activity:
-            gone.update(before.segments)
-            came.update(after.segments)
+            moved[anonymous_id] = set(before.segments), set(after.segments)
         elif before.segments != after.segments:
             was, now = set(before.segments), set(after.segments)
-            gone |= was - now
-            came |= now - was
-        if emails:
-            came.update(s for s in after.segments if any(c.email in emails for c in s.chats))
-    return gone, came
+            moved[anonymous_id] = was - now, now - was
+    return moved
 
 
 # Rounds of loading that a device's timeline needs at most: the device, its users, a shared
@@ -453,6 +446,8 @@ class _Resolver:
         self.new_emails: dict[str, EmailEntry | None] = {}
         self.new_tokens: dict[str, TokenUses | None] = {}
         self._timelines: dict[tuple[str, bool], Timeline] = {}
+        # (user_id, new) -> the new records they were worked out from, and the verdicts.
+        self._refused: dict[tuple[str, bool], tuple[Mapping, Mapping, frozenset[str]]] = {}
 
     # -- reading, old (as stored) and new (with this event's facts)
 
@@ -516,12 +511,26 @@ class _Resolver:
         return self.old_user(user_id)
 
     def refused(self, user_id: str, *, new: bool) -> frozenset[str]:
-        """The user's links refused by the shared-identifier guard (R4)."""
+        """The user's links refused by the shared-identifier guard (R4).
+
+        Asked once per device the user linked on; worked out once per decision (and again
+        when the decision's new records change: they are new objects then, never mutated).
+        """
         if erasure.is_placeholder(user_id):
             return frozenset()  # an erased user's boundaries are kept as they were
         user = self.user(user_id, new=new)
         if len(user.devices) <= self.config.shared_device_limit:
             return frozenset()  # too few devices for any refusal: spare the loads
+        memo = self._refused.get((user_id, new))
+        if memo is not None and not self.missing:
+            devices, users, verdicts = memo
+            if not new or (devices is self.new_devices and users is self.new_users):
+                return verdicts
+        verdicts = self._verdicts(user_id, user, new=new)
+        self._refused[user_id, new] = (self.new_devices, self.new_users, verdicts)
+        return verdicts
+
+    def _verdicts(self, user_id: str, user: User, *, new: bool) -> frozenset[str]:
         links = [
             (fact.at, fact.event_id, anonymous_id)
             for anonymous_id in user.devices
@@ -669,22 +678,32 @@ class _Resolver:
             )
         # Only the segments that differ can change a profile (R15: a device's thousandth session
         # re-derives the contacts of that session, not of the 999 before it).
-        gone, came = _moved_segments(old_timelines, new_timelines, set(change.emails))
+        moved = _moved_segments(old_timelines, new_timelines)
+        gone = {s for was, _ in moved.values() for s in was}
+        came = {s for _, now in moved.values() for s in now}
         for segment in (*gone, *came):
             touched_users |= {segment.user_id} if segment.user_id else set()
             touched_users |= {segment.merge.user_id} if segment.merge else set()
+        # A lead's profile also depends on the e-mail records of its chats: derived again when
+        # one of them changed, though its segment did not move.
+        refreshed: set[Segment] = set()
+        if change.emails:
+            refreshed = {s for t in new_timelines.values() for s in t.segments
+                         if any(c.email in change.emails for c in s.chats)}  # fmt: skip
         touched_users |= flagged
-        # A user's profile also depends on leads that carry one of its e-mails (duplicates,
-        # e-mail matches): a moved segment touches the users of its chats' e-mails.
-        for segment in (*gone, *came):
-            for chat in segment.chats:
+        # A user's profile also depends on the leads of its e-mails (duplicates, e-mail
+        # matches): a moved segment of one of an e-mail's lead devices touches its users.
+        for device_id, (was, now) in moved.items():
+            for chat in (c for segment in (*was, *now) for c in segment.chats):
                 if chat.email is not None and not placeholder(chat.email):
                     for new in (False, True):
                         entry = self.email(chat.email, new=new)
-                        touched_users.update(entry.verified, entry.unverified)
+                        if entry.admits(device_id):
+                            touched_users.update(entry.verified, entry.unverified)
         touched_users = {u for u in touched_users if not placeholder(u)}
         workspace_id = self.view.workspace_id
-        visitors = [(s, t) for t in new_timelines.values() for s in t.visitors() if s in came]
+        visitors = [(s, t) for t in new_timelines.values() for s in t.visitors()
+                    if s in came or s in refreshed]  # fmt: skip
         vanished = [s for t in old_timelines.values() for s in t.visitors() if s in gone]
         self.want_published([s.contact_id for s, _ in visitors] + [s.contact_id for s in vanished])
         self.want_published(ids.user_contact_id(workspace_id, u) for u in touched_users)

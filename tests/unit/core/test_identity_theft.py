@@ -281,7 +281,8 @@ def test_an_e_mail_matches_a_bounded_number_of_devices(monkeypatch: pytest.Monke
     assert profile.email_matched_contact_ids == sorted(matched)
     assert profile.conversation_ids == ["c10", "c11", "c12"]
     late = oracle.profiles()[ids.visitor_contact_id(WS, "s14", "origin")]
-    assert late.merged_into is None and late.possible_duplicates == [VICTIM]
+    # Beyond the kept leads: neither merged nor flagged (R15), and her profile does not list it.
+    assert late.merged_into is None and late.possible_duplicates == [] and late.flags == []
     # An earlier chat arriving late takes its place among the three; s12 is matched no more.
     apply(oracle, ev.chat_start(WS, "s09", "2026-11-24T10:09:00Z", "c09", email="vic@x.test"))
     profile = oracle.profiles()[VICTIM]

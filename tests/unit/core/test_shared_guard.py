@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import ids
@@ -91,3 +91,38 @@ def test_a_repeated_login_that_flips_the_verdict_on_another_device_is_followed()
         assert visitor.merged_into is None  # login-8 is refused: d1 stays its own visitor
         results.add(tuple(sorted((k, p.model_dump_json()) for k, p in profiles.items())))
     assert len(results) == 1
+
+
+def quadratic_verdicts(links: list[tuple[int, str, str]], limit: int, window: int) -> set[str]:
+    """R4 word for word: each link in time order against every accepted link before it."""
+    accepted: list[tuple[int, str]] = []
+    refused = set()
+    for at, event_id, device in sorted(links):
+        recent = {d for t, d in accepted if at - window < t <= at}
+        if device not in recent and len(recent) >= limit:
+            refused.add(event_id)
+        else:
+            accepted.append((at, device))
+    return refused
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 20), st.sampled_from("abcdef")), max_size=40),
+       st.integers(1, 4), st.integers(1, 8))  # fmt: skip
+def test_the_guards_single_pass_reaches_the_verdicts_of_r4(
+    times: list[tuple[int, str]], limit: int, window: int
+) -> None:
+    links = [(at, f"e{i}", device) for i, (at, device) in enumerate(times)]
+    expected = quadratic_verdicts(links, limit, window)
+    assert refused_links(links, limit=limit, window_ms=window) == expected
+
+
+def test_a_user_id_reused_from_two_thousand_devices() -> None:
+    # R15's hostile shape: one user_hash from a new device every minute for 2,000 minutes,
+    # the default guard (10 devices in 24 h). The first 10 are linked; each of minutes 1440 to
+    # 1449 sees one of them leave the window, so it is linked too; every other link is refused.
+    minute = 60 * 1000
+    links = [(i * minute, f"e{i}", f"d{i}") for i in range(2000)]
+    accepted = {f"e{i}" for i in (*range(10), *range(1440, 1450))}
+    refused = refused_links(links, limit=10, window_ms=24 * 60 * minute)
+    assert refused == {f"e{i}" for i in range(2000)} - accepted

@@ -1,0 +1,66 @@
+"""Work per event on the pure core as a history grows (R15): records read, profiles derived.
+
+Counted, not timed: the `reads` of an event's transition (every record its decision depended
+on) and the profiles it emits. A session on a device with a long history re-derives the
+contacts of that session only: the published profiles it reads do not grow with the history.
+What still grows is listed in docs/performance.md (*History*): the device record itself, and
+on a shared device the records of its past users (the guard's R4 check).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from pipeline.core.oracle import Oracle
+from pipeline.core.rules import CoreConfig
+from pipeline.tools import history
+from schemas import INPUT_MODELS
+from tests.unit.core.test_identity_laws import from_scratch
+
+CONFIG = CoreConfig(secrets={history.WS: (history.SECRETS[history.WS].encode(),)})
+
+
+def grown(shape: str, sessions: int) -> Oracle:
+    oracle = Oracle(CONFIG)
+    for n in range(sessions):
+        for record in history.SHAPES[shape][1](n):
+            oracle.apply(INPUT_MODELS[record.topic].model_validate(record.value),
+                         record_ms=record.timestamp_ms)  # fmt: skip
+    return oracle
+
+
+def next_session(oracle: Oracle, shape: str, n: int) -> tuple[Counter, int]:
+    """Contacts read and profiles emitted over session `n`'s events."""
+    contacts, profiles = Counter(), 0
+    for record in history.SHAPES[shape][1](n):
+        event = INPUT_MODELS[record.topic].model_validate(record.value)
+        transition = oracle.apply(event, record_ms=record.timestamp_ms)
+        contacts[record.topic] += sum(table == "contacts" for table, _ in transition.reads)
+        profiles += sum(e.topic == "identity.profiles" for e in transition.emits)
+    return contacts, profiles
+
+
+@pytest.mark.parametrize("shape", ["library", "laptop"])
+def test_a_session_on_a_long_history_reads_and_publishes_what_a_short_one_does(
+    shape: str,
+) -> None:
+    short, long = grown(shape, 20), grown(shape, 200)
+    assert next_session(long, shape, 200) == next_session(short, shape, 20)
+
+
+def test_a_new_claimant_of_a_shared_email_touches_its_own_profile_only() -> None:
+    # Past the e-mail's 100 leads, a new device's chat is no lead of it, and the signup that
+    # claims it (unverified) publishes its own profiles; the other claimants do not change.
+    short, long = grown("email", 120), grown("email", 240)
+    assert next_session(long, "email", 240) == next_session(short, "email", 120)
+
+
+@pytest.mark.parametrize("shape", ["library", "laptop", "devices", "email"])
+def test_what_a_long_history_publishes_is_what_its_facts_derive(shape: str) -> None:
+    # Past the e-mail's 100 leads, and past the guard's 10 devices: the shortcuts of R15 skip
+    # nothing a decision changes.
+    oracle = grown(shape, 130)
+    published = {cid: p.model_dump() for cid, p in oracle.profiles(history.WS).items()}
+    assert published == from_scratch(oracle, history.WS)
