@@ -123,6 +123,7 @@ class Shape:
     """The points measured of one shape."""
 
     name: str
+    run: str  # its topics are hist<run>.*, its Redis keys hist<run>:*: removed when done
     points: list[Point] = field(default_factory=list)
 
     def ratio(self) -> float | None:
@@ -203,7 +204,7 @@ async def run_shape(
     worker = spawn("worker", env, workdir / "worker.log")
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    shape = Shape(name)
+    shape = Shape(name, run_id)
     sent = produced = 0
     try:
         # Started, joined and warm: one event of another device, processed.
