@@ -284,6 +284,18 @@ class _Working:
             if table == "contacts"
         ]
 
+    def coalesce(self) -> None:
+        """Keep each contact's last profile of the batch only (a tombstone counts).
+
+        `identity.profiles` is compacted: a consumer needs a contact's latest state, and a
+        contact that changed with many events of one batch (a device's burst of sessions) would
+        otherwise be sent, and kept in the outbox record, once per event (R15).
+        """
+        last = {emit.key: i for i, emit in enumerate(self.emits) if emit.topic == PROFILES}
+        if len(last) < sum(emit.topic == PROFILES for emit in self.emits):
+            self.emits = [emit for i, emit in enumerate(self.emits)
+                          if emit.topic != PROFILES or last[emit.key] == i]  # fmt: skip
+
     def encoded(self) -> list[Wire]:
         """The outputs as sent; a profile is encoded once for its record and its message."""
         wires: list[Wire] = []
@@ -379,6 +391,8 @@ class Processor:
                 prepared.append((working, group))
             await self._speculate(prepared)
             workings = [await self._decide(working, group) for working, group in prepared]
+            for working in workings:
+                working.coalesce()
             sent = {id(working): working.encoded() for working in workings}
             logged = self.changelog_ttl_s is not None
             for working in workings:

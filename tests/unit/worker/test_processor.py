@@ -34,9 +34,14 @@ async def test_a_replayed_batch_changes_nothing_and_emits_nothing() -> None:
     batch = [item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z")),
              item(ev.login("ws", "d1", "2026-11-24T10:01:00Z", "u1", SECRET), 1, "telemetry.login")]  # fmt: skip
     first = await proc.process(batch)
-    assert (
-        first.tally.applied == 2 and len(first.emits) == 4
-    )  # visitor, merged, visitor merged away, user
+    # The merge, the visitor (sent once: merged away, its state at the end of the batch), the
+    # user.
+    assert first.tally.applied == 2
+    assert [e.topic for e in first.emits] == [
+        "identity.merged", "identity.profiles", "identity.profiles"
+    ]  # fmt: skip
+    by_type = {e.value.type: e.value for e in first.emits[1:]}
+    assert by_type["visitor"].merged_into == by_type["user"].contact_id
     (outbox,) = first.outbox  # the outputs are kept with the state until delivered
     _, kept = processor_module.outbox_records(proc.store.records[outbox].data)
     assert [topic for topic, _, _ in kept] == [e.topic for e in first.emits]
@@ -140,6 +145,12 @@ async def test_batches_give_what_the_core_gives_one_event_at_a_time(
         result = await proc.process(items[start:end])
         emitted += result.emits
     assert _contacts(proc.store) == {cid: p.model_dump() for cid, p in oracle.profiles().items()}
+    # What was sent ends as what is stored: each contact's last profile sent, tombstones too.
+    sent: dict = {}
+    for emit in emitted:
+        if emit.topic == "identity.profiles":
+            sent[emit.key] = None if emit.value is None else emit.value.model_dump()
+    assert {cid: p for cid, p in sent.items() if p is not None} == _contacts(proc.store)
 
     def announced(emits: list) -> list[str]:
         topics = ("identity.merged", "identity.shutdown")
