@@ -175,6 +175,7 @@ class User:
 
 
 EMAIL_LEADS_KEPT = 100  # devices whose chats an e-mail can match to its user (R7, R15)
+EMAIL_CLAIMS_KEPT = 100  # users an e-mail lists as claiming it unverified (R15)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,11 @@ class EmailEntry:
     beyond them stays an unmerged lead. Keeping the earliest (not the latest) means a flood of
     strangers' chats cannot push out the leads already matched, and a device dropped by a late,
     earlier chat is one this record still names, so its timeline is derived again.
+
+    The users who claimed it unverified are kept up to `EMAIL_CLAIMS_KEPT`, the first by
+    user_id (no claim time is kept for them): its leads list them as possible duplicates, and
+    a claim beyond them changes nothing here. An erased claimant leaves a place another
+    claimant does not take back.
     """
 
     verified: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -213,7 +219,8 @@ class EmailEntry:
             return EmailEntry({**self.verified, user_id: first}, self.unverified, self.leads)
         if user_id in self.unverified:
             return self
-        return EmailEntry(self.verified, tuple(sorted((*self.unverified, user_id))), self.leads)
+        claims = tuple(sorted((*self.unverified, user_id)))[:EMAIL_CLAIMS_KEPT]
+        return self if claims == self.unverified else EmailEntry(self.verified, claims, self.leads)
 
     def with_lead(self, at: int, event_id: str, anonymous_id: str) -> EmailEntry:
         """Remember a device's chat that carried this e-mail (its earliest one counts)."""

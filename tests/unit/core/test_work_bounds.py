@@ -51,10 +51,14 @@ def test_a_session_on_a_long_history_reads_and_publishes_what_a_short_one_does(
 
 
 def test_a_new_claimant_of_a_shared_email_touches_its_own_profile_only() -> None:
-    # Past the e-mail's 100 leads, a new device's chat is no lead of it, and the signup that
-    # claims it (unverified) publishes its own profiles; the other claimants do not change.
-    short, long = grown("email", 120), grown("email", 240)
-    assert next_session(long, "email", 240) == next_session(short, "email", 120)
+    # Past the e-mail's 100 leads a new device's chat is no lead of it, and past its 100 kept
+    # claimants ("claimant-240" and "-360" sort after them) the signup that claims it
+    # (unverified) publishes its own contacts only: the chat its new lead, the signup that lead
+    # merged away and the new user.
+    short, long = grown("email", 240), grown("email", 360)
+    contacts, profiles = next_session(long, "email", 360)
+    assert (contacts, profiles) == next_session(short, "email", 240)
+    assert profiles == 3
 
 
 @pytest.mark.parametrize("shape", ["library", "laptop", "devices", "email"])
@@ -64,3 +68,11 @@ def test_what_a_long_history_publishes_is_what_its_facts_derive(shape: str) -> N
     oracle = grown(shape, 130)
     published = {cid: p.model_dump() for cid, p in oracle.profiles(history.WS).items()}
     assert published == from_scratch(oracle, history.WS)
+
+
+def test_an_email_lists_its_first_hundred_claimants_by_user_id() -> None:
+    # Past 100 unverified claims the e-mail's record stops growing (R15): the first 100 user_ids
+    # in sorted order are kept, whatever the order of the claims.
+    oracle = grown("email", 130)
+    (entry,) = oracle.emails.values()
+    assert entry.unverified == tuple(sorted(f"claimant-{n}" for n in range(130)))[:100]
