@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-
-import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
 
 from pipeline.ops.settings import Settings
 from pipeline.tools import bench
+from tests.support.kafka import assert_run_removed
 
 # Enough for several offset commits (0.2 s apart) at the bare agent's rate: a rate needs two.
 EVENTS = 40_000
@@ -36,16 +33,4 @@ async def test_a_small_benchmark_reports_rates_and_latencies(servers: tuple[str,
     assert figures["latency_worker_us_per_event"] > 0
     # Every kind of state record was measured, then removed with the run's topics.
     assert {"dev", "contact", "evt"} <= set(figures["redis_keys"])
-    client = aioredis.Redis.from_url(redis_url)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        run = f"bench{figures['run']}"
-        assert [k async for k in client.scan_iter(match=f"{run}*", count=1000)] == []
-        deadline = asyncio.get_running_loop().time() + 30  # topic deletion is asynchronous
-        while [t for t in await admin.list_topics() if t.startswith(run)]:
-            assert asyncio.get_running_loop().time() < deadline, "the bench topics stayed"
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-        await client.aclose()
+    await assert_run_removed(bootstrap, redis_url, f"bench{figures['run']}", "bench")

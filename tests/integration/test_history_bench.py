@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
-import redis.asyncio as aioredis
-from aiokafka.admin import AIOKafkaAdminClient
-
 from pipeline.ops.settings import Settings
 from pipeline.tools import history
+from tests.support.kafka import assert_run_removed
 
 
 async def test_short_histories_are_measured_and_removed(servers: tuple[str, str]) -> None:
@@ -23,17 +19,5 @@ async def test_short_histories_are_measured_and_removed(servers: tuple[str, str]
             assert point.largest_record > 0
         # laptop: its device record is the largest; email: the e-mail's or a contact's.
         assert shape.points[-1].largest_kind in {"dev", "user", "email", "contact"}
-    client = aioredis.Redis.from_url(redis_url)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        for shape in shapes:
-            run = f"hist{shape.run}"
-            assert [k async for k in client.scan_iter(match=f"{run}*", count=1000)] == []
-            deadline = asyncio.get_running_loop().time() + 30  # topic deletion is asynchronous
-            while [t for t in await admin.list_topics() if t.startswith(run)]:
-                assert asyncio.get_running_loop().time() < deadline, "the history topics stayed"
-                await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-        await client.aclose()
+    for shape in shapes:
+        await assert_run_removed(bootstrap, redis_url, f"hist{shape.run}", "history")

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError
 
 from schemas.time import parse_timestamp, to_epoch_ms
@@ -266,3 +268,20 @@ async def read_topics(bootstrap: str, topics: list[str], prefix: str) -> OutputL
         return log
     finally:
         await consumer.stop()
+
+
+async def assert_run_removed(bootstrap: str, redis_url: str, run: str, what: str) -> None:
+    """A run's Redis keys and topics (both named `run...`) are gone; deleting topics takes a
+    moment, so they are awaited for 30 s."""
+    client = aioredis.Redis.from_url(redis_url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        assert [k async for k in client.scan_iter(match=f"{run}*", count=1000)] == []
+        deadline = asyncio.get_running_loop().time() + 30
+        while [t for t in await admin.list_topics() if t.startswith(run)]:
+            assert asyncio.get_running_loop().time() < deadline, f"the {what} topics stayed"
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+        await client.aclose()
