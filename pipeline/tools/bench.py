@@ -120,6 +120,15 @@ async def produce(bootstrap: str, prefix: str, records: list[journey.Record]) ->
         await producer.stop()
 
 
+async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
+    """Records the group committed, over all its partitions (0 while the broker cannot say)."""
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except KafkaError:
+        return 0
+    return sum(max(meta.offset, 0) for meta in offsets.values())
+
+
 async def measure(
     bootstrap: str, group: str, total: int, *, timeout: float, process: subprocess.Popen
 ) -> Rate:
@@ -136,11 +145,7 @@ async def measure(
             if process.poll() is not None:
                 message = f"the measured process exited with {process.returncode}"
                 raise RuntimeError(message)
-            try:
-                offsets = await admin.list_consumer_group_offsets(group)
-            except KafkaError:
-                offsets = {}
-            done = sum(max(meta.offset, 0) for meta in offsets.values())
+            done = await committed(admin, group)
             now = time.monotonic()
             if done > 0 and first is None:
                 first = (now, done)

@@ -33,7 +33,6 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -42,7 +41,7 @@ from pipeline.ops.processes import cpu_seconds, spawn, stop
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import topic_specs
 from pipeline.state.base import Keys
-from pipeline.tools.bench import environment, produce
+from pipeline.tools.bench import committed, environment, produce
 from pipeline.tools.journey import Record, user_hash
 from schemas.time import format_timestamp
 from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
@@ -132,15 +131,6 @@ class Shape:
         if len(done) < 2 or not done[0].ms_per_event:
             return None
         return (done[-1].ms_per_event or 0) / done[0].ms_per_event
-
-
-async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
-    """Records the group committed, over all its partitions."""
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    except KafkaError:
-        return 0
-    return sum(max(meta.offset, 0) for meta in offsets.values())
 
 
 async def until_processed(
