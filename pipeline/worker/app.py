@@ -313,9 +313,9 @@ def create_app(settings: Settings) -> faust.App:
                 logger.error("%s; catching up with the state changelog before the batch", exc)
                 await catch_up(first=False)
                 continue
-            if processor.in_doubt:
-                in_doubt, processor.in_doubt = processor.in_doubt, []
-                in_background(outbox.redeliver(in_doubt))
+            if processor.unsent:
+                unsent, processor.unsent = processor.unsent, []
+                in_background(outbox.redeliver(unsent))
             return processed
 
     @app.agent(inputs, name="resolve")  # type: ignore[arg-type] # Faust types agents by StreamT
@@ -355,6 +355,8 @@ def create_app(settings: Settings) -> faust.App:
             for emit in decoded.rejected:
                 totals.rejected[emit.value.reason] += 1  # type: ignore[union-attr]
             conflicts_before = processor.conflicts
+            # Before any commit: a catch-up that ends after it may lack the batch's records.
+            restores = guard.restores if guard is not None else 0
             processed = await process_with_retry(decoded.items)
             processed.tally.unchanged += decoded.browsing
             totals.add(processed.tally)
@@ -362,7 +364,8 @@ def create_app(settings: Settings) -> faust.App:
                    processor.conflicts - conflicts_before)  # fmt: skip
             faults.after_commit(processed)
             wires = [encode_output(e) for e in decoded.rejected] + processed.wires
-            await emitter.emit(events, wires, processed.outbox, processed.profiles)
+            await emitter.emit(events, wires, processed.outbox, processed.profiles,
+                               restores=restores)  # fmt: skip
 
     @app.timer(interval=FORGET_FLUSH_S)
     async def flush_delivered() -> None:

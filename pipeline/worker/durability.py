@@ -15,7 +15,7 @@ A read that comes before a loss, and a commit after it, cannot apply a decision 
 state: the commit's compare-and-set fails for every record that existed, and the batch is
 read again. A decision that read only absent records was right either way. A batch delivered
 across a loss waits for the catch-up before its markers move, and applies its own records
-again if a catch-up ended after it was sent (`pipeline.worker.emitter`).
+again if a catch-up ended after it was committed (`pipeline.worker.emitter`).
 """
 
 from __future__ import annotations

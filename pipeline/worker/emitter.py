@@ -86,13 +86,19 @@ class Emitter:
         wires: Sequence[Wire],
         outbox: list[str],
         profiles: list[tuple[str, str, int]] | None = None,
+        *,
+        restores: int | None = None,
     ) -> Delivery | None:
-        """Send `wires`; release the batch's held events in the background once delivered."""
+        """Send `wires`; release the batch's held events in the background once delivered.
+
+        `restores`: the guard's count of catch-ups before the batch was committed (default:
+        now). A catch-up that ended after that may have read the changelog's ends before
+        these records were on it, the batch committed before the loss it caught up.
+        """
         if not wires:
             return None
-        # Before any wait: a catch-up that ends after this may have read the changelog's ends
-        # before these records were on it (the batch was committed before its loss).
-        restores = self.guard.restores if self.guard is not None else 0
+        if restores is None:  # before any wait
+            restores = self.guard.restores if self.guard is not None else 0
         earliest: dict = {}
         for event in events:
             message = event.message
@@ -140,7 +146,7 @@ class Emitter:
         Only over state Redis holds: when it lost state since the batch was committed (the
         markers do not move, `StateGuard.advance`), Redis is caught up with the changelog
         first (or this waits for the catch-up under way). A catch-up that ended after the
-        batch was sent may have read the changelog's ends before its records were on it, so
+        batch was committed may have read the changelog's ends before its records were on it, so
         they are then applied again (`Store.apply` keeps a newer version) before the markers
         say Redis has them. While Redis is away, this tries again: the batch stays held.
         """

@@ -340,7 +340,10 @@ class Processor:
         self.config = config
         self.known = KnownDevices(known_devices)
         self.conflicts = 0  # workspace commits redone after losing a race
-        self.in_doubt: list[str] = []  # outbox records of commits whose outcome is unknown
+        # Outbox records of commits whose outputs a call that raised did not return: a commit
+        # whose reply was lost (applied or not), or one applied before a later attempt of the
+        # same batch failed. The caller sends them from there (`Outbox.redeliver`).
+        self.unsent: list[str] = []
         self._discard: list[str] = []  # delivered outbox records, deleted with the next read
 
     def forget(self, outbox: Sequence[str]) -> None:
@@ -378,6 +381,26 @@ class Processor:
         if not groups:
             return Processed(emits, tally, outbox, wires)
         pending, prefetch = self._browsing_stored(groups, await self._prefetch(groups), tally)
+        try:
+            return await self._attempts(pending, prefetch, tally, emits, wires, outbox, profiles)
+        except BaseException:
+            # Workspaces committed by an earlier attempt have their outputs only in `wires`,
+            # which this call no longer returns, and in their outbox records: processing the
+            # batch again finds them applied and emits nothing for them.
+            self.unsent += outbox
+            raise
+
+    async def _attempts(
+        self,
+        pending: dict[str, list[Item]],
+        prefetch: dict[str, list[tuple[str, Record]]],
+        tally: Tally,
+        emits: list[Emit],
+        wires: list[Wire],
+        outbox: list[str],
+        profiles: list[tuple[str, str, int]],
+    ) -> Processed:
+        """Decide and commit `pending` until no workspace conflicts; fills the lists given."""
         for attempt in range(MAX_ATTEMPTS):
             if not pending:
                 return Processed(emits, tally, outbox, wires, profiles)
@@ -409,7 +432,7 @@ class Processor:
                 # The commits may have been applied with their replies lost (Redis went away
                 # meanwhile): processing again would then find nothing to do, so their
                 # outputs are only in these outbox records, for the caller to send.
-                self.in_doubt += [w.outbox for w in writing if w.outbox is not None]
+                self.unsent += [w.outbox for w in writing if w.outbox is not None]
                 raise
             outcomes = dict(zip(map(id, writing), committed, strict=True))
             results = [outcomes.get(id(w), True) for w in workings]

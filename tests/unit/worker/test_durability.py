@@ -7,10 +7,13 @@ import asyncio
 import pytest
 
 from pipeline.ops.restore import Caught
-from pipeline.state.base import Change, Keys
+from pipeline.state.base import Change, Keys, Record
+from pipeline.state.changelog import encode
 from pipeline.state.memory import MemoryStore
 from pipeline.worker.durability import GuardedStore, StateGuard, StateLost, new_epoch
+from pipeline.worker.emitter import Emitter
 from pipeline.worker.outbox import Outbox
+from schemas.topics import STATE_CHANGELOG
 
 
 def guard() -> StateGuard:
@@ -186,3 +189,60 @@ async def test_slots_moved_to_other_masters_are_a_loss_of_everything_since() -> 
         await store.read([contact])
     assert g.total_loss  # the whole changelog is applied, not its tail from the markers
     assert (await store.read([contact]))[0].version == 3  # once: the next read goes on
+
+
+class _Message:
+    """What the emitter holds of an event: its partition, offset and reference count."""
+
+    def __init__(self, offset: int) -> None:
+        self.tp, self.offset, self.refs = ("t.telemetry.page_view", 0), offset, 0
+
+    def incref(self) -> None:
+        self.refs += 1
+
+
+class _Event:
+    def __init__(self, offset: int) -> None:
+        self.message = _Message(offset)
+
+
+class _Delivered:
+    """The broker's answer to a send (aiokafka's RecordMetadata): where the record went."""
+
+    def __init__(self, offset: int) -> None:
+        self.partition, self.offset = 0, offset
+
+
+async def test_a_batch_committed_before_a_catch_up_applies_its_records_again() -> None:
+    # A batch commits, Redis loses it (a failover) and a catch-up ends before the batch's
+    # records are on the changelog, before the batch is even sent: the catch-up cannot have
+    # them, so once the broker has them the batch applies them again before the markers move.
+    g = guard()
+    g.partitions = [0]
+    contact = g.keys.of("ws", "contact", "c1")
+    await g.store.apply([Change(g.keys.changelog_epoch(), 1, b"")])
+    g.epoch = 1
+    committed_at = g.restores  # the worker's count before the commit
+    g.restores += 1  # the catch-up, ended before the batch is sent
+    offsets = iter(range(100))
+
+    async def send(topic: str, key: bytes | None, value: bytes | None) -> asyncio.Future:
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        done.set_result(_Delivered(next(offsets)))
+        return done
+
+    tasks: list[asyncio.Task] = []
+    acked: list[_Event] = []
+
+    async def ack(event: _Event) -> None:
+        acked.append(event)
+
+    emitter = Emitter(send, Outbox(g.store, g.keys, send), ack=ack, forget=lambda _: None,
+                      in_background=lambda c: tasks.append(asyncio.ensure_future(c)), guard=g)  # fmt: skip
+    record = encode(Change(contact, 4, b"{}"), g.keys.prefix())
+    event = _Event(7)
+    await emitter.emit([event], [(STATE_CHANGELOG, *record)], [], [], restores=committed_at)
+    await asyncio.gather(*tasks)
+    assert acked == [event]
+    assert (await g.store.read([contact]))[0] == Record(4, b"{}")  # applied again
+    assert (await g.store.read([g.keys.changelog_marker(0)]))[0].version == 1  # then moved

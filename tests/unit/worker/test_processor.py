@@ -223,8 +223,64 @@ async def test_a_commit_whose_reply_is_lost_leaves_its_outputs_in_doubt_not_lost
     batch = [item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z"))]
     with pytest.raises(ConnectionError):
         await proc.process(batch)
-    (in_doubt,) = proc.in_doubt  # the outbox record of the commit that was applied
+    (in_doubt,) = proc.unsent  # the outbox record of the commit that was applied
     again = await proc.process(batch)  # what the worker does next: processes it again
     assert (again.tally.unchanged, again.emits) == (1, [])  # already applied: nothing new
     _, kept = processor_module.outbox_records(proc.store.records[in_doubt].data)
     assert [topic for topic, _, _ in kept] == ["identity.profiles"]  # the visitor, kept there
+
+
+class RacedStore(MemoryStore):
+    """Another worker commits just before the first commit; the second read finds Redis gone."""
+
+    def __init__(self, config: CoreConfig, rival: list[Item]) -> None:
+        super().__init__()
+        self.rival = Processor(_SameRecords(self), Keys("t"), config)
+        self.rival_batch = rival
+        self.reads = 0
+
+    async def read(self, keys, *, discard=()):  # the Store's signature
+        self.reads += 1
+        if self.reads == 2:
+            raise ConnectionError("connection closed by server")
+        return await super().read(keys, discard=discard)
+
+    async def commit(self, commits):
+        if self.rival_batch:
+            batch, self.rival_batch = self.rival_batch, []
+            await self.rival.process(batch)
+        return await super().commit(commits)
+
+
+class _SameRecords:
+    """The other worker's store: the same records, without the raced store's interference."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def read(self, keys, *, discard=()):  # the Store's signature
+        return await MemoryStore.read(self.store, keys, discard=discard)
+
+    async def commit(self, commits):
+        return await MemoryStore.commit(self.store, commits)
+
+
+async def test_outputs_of_workspaces_committed_before_a_batch_failed_are_left_to_send() -> None:
+    # Workspace "ws" commits in the first attempt; "ws2" loses a race with another worker and
+    # is tried again, but Redis goes away before that read. Processing the batch again finds
+    # "ws" applied and emits nothing for it: its outputs are in its outbox record, named.
+    config = CoreConfig(secrets={"ws": (SECRET.encode(),), "ws2": (SECRET.encode(),)})
+    store = RacedStore(config, [item(ev.page_view("ws2", "d2", "2026-11-24T10:00:00Z"), 9)])
+    proc = Processor(store, Keys("t"), config)
+    batch = [item(ev.page_view("ws", "d1", "2026-11-24T10:00:00Z")),
+             item(ev.page_view("ws2", "d2", "2026-11-24T09:00:00Z"), 1)]  # fmt: skip
+    with pytest.raises(ConnectionError):
+        await proc.process(batch)
+    (unsent,) = proc.unsent  # only the workspace that committed has an outbox record
+    assert Keys("t").parse(unsent).workspace_id == "ws"
+    _, kept = processor_module.outbox_records(store.records[unsent].data)
+    assert [topic for topic, _, _ in kept] == ["identity.profiles"]  # d1's first visitor
+    again = await proc.process(batch)
+    # "ws" is applied already; "ws2" is decided on the rival's device (an earlier first visit).
+    assert (again.tally.applied, again.tally.unchanged) == (1, 1)
+    assert {e.value.workspace_id for e in again.emits} == {"ws2"}
