@@ -280,8 +280,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure throughput against a bare Faust agent, and latency at half the peak."""
-    from pipeline.tools import bench
+    from pipeline.tools import bench, history
 
+    shapes = args.shapes.split(",")
+    if args.history and (unknown := [name for name in shapes if name not in history.SHAPES]):
+        print(f"idp bench: unknown history shape(s) {', '.join(unknown)}; known: "
+              f"{', '.join(history.SHAPES)}", file=sys.stderr)  # fmt: skip
+        return 2
     if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
         return 1
     settings = _settings(args)
@@ -292,10 +297,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     try:
         if args.history:
-            from pipeline.tools import history
-
             sizes = tuple(int(size) for size in args.sizes.split(","))
-            asyncio.run(history.run(settings, sizes=sizes, shapes=tuple(args.shapes.split(",")),
+            asyncio.run(history.run(settings, sizes=sizes, shapes=tuple(shapes),
                                     budget_s=args.budget_s))  # fmt: skip
             return 0
         asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
@@ -482,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "--shapes",
         default="library,laptop,devices,email",
-        help="--history: the shapes of history measured",
+        help="--history: the shapes of history measured (also the hostile logouts, reused, leads)",
     )
     bench_parser.add_argument(
         "--budget-s",

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import jwt
 import orjson
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
@@ -98,12 +99,45 @@ def email(n: int) -> list[Record]:
                    **_proof(f"claimant-{n}"))]  # fmt: skip
 
 
+def logouts(n: int) -> list[Record]:
+    """Hostile: logout `n` on one kiosk names a user who never logged in there (no proof)."""
+    at = START + n * SPACING
+    return [_event(PAGE_VIEW, at, "kiosk", n, url="https://kiosk/"),
+            _event(LOGOUT, at + timedelta(minutes=1), "kiosk", n,
+                   user_id=f"nobody-{n}")]  # fmt: skip
+
+
+def reused(n: int) -> list[Record]:
+    """Hostile: one user's user_hash replayed from a new device every 30 minutes (beyond R4)."""
+    at, device = START + n * timedelta(minutes=30), f"replayer-{n}"
+    return [_event(LOGIN, at, device, n, **_proof("victim"))]
+
+
+def leads(n: int) -> list[Record]:
+    """Hostile: lead `n` types the e-mail a user verified (a token signed it) on a new device."""
+    at, device = START + n * SPACING, f"typist-{n}"
+    records = [_event(CHAT_START, at + timedelta(minutes=1), device, n,
+                      conversation_id=f"typed-{n}", email="owner@x.io")]  # fmt: skip
+    if n == 0:
+        claims = {"user_id": "owner", "email": "owner@x.io",
+                  "exp": int((START + timedelta(days=3650)).timestamp())}  # fmt: skip
+        token = jwt.encode(claims, SECRETS[WS], algorithm="HS256")
+        records.insert(0, _event(SIGNUP, at, "owner-laptop", n, user_id="owner",
+                                 identity_token=token))  # fmt: skip
+    return records
+
+
 SHAPES: dict[str, tuple[str, Callable[[int], list[Record]]]] = {
     "library": ("one library computer, a new user each session", library),
     "laptop": ("one user, one device, log in and out", laptop),
     "devices": ("one user, a new device each session", devices),
     "email": ("one e-mail, claimed by a new user each time", email),
+    # Hostile shapes (R15 bounds them too), measured on request (`--shapes`):
+    "logouts": ("one device, a logout without credentials each session", logouts),
+    "reused": ("one user_hash replayed from a new device every 30 min", reused),
+    "leads": ("one verified e-mail, typed by a new lead each time", leads),
 }
+DEFAULT_SHAPES = ("library", "laptop", "devices", "email")
 
 
 @dataclass
@@ -244,10 +278,14 @@ async def run(
     settings: Settings,
     *,
     sizes: tuple[int, ...] = SIZES,
-    shapes: tuple[str, ...] = tuple(SHAPES),
+    shapes: tuple[str, ...] = DEFAULT_SHAPES,
     budget_s: float = BUDGET_S,
 ) -> list[Shape]:
     """Every shape in turn; prints one table and returns the figures."""
+    unknown = [name for name in shapes if name not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown history shape(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(SHAPES)}")  # fmt: skip
     console = Console(width=160)
     results = [await run_shape(settings, name, sizes, budget_s, console) for name in shapes]
     table = Table(title="cost per event as history grows (worker CPU ms per event)")

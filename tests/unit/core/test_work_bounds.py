@@ -76,3 +76,20 @@ def test_an_email_lists_its_first_hundred_claimants_by_user_id() -> None:
     oracle = grown("email", 130)
     (entry,) = oracle.emails.values()
     assert entry.unverified == tuple(sorted(f"claimant-{n}" for n in range(130)))[:100]
+
+
+def test_the_hostile_shapes_do_what_the_spec_says_of_them() -> None:
+    # The benchmark's hostile shapes must be what they claim, or their figures mean nothing.
+    # Logouts naming nobody logged in still end the kiosk's visitor session (R10): one visitor
+    # per logout, plus the first.
+    kiosk = grown("logouts", 5).profiles(history.WS).values()
+    assert sum("kiosk" in p.anonymous_ids for p in kiosk if p.type == "visitor") == 6
+    # One user_hash from a new device every 30 minutes: R4 allows 10 devices in 24 hours, so
+    # of 20 such logins in ten hours only 10 link (the first 10 by event time).
+    (victim,) = [p for p in grown("reused", 20).profiles(history.WS).values() if p.type == "user"]
+    assert sorted(victim.anonymous_ids) == sorted(f"replayer-{n}" for n in range(10))
+    # Leads typing the e-mail the owner's token signed are merged into the owner (R7, R9).
+    oracle = grown("leads", 5)
+    (owner,) = [p for p in oracle.profiles(history.WS).values() if p.type == "user"]
+    assert owner.email_verified and owner.email == "owner@x.io"
+    assert len(owner.email_matched_contact_ids) == 5
