@@ -123,6 +123,9 @@ class Processed:
 def outbox_blob(wires: Sequence[Wire], created_s: float, state: Sequence[str] = ()) -> bytes:
     """The outputs of a committed batch, kept with its state until they are delivered.
 
+    Events (merges, shutdowns) are kept whole; a profile by its contact_id only, since a
+    worker that sends the outbox again sends profiles as they are then, never as they were:
+    the record costs what the batch's events cost, whatever size their profiles grew to (R15).
     `state`: the keys it wrote, whose changelog records go out with the outputs; a worker
     that sends the outbox again sends those records as they are then (`outbox_state`).
     """
@@ -130,7 +133,7 @@ def outbox_blob(wires: Sequence[Wire], created_s: float, state: Sequence[str] = 
         [
             topic,
             None if key is None else base64.b64encode(key).decode(),
-            None if value is None else value.decode(),
+            None if value is None or topic == PROFILES else value.decode(),
         ]
         for topic, key, value in wires
     ]

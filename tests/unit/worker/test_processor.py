@@ -45,6 +45,9 @@ async def test_a_replayed_batch_changes_nothing_and_emits_nothing() -> None:
     (outbox,) = first.outbox  # the outputs are kept with the state until delivered
     _, kept = processor_module.outbox_records(proc.store.records[outbox].data)
     assert [topic for topic, _, _ in kept] == [e.topic for e in first.emits]
+    # The merge whole; the profiles by contact_id only: sent again, they are sent as they are.
+    assert kept[0][2] is not None and [value for _, _, value in kept[1:]] == [None, None]
+    assert {key.decode() for _, key, _ in kept[1:]} == set(by_type[t].contact_id for t in by_type)
     await proc.store.delete([outbox])
     records = dict(proc.store.records)
     again = await proc.process(batch)
