@@ -390,6 +390,9 @@ class Processor:
             # Workspaces committed by an earlier attempt have their outputs only in `wires`,
             # which this call no longer returns, and in their outbox records: processing the
             # batch again finds them applied and emits nothing for them.
+            if outbox:
+                logger.warning("a batch failed after %d workspace commit(s): their outputs are "
+                               "sent from the outbox", len(outbox))  # fmt: skip
             self.unsent += outbox
             raise
 
