@@ -25,7 +25,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,6 +138,13 @@ SHAPES: dict[str, tuple[str, Callable[[int], list[Record]]]] = {
     "leads": ("one verified e-mail, typed by a new lead each time", leads),
 }
 DEFAULT_SHAPES = ("library", "laptop", "devices", "email")
+
+
+def check_shapes(names: Iterable[str]) -> None:
+    """Raise ValueError naming the shapes that are not in `SHAPES`."""
+    if unknown := [name for name in names if name not in SHAPES]:
+        raise ValueError(f"unknown history shape(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(SHAPES)}")  # fmt: skip
 
 
 @dataclass
@@ -282,10 +289,7 @@ async def run(
     budget_s: float = BUDGET_S,
 ) -> list[Shape]:
     """Every shape in turn; prints one table and returns the figures."""
-    unknown = [name for name in shapes if name not in SHAPES]
-    if unknown:
-        raise ValueError(f"unknown history shape(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(SHAPES)}")  # fmt: skip
+    check_shapes(shapes)
     console = Console(width=160)
     results = [await run_shape(settings, name, sizes, budget_s, console) for name in shapes]
     table = Table(title="cost per event as history grows (worker CPU ms per event)")
