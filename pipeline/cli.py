@@ -161,11 +161,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "unknown_workspace"
         )  # a log line: JSON too with IDP_LOG_FORMAT=json
     _await_servers(settings, kafka=True, redis=True, wait_s=STARTUP_WAIT_S)
-    try:
-        _run_once(_check_state_format(settings))
-    except UnreadableState as exc:
-        print(f"idp worker: {exc}", file=sys.stderr)
-        return 2
+    _run_once(_check_state_format(settings))
     _run_once(prepare_topics(settings))  # created or awaited before Faust subscribes
     app = create_app(settings)
     freeze_heap()
@@ -282,11 +278,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure throughput against a bare Faust agent, and latency at half the peak."""
     from pipeline.tools import bench, history
 
-    shapes = args.shapes.split(",")
-    if args.history and (unknown := [name for name in shapes if name not in history.SHAPES]):
-        print(f"idp bench: unknown history shape(s) {', '.join(unknown)}; known: "
-              f"{', '.join(history.SHAPES)}", file=sys.stderr)  # fmt: skip
-        return 2
+    shapes = tuple(args.shapes.split(","))
+    if args.history:
+        try:
+            history.check_shapes(shapes)  # before anything starts
+        except ValueError as exc:
+            print(f"idp bench: {exc}", file=sys.stderr)
+            return 2
     if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
         return 1
     settings = _settings(args)
@@ -298,7 +296,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         if args.history:
             sizes = tuple(int(size) for size in args.sizes.split(","))
-            asyncio.run(history.run(settings, sizes=sizes, shapes=tuple(shapes),
+            asyncio.run(history.run(settings, sizes=sizes, shapes=shapes,
                                     budget_s=args.budget_s))  # fmt: skip
             return 0
         asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
@@ -330,9 +328,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     try:
         asyncio.run(_check_state_format(settings))
         found = asyncio.run(load(settings, args.workspace_id, args.identifier))
-    except UnreadableState as exc:
-        print(f"idp inspect: {exc}", file=sys.stderr)
-        return 2
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise Unreachable(f"Redis at {settings.redis_url} does not answer: {exc}") from exc
     if found is None:
@@ -411,11 +406,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     _await_servers(settings, kafka=True, redis=True, wait_s=0)
     namespace = args.namespace or settings.state_namespace
     topic = restore.changelog_topic(settings, args.prefix)
-    try:
-        asyncio.run(_check_state_format(settings, namespace))
-    except UnreadableState as exc:
-        print(f"idp restore: {exc}", file=sys.stderr)
-        return 2
+    asyncio.run(_check_state_format(settings, namespace))
     return asyncio.run(restore.run(settings, namespace=namespace, topic=topic, whole=args.force,
                                    empty=args.from_empty))  # fmt: skip
 
@@ -580,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except Unreachable as exc:
+    except (Unreachable, UnreadableState) as exc:  # the message is the one line to print
         print(f"idp {args.command}: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:  # a setting from the environment that cannot be read
