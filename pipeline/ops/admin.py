@@ -51,24 +51,25 @@ def live_brokers(bootstrap: str) -> int:
     return asyncio.run(_brokers(bootstrap))
 
 
-async def topics_visible(bootstrap: str, names: list[str], *, timeout: float = 30.0) -> None:
-    """Wait until every broker of `bootstrap` lists the topics (new ones take a moment)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+async def topics_led_everywhere(bootstrap: str, names: list[str], *, timeout: float = 120) -> None:
+    """Wait until every broker of `bootstrap` gives every partition of `names` a leader.
+
+    A broker that learns of new topics late answers a client's first requests with "unknown
+    topic": callers start their clients only once every broker knows.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     for broker in bootstrap.split(","):
         while True:
-            admin = AIOKafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=3000)
             try:
-                await admin.start()
-                if set(names) <= set(await admin.list_topics()):
-                    break
-            except (KafkaError, OSError):
-                pass
-            finally:
-                await admin.close()
-            if asyncio.get_running_loop().time() > deadline:
-                message = f"{broker} does not list the topics {names} after {timeout:.0f}s"
-                raise TimeoutError(message)
-            await asyncio.sleep(0.1)
+                missing = await asyncio.wait_for(missing_topics(broker, names), 15)
+            except (KafkaError, OSError, TimeoutError):
+                missing = names
+            if not missing:
+                break
+            if loop.time() > deadline:
+                raise TimeoutError(f"{broker} has no leader for {missing[:3]} after {timeout}s")
+            await asyncio.sleep(0.2)
 
 
 async def ensure_topics(

@@ -21,15 +21,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka.errors import KafkaError
 from redis.asyncio.cluster import RedisCluster
 
 from pipeline.ops import stack
 from pipeline.ops.admin import (
     ensure_topics,
-    missing_topics,
     remove_keys,
     remove_run,
+    topics_led_everywhere,
 )
 from pipeline.ops.topics import TopicSpec, topic_specs
 from pipeline.state.base import Commit, Keys, Record, Store
@@ -162,27 +161,6 @@ async def pipeline(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Pipeline]:
     yield pipe
     await pipe.close()
     await remove_keys(cluster.redis_url, f"c{run}")
-
-
-async def topics_led_everywhere(bootstrap: str, names: list[str], timeout: float = 120) -> None:
-    """Wait until every broker's metadata gives every partition of `names` a leader.
-
-    A broker that learns of new topics late answers the readers' first requests with
-    "unknown topic": the workers and the test's reader start only once all of them know.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    for broker in bootstrap.split(","):
-        while True:
-            try:
-                missing = await asyncio.wait_for(missing_topics(broker, names), 15)
-            except (KafkaError, OSError, TimeoutError):
-                missing = names
-            if not missing:
-                break
-            if loop.time() > deadline:
-                raise AssertionError(f"{broker} has no leader for {missing[:3]} after {timeout}s")
-            await asyncio.sleep(0.2)
 
 
 async def settle(pipe: Pipeline, profiles: dict, merges: set, logouts: set, name: str) -> None:
