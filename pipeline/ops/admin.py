@@ -1,4 +1,4 @@
-"""Kafka administration: readiness probe and idempotent creation of the SPEC §3 topics."""
+"""Kafka administration: readiness probe, the SPEC §3 topics, a consumer's clean stop."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import replace
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -16,6 +17,24 @@ from pipeline.state.factory import open_store
 from schemas.topics import STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """Stop `consumer`, even when its fetcher re-raises a cancellation that is not the caller's.
+
+    A fetch request that failed (a broker slow to answer, say) waits out its retry backoff; when
+    `stop` cancels it there, aiokafka awaits the cancelled task and lets its CancelledError out of
+    `stop`, before the connections close (aio-libs/aiokafka#647, #983). That error is swallowed
+    and the connections closed; a cancellation of the caller itself still propagates.
+    """
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        logger.debug("a consumer's stop raised its fetcher's cancellation; closing its connections")
+        await consumer._client.close()  # what `stop` had left to do; aiokafka has no public call
 
 
 async def _describe(bootstrap: str) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from pipeline.ops.admin import stop_consumer
 from pipeline.state.base import Change, Keys, Store
 from pipeline.state.changelog import decode
 
@@ -54,7 +55,7 @@ async def changelog_ends(bootstrap: str, topic: str) -> dict[int, int]:
     try:
         return {tp.partition: end for tp, end in (await _ends(consumer, topic)).items()}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def _ends(consumer: AIOKafkaConsumer, topic: str) -> dict[TopicPartition, int]:
@@ -131,6 +132,6 @@ async def catch_up(
         await store.apply([Change(keys.changelog_marker(tp.partition), end, b"")
                            for tp, end in todo.items()])  # fmt: skip
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     caught.seconds = time.monotonic() - started
     return caught

@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.core import ids
-from pipeline.ops.admin import ensure_topics, remove_keys, remove_run
+from pipeline.ops.admin import ensure_topics, remove_keys, remove_run, stop_consumer
 from pipeline.ops.processes import cpu_seconds, spawn, stop
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import topic_specs
@@ -265,7 +265,7 @@ async def latency(
     finally:
         reader.cancel()
         await producer.stop()
-        await consumer.stop()
+        await stop_consumer(consumer)
     return by_record, by_receipt
 
 

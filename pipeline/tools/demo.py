@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline.ops.admin import stop_consumer
 from pipeline.ops.settings import Settings
 from pipeline.tools.journey import Record
 from schemas.topics import INPUT_TOPICS, MERGED, OUTPUT_TOPICS, PROFILES, REJECTED, SHUTDOWN
@@ -38,7 +39,7 @@ async def end_offsets(bootstrap: str, topics: list[str]) -> dict[TopicPartition,
         ]
         return await consumer.end_offsets(partitions)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
@@ -135,7 +136,7 @@ async def summarise(settings: Settings, since: dict[TopicPartition, int]) -> dic
                     remaining.pop(tp, None)
         return counts
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def run(settings: Settings, records: list[Record], *, timeout: float = 300.0) -> int:

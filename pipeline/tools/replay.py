@@ -19,7 +19,7 @@ from aiokafka.structs import OffsetAndMetadata
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline.ops.admin import ensure_topics
+from pipeline.ops.admin import ensure_topics, stop_consumer
 from pipeline.ops.processes import spawn, stop
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import topic_specs
@@ -48,7 +48,7 @@ async def start_from(settings: Settings, group: str, since: datetime) -> None:
         offsets.update({tp: OffsetAndMetadata(starts[tp], "") for tp in erasures})
         await consumer.commit(offsets)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def run(

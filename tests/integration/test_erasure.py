@@ -32,7 +32,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from pipeline.core import ids
-from pipeline.ops.admin import remove_run
+from pipeline.ops.admin import remove_run, stop_consumer
 from schemas.time import parse_timestamp, to_epoch_ms
 from schemas.topics import OUTPUT_TOPICS, STATE_CHANGELOG
 from tests.integration.conftest import SECRETS, TOKEN_EXP
@@ -141,7 +141,7 @@ async def changelog_view(pipeline: Pipeline) -> dict[bytes, bytes]:
                 if records and records[-1].offset + 1 >= wanted.get(tp, 0):
                     wanted.pop(tp, None)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
     return {key: value for key, value in latest.items() if value is not None}
 
 

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from pipeline.ops.admin import stop_consumer
 from schemas.time import parse_timestamp, to_epoch_ms
 from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
@@ -108,7 +109,7 @@ class Pipeline:
                 break
             except (UnknownTopicOrPartitionError, TimeoutError) as exc:
                 try:
-                    await asyncio.wait_for(self._consumer.stop(), 10)
+                    await asyncio.wait_for(stop_consumer(self._consumer), 10)
                 except TimeoutError:
                     pass  # abandoned: its connections close with the loop
                 if time.monotonic() > deadline:
@@ -219,7 +220,7 @@ class Pipeline:
         if self._reader is not None:
             self._reader.cancel()
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
         if self._producer is not None:
             await self._producer.stop()
 
@@ -267,7 +268,7 @@ async def read_topics(bootstrap: str, topics: list[str], prefix: str) -> OutputL
                     wanted.pop(tp, None)
         return log
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def assert_run_removed(bootstrap: str, redis_url: str, run: str, what: str) -> None:
