@@ -38,7 +38,7 @@ from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 from tests.integration.conftest import KEEP
 from tests.integration.test_faults import report
 from tests.integration.test_faults import scenario as fault_free
-from tests.support.kafka import PROJECT_ROOT, OutputLog, Pipeline, read_topics
+from tests.support.kafka import PROJECT_ROOT, OutputLog, Pipeline, read_topics, unconsumed
 
 pytestmark = pytest.mark.integration
 
@@ -184,9 +184,12 @@ async def settle(pipe: Pipeline, profiles: dict, merges: set, logouts: set, name
         missing = (merges - announced("identity.merged")) | (
             logouts - announced("identity.shutdown")
         )
+        behind = await unconsumed(pipe.bootstrap, pipe.app_id,
+                                  [pipe.prefix + t for t in INPUT_TOPICS])  # fmt: skip
         logs = "\n".join(pipe.worker_log(i)[-2500:] for i in range(len(pipe.workers)))
         raise AssertionError(f"{len(differing)} contacts differ; never announced: "
-                             f"{sorted(missing)[:5]}\n{logs}") from None  # fmt: skip
+                             f"{sorted(missing)[:5]}; input partitions not consumed to their "
+                             f"end (committed/end): {behind}\n{logs}") from None  # fmt: skip
     report(name, pipe.outputs)
 
 

@@ -271,6 +271,32 @@ async def read_topics(bootstrap: str, topics: list[str], prefix: str) -> OutputL
         await stop_consumer(consumer)
 
 
+async def unconsumed(bootstrap: str, group: str, topics: list[str]) -> list[str]:
+    """The partitions of `topics` whose end the group's committed offset is short of.
+
+    Each as "topic:partition committed/end" (committed -1: none), for a failure's report.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        await consumer._client.force_metadata_update()
+        partitions = [TopicPartition(topic, p) for topic in topics
+                      for p in sorted(consumer.partitions_for_topic(topic) or ())]  # fmt: skip
+        ends = await consumer.end_offsets(partitions)
+        behind = []
+        for tp in partitions:
+            offset = committed[tp].offset if tp in committed else -1
+            if max(offset, 0) < ends[tp]:
+                behind.append(f"{tp.topic}:{tp.partition} {offset}/{ends[tp]}")
+        return behind
+    finally:
+        await stop_consumer(consumer)
+        await admin.close()
+
+
 async def assert_run_removed(bootstrap: str, redis_url: str, run: str, what: str) -> None:
     """A run's Redis keys and topics (both named `run...`) are gone; deleting topics takes a
     moment, so they are awaited for 30 s."""
