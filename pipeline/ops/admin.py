@@ -9,6 +9,7 @@ from dataclasses import replace
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.protocol.metadata import MetadataRequest
 
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import TopicSpec, default_replication_factor, replicated, topic_specs
@@ -54,20 +55,38 @@ def cluster_ready(bootstrap: str) -> bool:
     return asyncio.run(_describe(bootstrap))
 
 
-async def _brokers(bootstrap: str) -> int:
+async def _views(bootstrap: str) -> dict[int, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     try:
         await admin.start()
-        return len((await admin.describe_cluster())["brokers"])
-    except (KafkaError, OSError):
-        return 0
+        return await broker_views(admin)
+    except (KafkaError, OSError, TimeoutError):
+        return {}
     finally:
         await admin.close()
 
 
-def live_brokers(bootstrap: str) -> int:
-    """How many brokers the broker at `bootstrap` knows to be up (0: it does not answer)."""
-    return asyncio.run(_brokers(bootstrap))
+async def broker_views(admin: AIOKafkaAdminClient) -> dict[int, int]:
+    """Broker id -> how many brokers that broker's own metadata lists as up.
+
+    A broker's view lags the controller's by moments: just after a broker has joined, one node
+    (`describe_cluster` asks a random one) can still count it out. Each broker is asked itself;
+    one that does not answer is left out.
+    """
+    views = {}
+    for broker in sorted(admin._client.cluster.brokers(), key=lambda b: b.nodeId):
+        try:
+            response = await admin._send_request_to_node(broker.nodeId, MetadataRequest([]))
+        except (KafkaError, OSError, TimeoutError):
+            continue
+        views[broker.nodeId] = len(response.to_object()["brokers"])
+    return views
+
+
+def brokers_agree(bootstrap: str, brokers: int) -> bool:
+    """Whether `brokers` brokers answer and each of them sees all `brokers` up."""
+    views = asyncio.run(_views(bootstrap))
+    return len(views) == brokers and all(seen == brokers for seen in views.values())
 
 
 async def topics_led_everywhere(bootstrap: str, names: list[str], *, timeout: float = 120) -> None:
@@ -111,8 +130,11 @@ async def ensure_topics(
             replication_factor = Settings().replication_factor
         if replication_factor is None:
             # The brokers alive now: set IDP_REPLICATION_FACTOR where one may be down.
-            brokers = len((await admin.describe_cluster())["brokers"])
+            brokers = max((await broker_views(admin)).values(), default=0)
             replication_factor = default_replication_factor(brokers)
+            logger.info("creating %d topics with replication factor %d: the cluster has %d "
+                        "broker(s) up (IDP_REPLICATION_FACTOR sets it)", len(missing),
+                        replication_factor, brokers)  # fmt: skip
         new = [
             NewTopic(
                 name=spec.name,

@@ -602,13 +602,12 @@ def start_kafka_cluster(brokers: int = 3, *, timeout: float = 120) -> str:
         start_cluster_broker(index, brokers)
     for index in range(brokers):
         wait_cluster_broker(index, timeout=timeout)
-    from pipeline.ops.admin import live_brokers  # late import: aiokafka is heavy
+    from pipeline.ops.admin import brokers_agree  # late import: aiokafka is heavy
 
     # Topics created before every broker has registered would get fewer replicas.
-    for index in range(brokers):
-        broker = f"{CLUSTER_HOST}:{CLUSTER_KAFKA_PORT + index}"
-        wait_until(lambda b=broker: live_brokers(b) == brokers, timeout=timeout,  # type: ignore[misc]
-                   what=f"{broker} to see {brokers} brokers")  # fmt: skip
+    bootstrap = cluster_bootstrap(brokers)
+    wait_until(lambda: brokers_agree(bootstrap, brokers), timeout=timeout,
+               what=f"each of the {brokers} brokers to see all of them")  # fmt: skip
     return f"kafka cluster: {brokers} KRaft nodes on {cluster_bootstrap(brokers)}"
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio.cluster import RedisCluster
 
 from pipeline.ops import stack
@@ -152,8 +153,9 @@ async def pipeline(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Pipeline]:
     named = {spec.name for spec in specs}
     specs += [TopicSpec(prefix + name, 4, {}) for name in (*INPUT_TOPICS, *OUTPUT_TOPICS)
               if prefix + name not in named]  # fmt: skip
-    await ensure_topics(cluster.bootstrap, specs)
+    await ensure_topics(cluster.bootstrap, specs)  # the replication factor the cluster calls for
     await topics_led_everywhere(cluster.bootstrap, [spec.name for spec in specs])
+    assert await replicas(cluster.bootstrap, [spec.name for spec in specs]) == {BROKERS}
     pipe = Pipeline(bootstrap=cluster.bootstrap, redis_url=cluster.redis_url, prefix=prefix,
                     app_id=f"idp-{run}", namespace=f"c{run}", secrets_file=secrets_file,
                     log_dir=tmp_path)  # fmt: skip
@@ -161,6 +163,17 @@ async def pipeline(cluster: Cluster, tmp_path: Path) -> AsyncIterator[Pipeline]:
     yield pipe
     await pipe.close()
     await remove_keys(cluster.redis_url, f"c{run}")
+
+
+async def replicas(bootstrap: str, topics: list[str]) -> set[int]:
+    """The numbers of replicas the partitions of `topics` have."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+        return {len(p["replicas"]) for topic in described for p in topic["partitions"]}
+    finally:
+        await admin.close()
 
 
 async def settle(pipe: Pipeline, profiles: dict, merges: set, logouts: set, name: str) -> None:
