@@ -30,7 +30,7 @@ from pipeline.core.verify import TokenPolicy
 from pipeline.ops.settings import Settings
 from pipeline.state.base import Keys
 from pipeline.state.redis_store import RedisStore
-from pipeline.worker import fetching, metrics, transport
+from pipeline.worker import fetching, metrics, stalls, transport
 from pipeline.worker.batching import gathered
 from pipeline.worker.codec import Item, encode_output
 from pipeline.worker.decoding import decode_batch
@@ -403,6 +403,7 @@ def create_app(settings: Settings) -> faust.App:
         in_background(sweep_after_rebalance())
 
     lagging: set[tuple[str, str]] = set()
+    watch = stalls.StallWatch()
 
     @app.timer(interval=LAG_SAMPLE_S)
     async def sample_lag() -> None:
@@ -428,6 +429,22 @@ def create_app(settings: Settings) -> faust.App:
                 return None
 
         metrics.sample_lag(assigned, highwater, done.get, lagging)
+        ends = {tp: highwater(tp) for tp in assigned}
+        unknown = [tp for tp, end in ends.items() if end is None]  # never fetched yet
+        if unknown:
+            try:
+                ends.update(await consumer.highwaters(*unknown))
+            except Exception:  # the broker away: the next sample asks again
+                pass
+        now = time.monotonic()
+        watch.keep(set(assigned))
+        for tp in assigned:
+            offset, end = done[tp], ends.get(tp)
+            if offset is not None and end is not None and watch.observe(tp, offset, end, now):
+                logger.warning("%s partition %d is stalled: at offset %d of %d for %.0fs; %s",
+                               tp.topic, tp.partition, offset, end, watch.stall_s,
+                               stalls.describe(consumer, tp))  # fmt: skip
+        metrics.STALLED.set(len(watch.stalled))
 
     @app.timer(interval=30.0)
     async def report() -> None:

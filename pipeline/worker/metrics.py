@@ -49,6 +49,9 @@ CONSUMER_LAG = Gauge("idp_consumer_lag",
                      "(highwater - committed, or - position before the first commit)",
                      ["topic", "partition"])  # fmt: skip
 ASSIGNED = Gauge("idp_assigned_partitions", "Input partitions assigned to this worker")
+STALLED = Gauge("idp_partitions_stalled",
+                "Assigned input partitions behind their end whose offset has not moved for "
+                "a minute (`worker.stalls`)")  # fmt: skip
 OUTBOX_FOUND = Gauge(
     "idp_outbox_records_found",
     "Outbox records the last sweep found (undelivered outputs of committed batches)",
