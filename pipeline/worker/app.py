@@ -407,20 +407,19 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=LAG_SAMPLE_S)
     async def sample_lag() -> None:
-        """Export each assigned input partition's lag: highwater - committed (or - position)."""
+        """Export each assigned input partition's lag: highwater - committed (or - position).
+
+        Then find the partitions that stall (`worker.stalls`): log them and fetch them again.
+        """
         consumer = app.consumer
         assigned = [tp for tp in consumer.assignment() if tp.topic in logical]
         metrics.ASSIGNED.set(len(assigned))
         # Faust's own record of the offsets it committed (or found committed at assignment).
         committed = consumer._committed_offset  # type: ignore[attr-defined]
-        done: dict[TP, int | None] = {}
-        for tp in assigned:
-            done[tp] = committed.get(tp)
-            if done[tp] is None:
-                try:
-                    done[tp] = await consumer.position(tp)
-                except Exception:  # revoked meanwhile: no lag to report
-                    done[tp] = None
+        # aiokafka's positions, read without waiting for one it has not reset yet.
+        positions = {tp: stalls.position(consumer, tp) for tp in assigned}
+        done = {tp: committed.get(tp) if committed.get(tp) is not None else positions[tp]
+                for tp in assigned}  # fmt: skip
 
         def highwater(tp: TP) -> int | None:
             try:
@@ -433,17 +432,28 @@ def create_app(settings: Settings) -> faust.App:
         unknown = [tp for tp, end in ends.items() if end is None]  # never fetched yet
         if unknown:
             try:
-                ends.update(await consumer.highwaters(*unknown))
+                ends.update(await asyncio.wait_for(consumer.highwaters(*unknown), LAG_SAMPLE_S))
             except Exception:  # the broker away: the next sample asks again
                 pass
         now = time.monotonic()
         watch.keep(set(assigned))
         for tp in assigned:
-            offset, end = done[tp], ends.get(tp)
-            if offset is not None and end is not None and watch.observe(tp, offset, end, now):
-                logger.warning("%s partition %d is stalled: at offset %d of %d for %.0fs; %s",
-                               tp.topic, tp.partition, offset, end, watch.stall_s,
-                               stalls.describe(consumer, tp))  # fmt: skip
+            # Where fetching stands: the position, else what is committed, else nothing read.
+            position = positions[tp]
+            at: int = position if position is not None else (committed.get(tp) or 0)
+            end = ends.get(tp)
+            if stalls.held(consumer, tp):  # at an unreadable batch: logged and shown as such
+                end = at
+            if end is not None and watch.observe(tp, at, end, now):
+                logger.warning("%s partition %d is stalled at offset %d of %d for %.0fs; %s; "
+                               "fetching it again from there", tp.topic, tp.partition, at, end,
+                               watch.stall_s, stalls.describe(consumer, tp))  # fmt: skip
+                metrics.STALLS.inc()
+                try:
+                    await stalls.fetch_again(consumer, tp, at)
+                except Exception:  # revoked meanwhile
+                    logger.exception("fetching %s partition %d again failed", tp.topic,
+                                     tp.partition)  # fmt: skip
         metrics.STALLED.set(len(watch.stalled))
 
     @app.timer(interval=30.0)

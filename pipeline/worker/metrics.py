@@ -52,6 +52,8 @@ ASSIGNED = Gauge("idp_assigned_partitions", "Input partitions assigned to this w
 STALLED = Gauge("idp_partitions_stalled",
                 "Assigned input partitions behind their end whose offset has not moved for "
                 "a minute (`worker.stalls`)")  # fmt: skip
+STALLS = Counter("idp_partition_stalls", "Stalls of input partitions found (each one a minute "
+                 "long; the partition is fetched again)")  # fmt: skip
 OUTBOX_FOUND = Gauge(
     "idp_outbox_records_found",
     "Outbox records the last sweep found (undelivered outputs of committed batches)",

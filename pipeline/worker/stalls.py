@@ -1,13 +1,15 @@
-"""Input partitions that stop moving while records wait in them: found, logged and counted.
+"""Input partitions that stop moving while records wait in them: found, logged, fetched again.
 
-A partition is *stalled* when the broker holds records past what the worker has done (its
-committed offset, or its position before the first commit) and that offset has not moved for
-`STALL_S`. No healthy worker does that: a busy one moves every partition it is behind on,
-since Faust hands over the partitions' records in turn. A stall means a layer of the consumer
-keeps a partition's records from the agent, for a cause not known yet (docs/durability.md,
-*Known gaps*). The worker logs each stall once, with what each layer holds of the partition
-(`describe`), and counts stalled partitions in `idp_partitions_stalled`, so that it is seen and
-can be alerted on; it changes nothing itself.
+A partition is *stalled* when the broker holds records past the consumer's position (or, before
+it has one, past the committed offset) and that offset has not moved for `STALL_S`; one held at
+an unreadable batch is not (`worker.fetching` logs and shows it). No healthy worker does that: a
+busy one moves every partition it is behind on, since Faust hands over the partitions' records
+in turn. A stall means a layer of the consumer keeps a partition's records from the agent, for a
+cause not known yet (docs/durability.md, *Known gaps*). Each minute a partition stays stalled
+the worker logs it, with what each layer holds of it (`describe`), and fetches it again from
+where it stands (`fetch_again`): what it had fetched and not handed over is dropped and asked
+for anew, which is always safe (nothing before the offset is skipped). `idp_partitions_stalled`
+counts the partitions stalled now, `idp_partition_stalls_total` the stalls found, for alerts.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ class StallWatch:
     stalled: set[Any] = field(default_factory=set)
 
     def observe(self, tp: Any, done: int, end: int, now: float) -> bool:
-        """Record a sample of one partition; True when it has just become stalled."""
+        """Record a sample of one partition; True when it has been stalled for `stall_s` more."""
         previous = self.seen.get(tp)
         if previous is None or previous[0] != done or done >= end:
             self.seen[tp] = (done, now)
             self.stalled.discard(tp)
             return False
-        if tp in self.stalled or now - previous[1] < self.stall_s:
+        if now - previous[1] < self.stall_s:
             return False
+        self.seen[tp] = (done, now)  # reported again if it stays so another `stall_s`
         self.stalled.add(tp)
         return True
 
@@ -81,3 +84,36 @@ def describe(consumer: Any, tp: Any) -> str:
     except Exception as exc:
         parts.append(f"aiokafka: unreadable ({exc!r})")
     return "; ".join(parts)
+
+
+def held(consumer: Any, tp: Any) -> bool:
+    """Whether the worker's fetcher holds `tp` at an unreadable batch (`worker.fetching`)."""
+    try:
+        return tp in consumer._thread._consumer._fetcher.held
+    except Exception:  # the stock fetcher, or not started
+        return False
+
+
+def position(consumer: Any, tp: Any) -> int | None:
+    """The position aiokafka has for `tp` (None: not reset yet, or not assigned), at once.
+
+    Faust's `position` waits until aiokafka has one, which a stalled reset never gives.
+    """
+    try:
+        state = consumer._thread._consumer._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # not started, or assigned anew meanwhile
+        return None
+    return state.position if state is not None and state.has_valid_position else None
+
+
+async def fetch_again(consumer: Any, tp: Any, offset: int) -> None:
+    """Fetch `tp` again from `offset`, and make sure Faust takes its records.
+
+    The seek drops what aiokafka fetched and did not hand over and asks for the partition
+    anew; a partition that Faust left out of its active set without pausing it is put back.
+    """
+    active = consumer._active_partitions
+    if active is not None and tp not in active and tp not in consumer._paused_partitions:
+        consumer._buffered_partitions.discard(tp)
+        active.add(tp)
+    await consumer.seek(tp, offset)
