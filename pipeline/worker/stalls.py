@@ -4,8 +4,9 @@ A partition is *stalled* when the broker holds records past the consumer's posit
 it has one, past the committed offset) and that offset has not moved for `STALL_S`; one held at
 an unreadable batch is not (`worker.fetching` logs and shows it). No healthy worker does that: a
 busy one moves every partition it is behind on, since Faust hands over the partitions' records
-in turn. A stall means a layer of the consumer keeps a partition's records from the agent, for a
-cause not known yet (docs/durability.md, *Known gaps*). Each minute a partition stays stalled
+in turn. A stall means a layer of the consumer keeps a partition's records from the agent; the
+one cause known is handled where it arises (`transport.seek_to_committed`), this is the net for
+others (docs/durability.md, *A partition left unread*). Each minute a partition stays stalled
 the worker logs it, with what each layer holds of it (`describe`), and fetches it again from
 where it stands (`fetch_again`): what it had fetched and not handed over is dropped and asked
 for anew, which is always safe (nothing before the offset is skipped). `idp_partitions_stalled`
