@@ -608,7 +608,7 @@ def start_kafka_cluster(brokers: int = 3, *, timeout: float = 120) -> str:
     bootstrap = cluster_bootstrap(brokers)
     wait_until(lambda: brokers_agree(bootstrap, brokers), timeout=timeout,
                what=f"each of the {brokers} brokers to see all of them")  # fmt: skip
-    return f"kafka cluster: {brokers} KRaft nodes on {cluster_bootstrap(brokers)}"
+    return f"kafka cluster: {brokers} KRaft nodes on {bootstrap}"
 
 
 def _cluster_brokers() -> list[int]:

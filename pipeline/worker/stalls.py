@@ -69,28 +69,40 @@ def describe(consumer: Any, tp: Any) -> str:
     except Exception as exc:  # a private shape that changed: say so, do not fail
         parts.append(f"Faust: unreadable ({exc!r})")
     try:
-        kafka = consumer._thread._consumer
-        fetcher = kafka._fetcher
-        state = kafka._subscription.subscription.assignment.state_value(tp)
-        position = state.position if state is not None and state.has_valid_position else None
-        waiting = fetcher._records.get(tp)
+        kafka = _kafka(consumer)
+        state = _state(consumer, tp)
+        waiting = kafka._fetcher._records.get(tp)
         parts.append(
-            f"aiokafka: position {position}, paused {state is not None and state.paused}, "
-            f"awaiting reset {state is not None and state.awaiting_reset}, records fetched and "
-            f"not taken {type(waiting).__name__ if waiting is not None else None}, requests in "
-            f"flight to nodes {sorted(fetcher._in_flight)}, leader "
+            f"aiokafka: position {position(consumer, tp)}, paused "
+            f"{state is not None and state.paused}, awaiting reset "
+            f"{state is not None and state.awaiting_reset}, records fetched and not taken "
+            f"{type(waiting).__name__ if waiting is not None else None}, requests in flight to "
+            f"nodes {sorted(kafka._fetcher._in_flight)}, leader "
             f"{kafka._client.cluster.leader_for_partition(tp)}, held at an unreadable batch "
-            f"{tp in getattr(fetcher, 'held', {})}"
+            f"{held(consumer, tp)}"
         )
     except Exception as exc:
         parts.append(f"aiokafka: unreadable ({exc!r})")
     return "; ".join(parts)
 
 
+def _kafka(consumer: Any) -> Any:
+    """The aiokafka consumer under Faust's (in its consumer thread)."""
+    return consumer._thread._consumer
+
+
+def _state(consumer: Any, tp: Any) -> Any:
+    """The state aiokafka keeps of an assigned partition (None: not assigned, or not started)."""
+    try:
+        return _kafka(consumer)._subscription.subscription.assignment.state_value(tp)
+    except Exception:  # not started, or assigned anew meanwhile
+        return None
+
+
 def held(consumer: Any, tp: Any) -> bool:
     """Whether the worker's fetcher holds `tp` at an unreadable batch (`worker.fetching`)."""
     try:
-        return tp in consumer._thread._consumer._fetcher.held
+        return tp in _kafka(consumer)._fetcher.held
     except Exception:  # the stock fetcher, or not started
         return False
 
@@ -100,10 +112,7 @@ def position(consumer: Any, tp: Any) -> int | None:
 
     Faust's `position` waits until aiokafka has one, which a stalled reset never gives.
     """
-    try:
-        state = consumer._thread._consumer._subscription.subscription.assignment.state_value(tp)
-    except Exception:  # not started, or assigned anew meanwhile
-        return None
+    state = _state(consumer, tp)
     return state.position if state is not None and state.has_valid_position else None
 
 

@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import UnknownTopicOrPartitionError
 
 from pipeline.ops.admin import stop_consumer
+from pipeline.tools.demo import end_offsets
 from schemas.time import parse_timestamp, to_epoch_ms
 from schemas.topics import INPUT_TOPICS, OUTPUT_TOPICS
 
@@ -277,24 +278,17 @@ async def unconsumed(bootstrap: str, group: str, topics: list[str]) -> list[str]
     Each as "topic:partition committed/end" (committed -1: none), for a failure's report.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await admin.start()
-    await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        await consumer._client.force_metadata_update()
-        partitions = [TopicPartition(topic, p) for topic in topics
-                      for p in sorted(consumer.partitions_for_topic(topic) or ())]  # fmt: skip
-        ends = await consumer.end_offsets(partitions)
-        behind = []
-        for tp in partitions:
-            offset = committed[tp].offset if tp in committed else -1
-            if max(offset, 0) < ends[tp]:
-                behind.append(f"{tp.topic}:{tp.partition} {offset}/{ends[tp]}")
-        return behind
     finally:
-        await stop_consumer(consumer)
         await admin.close()
+    behind = []
+    for tp, end in (await end_offsets(bootstrap, topics)).items():
+        offset = committed[tp].offset if tp in committed else -1
+        if max(offset, 0) < end:
+            behind.append(f"{tp.topic}:{tp.partition} {offset}/{end}")
+    return behind
 
 
 async def assert_run_removed(bootstrap: str, redis_url: str, run: str, what: str) -> None:
