@@ -135,7 +135,10 @@ async def _check_state_format(settings: Settings, namespace: str | None = None) 
         found = await ensure_format(store, keys)
     finally:
         await store.close()
-    if found.recorded:
+    if found.upgraded_from is not None:
+        logger.info("namespace %r: state format %d read, recorded as format %d",
+                    keys.namespace, found.upgraded_from, found.format)  # fmt: skip
+    elif found.recorded:
         logger.info("namespace %r: state format %d recorded", keys.namespace, found.format)
 
 

@@ -309,7 +309,8 @@ def _erase_user(
     linked = tuple(a for a in user.devices
                    if any(f.user_id == user_id for f in devices[a].sessions))  # fmt: skip
     name = user.name if user.name is not None and user.name[0] >= at else None
-    new_user = User(linked, claims, name, at) if (linked or claims or name) else None
+    since = {a: t for a, t in user.since.items() if a in linked}
+    new_user = User(linked, claims, name, at, since) if (linked or claims or name) else None
     changed_devices = {a: d for a, d in devices.items() if d != old[a]}
     return _Change(changed_devices, {user_id: new_user}, _changed_emails(resolver, emails),
                    tokens, erasures=markers)  # fmt: skip
@@ -419,6 +420,8 @@ def scrub(resolver: _Resolver, change: _Change) -> _Change:
         segments = resolver.timeline(anonymous_id, new=True).segments
         doomed = {c for s in segments if erased_segment(s) for c in s.chats
                   if not is_placeholder(c.email)}  # fmt: skip
+        if any(change.devices[anonymous_id].settled_before(c.at) for c in doomed):
+            resolver.unfold(anonymous_id)  # a carried chat goes: from the whole device
         if doomed:
             removed[anonymous_id] = doomed
     if resolver.missing or not removed:
@@ -467,7 +470,11 @@ def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
         user = resolver.old_user(user_id)
         kept = user
         if anonymous_id in user.devices and not any(f.user_id == user_id for f in sessions):
-            kept = replace(kept, devices=tuple(d for d in user.devices if d != anonymous_id))
+            kept = replace(
+                kept,
+                devices=tuple(d for d in user.devices if d != anonymous_id),
+                since={d: t for d, t in user.since.items() if d != anonymous_id},
+            )
         claims = tuple(c for c in user.emails if c.event_id not in gone_events)
         if claims != user.emails:
             kept = replace(kept, emails=claims)

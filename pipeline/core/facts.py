@@ -7,6 +7,7 @@ nothing (R12). Every record is a set-like value: adding a fact is commutative an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,52 +53,108 @@ class EmailClaim:
 
 
 @dataclass(frozen=True, slots=True)
+class Carry:
+    """Where a device's settled history ends: its facts before `key` are in chunk records.
+
+    `key` is on the timeline's doubled scale (`2 * at` of the first session fact kept in the
+    device's record). The rest is the device's state there, all that deriving its later
+    segments needs of the facts before it: the segment it was in (kind, contact, start,
+    session, linked user: `timeline.derive`'s fold state) and that segment's chats before
+    `key` (an e-mail match can still split it, and its profile lists them). `chunks` counts the
+    chunk records (`DeviceChunk`, numbered from 0) that hold the facts before `key`.
+    """
+
+    key: int
+    kind: Literal["visitor", "user"]
+    contact_id: str
+    start_key: int | None
+    session: str
+    user_id: str | None
+    chats: tuple[ChatFact, ...]
+    chunks: int
+
+    def to_json(self) -> list:
+        """As stored in the device's record."""
+        return [self.key, self.kind, self.contact_id, self.start_key, self.session,
+                self.user_id, [_chat_row(c) for c in self.chats], self.chunks]  # fmt: skip
+
+    @classmethod
+    def from_json(cls, row: list) -> Carry:
+        """Inverse of `to_json`."""
+        key, kind, contact_id, start_key, session, user_id, chats, chunks = row
+        return cls(key, kind, contact_id, start_key, session, user_id,
+                   tuple(ChatFact(*c) for c in chats), chunks)  # fmt: skip
+
+
+def _session_row(f: SessionFact) -> list:
+    return [f.at, f.event_id, f.kind, f.user_id, f.jti] if f.jti else [f.at, f.event_id, f.kind,
+                                                                       f.user_id]  # fmt: skip
+
+
+def _chat_row(f: ChatFact) -> list:
+    return [f.at, f.event_id, f.conversation_id, f.email, f.name, f.city]
+
+
+@dataclass(frozen=True, slots=True)
 class Device:
     """One anonymous_id: its session facts, chats and the time of its earliest activity.
 
     `erased` is the time of the device's erasure (R16), if it was erased: its events stamped
     before it are refused, so the check costs nothing for a device never erased.
+
+    A device with a long history is *folded* (`carry`, R15): its record keeps the facts from
+    `carry.key` on, and the older ones are in chunk records, read only when an event needs
+    them (`rules._Resolver.unfold`). An unfolded device holds every fact and no carry.
     """
 
     sessions: tuple[SessionFact, ...] = ()
     chats: tuple[ChatFact, ...] = ()
     first_activity: int | None = None
     erased: int | None = None
+    carry: Carry | None = None
 
     def with_session(self, fact: SessionFact) -> Device:
         """Add a session fact (kept sorted by time, then event_id)."""
         if fact in self.sessions:
             return self
         sessions = tuple(sorted((*self.sessions, fact)))
-        return Device(sessions, self.chats, self.first_activity, self.erased)
+        return Device(sessions, self.chats, self.first_activity, self.erased, self.carry)
 
     def with_chat(self, fact: ChatFact) -> Device:
         """Add a chat; a chat is activity too."""
         chats = self.chats if fact in self.chats else tuple(sorted((*self.chats, fact)))
-        return Device(self.sessions, chats, self.first_activity, self.erased).with_activity(fact.at)
+        device = Device(self.sessions, chats, self.first_activity, self.erased, self.carry)
+        return device.with_activity(fact.at)
 
     def with_activity(self, at: int) -> Device:
         """Record activity (a page view or a chat) at `at`."""
         if self.first_activity is not None and self.first_activity <= at:
             return self
-        return Device(self.sessions, self.chats, at, self.erased)
+        return Device(self.sessions, self.chats, at, self.erased, self.carry)
+
+    def settled_before(self, at: int) -> bool:
+        """Whether a fact at `at` lies in the folded part (before the carry)."""
+        return self.carry is not None and 2 * at < self.carry.key
+
+    def unfolded(self, chunks: Iterable[DeviceChunk]) -> Device:
+        """The whole device: its record's facts with those of its chunk records."""
+        sessions = [*self.sessions]
+        chats = [*self.chats]
+        for chunk in chunks:
+            sessions += chunk.sessions
+            chats += chunk.chats
+        return Device(tuple(sorted(sessions)), tuple(sorted(chats)), self.first_activity,
+                      self.erased)  # fmt: skip
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
         return orjson.dumps(
             {
-                "s": [
-                    [f.at, f.event_id, f.kind, f.user_id, f.jti]
-                    if f.jti
-                    else [f.at, f.event_id, f.kind, f.user_id]
-                    for f in self.sessions
-                ],
-                "c": [
-                    [f.at, f.event_id, f.conversation_id, f.email, f.name, f.city]
-                    for f in self.chats
-                ],
+                "s": [_session_row(f) for f in self.sessions],
+                "c": [_chat_row(f) for f in self.chats],
                 "a": self.first_activity,
                 **({"x": self.erased} if self.erased is not None else {}),
+                **({"k": self.carry.to_json()} if self.carry is not None else {}),
             }
         )
 
@@ -105,17 +162,50 @@ class Device:
     def from_bytes(cls, data: bytes) -> Device:
         """Inverse of `to_bytes`."""
         raw = orjson.loads(data)
+        carry = raw.get("k")
         return cls(
             sessions=tuple(SessionFact(*row) for row in raw["s"]),
             chats=tuple(ChatFact(*row) for row in raw["c"]),
             first_activity=raw["a"],
             erased=raw.get("x"),
+            carry=Carry.from_json(carry) if carry is not None else None,
         )
 
     @staticmethod
     def first_activity_of(data: bytes) -> int | None:
         """A stored device's `first_activity`, without building the whole device."""
         return orjson.loads(data)["a"]
+
+
+def chunk_ident(anonymous_id: str, index: int) -> str:
+    """The identifier of a device's chunk record `index` (`DeviceChunk`)."""
+    return f"{index}:{anonymous_id}"
+
+
+def chunk_idents(anonymous_id: str, device: Device | None) -> list[str]:
+    """The identifiers of all of a stored device's chunk records."""
+    count = device.carry.chunks if device is not None and device.carry is not None else 0
+    return [chunk_ident(anonymous_id, i) for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceChunk:
+    """Facts of a folded device's settled history (`Device.carry`), a bounded stretch each."""
+
+    sessions: tuple[SessionFact, ...] = ()
+    chats: tuple[ChatFact, ...] = ()
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the store."""
+        return orjson.dumps({"s": [_session_row(f) for f in self.sessions],
+                             "c": [_chat_row(f) for f in self.chats]})  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DeviceChunk:
+        """Inverse of `to_bytes`."""
+        raw = orjson.loads(data)
+        return cls(tuple(SessionFact(*row) for row in raw["s"]),
+                   tuple(ChatFact(*row) for row in raw["c"]))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,26 +220,38 @@ class User:
     emails: tuple[EmailClaim, ...] = ()
     name: tuple[int, str, str] | None = None  # (at, event_id, name): the latest wins
     erased: int | None = None
+    # Device -> the time of the user's earliest session fact there; a device it lacks is
+    # unknown (state written before it was kept) and counts as the earliest of all. It tells
+    # whether a folded device's settled history holds anything of this user (R15).
+    since: dict[str, int] = field(default_factory=dict)
 
-    def with_device(self, anonymous_id: str) -> User:
-        """Remember a device the user linked on."""
-        if anonymous_id in self.devices:
+    def with_device(self, anonymous_id: str, at: int) -> User:
+        """Remember a device the user has a session fact on at `at`."""
+        known = anonymous_id in self.devices
+        if known and self.since.get(anonymous_id, at) <= at:
             return self
-        devices = tuple(sorted((*self.devices, anonymous_id)))
-        return User(devices, self.emails, self.name, self.erased)
+        devices = self.devices if known else tuple(sorted((*self.devices, anonymous_id)))
+        since = self.since if known and anonymous_id not in self.since else {
+            **self.since, anonymous_id: at}  # fmt: skip
+        return User(devices, self.emails, self.name, self.erased, since)
+
+    def first_on(self, anonymous_id: str) -> int | None:
+        """The user's earliest session fact on the device; None when it is not known."""
+        return self.since.get(anonymous_id)
 
     def with_email(self, claim: EmailClaim) -> User:
         """Add an e-mail claim."""
         if claim in self.emails:
             return self
-        return User(self.devices, tuple(sorted((*self.emails, claim))), self.name, self.erased)
+        emails = tuple(sorted((*self.emails, claim)))
+        return User(self.devices, emails, self.name, self.erased, self.since)
 
     def with_name(self, at: int, event_id: str, name: str) -> User:
         """Keep the name of the latest event."""
         candidate = (at, event_id, name)
         if self.name is not None and self.name >= candidate:
             return self
-        return User(self.devices, self.emails, candidate, self.erased)
+        return User(self.devices, self.emails, candidate, self.erased, self.since)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -159,6 +261,7 @@ class User:
                 "e": [[c.at, c.event_id, c.email, c.verified] for c in self.emails],
                 "n": list(self.name) if self.name else None,
                 **({"x": self.erased} if self.erased is not None else {}),
+                **({"f": [self.since.get(d) for d in self.devices]} if self.since else {}),
             }
         )
 
@@ -166,11 +269,14 @@ class User:
     def from_bytes(cls, data: bytes) -> User:
         """Inverse of `to_bytes`."""
         raw = orjson.loads(data)
+        devices = tuple(raw["d"])
+        since = {d: at for d, at in zip(devices, raw.get("f", ()), strict=False) if at is not None}
         return cls(
-            devices=tuple(raw["d"]),
+            devices=devices,
             emails=tuple(EmailClaim(*row) for row in raw["e"]),
             name=tuple(raw["n"]) if raw["n"] else None,
             erased=raw.get("x"),
+            since=since,
         )
 
 

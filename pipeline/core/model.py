@@ -8,7 +8,7 @@ from typing import Literal
 
 import orjson
 
-from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
+from pipeline.core.facts import Device, DeviceChunk, EmailEntry, ErasureMarker, TokenUses, User
 from schemas import Erased, Merged, Profile, Rejected, Shutdown
 
 OutputMessage = Merged | Shutdown | Profile | Rejected | Erased
@@ -28,7 +28,8 @@ def profile_from_bytes(data: bytes) -> Profile:
 class View:
     """The part of one workspace's state an event touches; None means "known absent".
 
-    `contacts` holds the profiles last published, to emit only what changed.
+    `contacts` holds the profiles last published, to emit only what changed. `chunks` holds
+    folded devices' chunk records (`facts.chunk_ident`), loaded only when asked for.
     """
 
     workspace_id: str
@@ -38,6 +39,7 @@ class View:
     contacts: dict[str, Profile | None] = field(default_factory=dict)
     tokens: dict[str, TokenUses | None] = field(default_factory=dict)
     erasures: dict[str, ErasureMarker | None] = field(default_factory=dict)
+    chunks: dict[str, DeviceChunk | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class NeedMore:
     emails: tuple[str, ...] = ()
     tokens: tuple[str, ...] = ()
     erasures: tuple[str, ...] = ()
+    chunks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class Transition:
     contacts: dict[str, Profile | None] = field(default_factory=dict)
     tokens: dict[str, TokenUses | None] = field(default_factory=dict)
     erasures: dict[str, ErasureMarker] = field(default_factory=dict)
+    chunks: dict[str, DeviceChunk | None] = field(default_factory=dict)
     emits: tuple[Emit, ...] = ()
     # The records the decision depended on, as (table, key): the same view entries give the
     # same transition, which lets a caller reuse a decision made ahead of time.
@@ -117,5 +121,5 @@ class Transition:
         """Whether the transition changes any record."""
         return bool(
             self.devices or self.users or self.emails or self.contacts or self.tokens
-            or self.erasures
+            or self.erasures or self.chunks
         )  # fmt: skip

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.core.events import check
-from pipeline.core.facts import Device, EmailEntry, ErasureMarker, TokenUses, User
+from pipeline.core.facts import Device, DeviceChunk, EmailEntry, ErasureMarker, TokenUses, User
 from pipeline.core.model import Emit, NeedMore, Refusal, Transition, Unchanged, View
 from pipeline.core.rules import CoreConfig, apply
 from schemas import InputEvent, Profile
+
+TABLES = ("devices", "users", "emails", "contacts", "tokens", "erasures", "chunks")
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Oracle:
     contacts: dict[tuple[str, str], Profile | None] = field(default_factory=dict)
     tokens: dict[tuple[str, str], TokenUses] = field(default_factory=dict)
     erasures: dict[tuple[str, str], ErasureMarker] = field(default_factory=dict)
+    chunks: dict[tuple[str, str], DeviceChunk] = field(default_factory=dict)
     applied: dict[tuple[str, str, str, str], InputEvent] = field(default_factory=dict)
     emitted: list[Emit] = field(default_factory=list)
 
@@ -51,7 +54,7 @@ class Oracle:
             if isinstance(result, Transition):
                 break
             self._load(view, result)
-        for table in ("devices", "users", "emails", "contacts", "tokens", "erasures"):
+        for table in TABLES:
             records = getattr(self, table)
             for key, value in getattr(result, table).items():
                 if value is None and table != "contacts":  # deleted (an erasure, R16)
@@ -65,7 +68,7 @@ class Oracle:
 
     def _load(self, view: View, need: NeedMore) -> None:
         ws = view.workspace_id
-        for table in ("devices", "users", "emails", "contacts", "tokens", "erasures"):
+        for table in TABLES:
             records, loaded = getattr(self, table), getattr(view, table)
             for key in getattr(need, table):
                 loaded[key] = records.get((ws, key))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import jwt
 
-from pipeline.core import erasure, ids
+from pipeline.core import erasure, ids, settle
 from pipeline.core.events import (
     Checked,
     CheckedChat,
@@ -32,12 +32,15 @@ from pipeline.core.events import (
 from pipeline.core.facts import (
     ChatFact,
     Device,
+    DeviceChunk,
     EmailClaim,
     EmailEntry,
     ErasureMarker,
     SessionFact,
     TokenUses,
     User,
+    chunk_ident,
+    chunk_idents,
 )
 from pipeline.core.guard import DEFAULT_DEVICE_LIMIT, DEFAULT_WINDOW_MS, refused_links
 from pipeline.core.identifiers import BLOCKED_VALUES
@@ -84,6 +87,8 @@ class CoreConfig:
     policies: Mapping[str, TokenPolicy] = field(default_factory=dict)
     # R15: the entries each list of a profile keeps, the most recent by event time.
     profile_list_limit: int = DEFAULT_LIST_LIMIT
+    # R15: session facts per chunk record of a folded device (`settle`).
+    fold_sessions: int = settle.DEFAULT_FOLD_SESSIONS
 
 
 _NOT_LOADED = object()
@@ -105,17 +110,26 @@ class _Change:
 
 def apply(event: Checked, view: View, config: CoreConfig) -> Transition | NeedMore:
     """Decide what `event` (checked at the edge, `events.check`) does to the state in `view`."""
-    if isinstance(event, CheckedErasure):
-        return erasure.erase(event, _Resolver(view, config), config)
-    anonymous_id = event.anonymous_id
     if isinstance(event, CheckedPageView):
         # The commonest event of all, decided with the same rule `_facts` applies (activity
         # only moves earlier), without the general path; see also `browsing`.
-        device = view.devices.get(anonymous_id, _NOT_LOADED)
+        device = view.devices.get(event.anonymous_id, _NOT_LOADED)
         if isinstance(device, Device) and device.first_activity is not None:
             if device.first_activity <= event.at:
-                return Transition(_UNCHANGED, reads=frozenset({("devices", anonymous_id)}))
-    resolver = _Resolver(view, config)
+                return Transition(_UNCHANGED, reads=frozenset({("devices", event.anonymous_id)}))
+    # An erasure reaches every fact of the subject: folded devices are read whole.
+    resolver = _Resolver(view, config, full=isinstance(event, CheckedErasure))
+    result = _decide(event, resolver)
+    if isinstance(result, NeedMore) or not (result.devices or resolver.unfolded):
+        return result
+    return _fold(result, resolver)
+
+
+def _decide(event: Checked, resolver: _Resolver) -> Transition | NeedMore:
+    config = resolver.config
+    if isinstance(event, CheckedErasure):
+        return erasure.erase(event, resolver, config)
+    anonymous_id = event.anonymous_id
     change = _facts(event, resolver, config.secrets[event.workspace_id])
     if isinstance(change, Refusal):
         return Transition(change)
@@ -139,6 +153,57 @@ def apply(event: Checked, view: View, config: CoreConfig) -> Transition | NeedMo
     )  # fmt: skip
     resolver.new_tokens = change.tokens
     return resolver.consequences(event, anonymous_id, change)
+
+
+def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
+    """The transition with its long devices folded (`settle`), and those read whole folded again.
+
+    A device read whole (its chunk records loaded) is folded again from its whole history: what
+    behind its carry an event changed (a late fact, a guard verdict, a token's first use, an
+    e-mail's verification, an erasure) is written back, and chunks it no longer has go.
+    """
+    view, config = resolver.view, resolver.config
+    size = config.fold_sessions
+    candidates: dict[str, Device | None] = dict(result.devices)
+    for anonymous_id in sorted(resolver.unfolded - candidates.keys()):
+        candidates[anonymous_id] = resolver.old_device(anonymous_id)
+    chunks: dict[str, DeviceChunk | None] = {}
+    work: dict[str, Device] = {}
+    for anonymous_id, device in candidates.items():
+        stored = chunk_idents(anonymous_id, view.devices.get(anonymous_id))
+        if device is None:
+            chunks.update(dict.fromkeys(stored))  # an erased device's chunks go with it
+        elif settle.needs_folding(device, size) or (device.carry is None and stored):
+            work[anonymous_id] = device
+    if not work:
+        return replace(result, chunks=chunks) if chunks else result
+    refolds = _Resolver(view, config)
+    refolds.new_devices = {a: d for a, d in result.devices.items() if d is not None}
+    refolds.new_devices.update(work)
+    refolds.new_users, refolds.new_emails = result.users, result.emails
+    refolds.new_tokens = result.tokens
+    devices = dict(result.devices)
+    for anonymous_id, device in sorted(work.items()):
+        refused = refolds.refusals(anonymous_id, new=True)
+        if refolds.missing:
+            return refolds.need()
+        folded, made = settle.fold_device(view.workspace_id, anonymous_id, device, refused, size)
+        stored_device = view.devices.get(anonymous_id)
+        if device.carry is None:  # folded from its whole history: chunks it no longer has go
+            made_idents = {chunk_ident(anonymous_id, i) for i in made}
+            for ident in chunk_idents(anonymous_id, stored_device):
+                if ident not in made_idents:
+                    chunks[ident] = None
+        for index, chunk in made.items():
+            ident = chunk_ident(anonymous_id, index)
+            if view.chunks.get(ident) != chunk:
+                chunks[ident] = chunk
+        if folded != stored_device:
+            devices[anonymous_id] = folded
+        else:
+            devices.pop(anonymous_id, None)
+    return replace(result, devices=devices, chunks=chunks,
+                   reads=result.reads | refolds.reads)  # fmt: skip
 
 
 def browsing(
@@ -277,7 +342,11 @@ def _facts(
     """The records the event's own facts change."""
     anonymous_id, at = event.anonymous_id, event.at
     device = resolver.old_device(anonymous_id)
+    if resolver.settled(anonymous_id, at):
+        return _Change({}, {}, {})  # behind the device's carry: decided on the whole device
     erased_device = erasure.device_erased_at(resolver, anonymous_id)
+    if erased_device is not None:
+        resolver.read_whole(anonymous_id)
     if erased_device is not None and at < erased_device:
         return Refusal("erased", "the device was erased after this event's time (R16)")
     if device.erased is None and erased_device is not None:
@@ -293,6 +362,8 @@ def _facts(
         emails: dict[str, EmailEntry | None] = {}
         if email is not None:
             digest, marker = erasure.find_marker(resolver, secrets, erasure.email_subject(email))
+            if marker is not None:
+                resolver.read_whole(anonymous_id)
             if marker is not None and marker.verified is not None and at < marker.at:
                 if not resolver.old_email(email).verified:
                     # A lead typing an erased user's verified e-mail before her erasure: matched
@@ -321,10 +392,12 @@ def _facts(
         if user.erased is None and erased_at is not None:
             user = User(erased=erased_at)
         return _Change(_changed(anonymous_id, device, device.with_session(fact)),
-                       _changed(user_id, user, user.with_device(anonymous_id)), {})  # fmt: skip
+                       _changed(user_id, user, user.with_device(anonymous_id, at)), {})  # fmt: skip
     proof = event.proof
     if isinstance(proof, Refusal):
         return proof
+    if erased_at is not None:
+        resolver.read_whole(anonymous_id)
     if erased:
         # An erased user's event: refused, but the boundary it draws is kept as the erased
         # user's placeholder's, as the erasure left those it saw (R16), so that other people's
@@ -354,7 +427,7 @@ def _facts(
     user = resolver.old_user(user_id)
     if user.erased is None and erased_at is not None:
         user = User(erased=erased_at)  # the user comes back after its erasure: a new profile
-    new_user = user.with_device(anonymous_id)
+    new_user = user.with_device(anonymous_id, at)
     if event.name:
         new_user = new_user.with_name(at, event.event_id, event.name)
     emails = {}
@@ -409,7 +482,7 @@ class Timelines:
     """
 
     def __init__(self, view: View, config: CoreConfig) -> None:
-        self._resolver = _Resolver(view, config)
+        self._resolver = _Resolver(view, config, full=True)
 
     def of(self, anonymous_id: str) -> Timeline:
         """The device's timeline, refusals applied."""
@@ -428,6 +501,10 @@ class Timelines:
         own = {f.event_id for f in device.sessions}
         return {event_id: reason for event_id, reason in reasons.items() if event_id in own}
 
+    def device(self, anonymous_id: str) -> Device:
+        """The device with every fact, once its chunk records are loaded (`missing` asks)."""
+        return self._resolver.old_device(anonymous_id)
+
     def missing(self) -> NeedMore:
         """The records the timelines derived so far needed and the view lacks."""
         return self._resolver.need()
@@ -436,9 +513,13 @@ class Timelines:
 class _Resolver:
     """Reads the view (recording what is missing) and derives timelines and profiles."""
 
-    def __init__(self, view: View, config: CoreConfig) -> None:
+    def __init__(self, view: View, config: CoreConfig, *, full: bool = False) -> None:
         self.view = view
         self.config = config
+        # Read folded devices whole (an erasure's decision): see `old_device`.
+        self.full = full
+        self.unfolded: set[str] = set()  # folded devices this decision read whole
+        self._whole: dict[str, Device] = {}
         self.missing: dict[str, set[str]] = {}
         self.reads: set[tuple[str, str]] = set()
         self.new_devices: dict[str, Device] = {}
@@ -459,7 +540,54 @@ class _Resolver:
         return table[key] or default
 
     def old_device(self, anonymous_id: str) -> Device:
-        return self._get("devices", self.view.devices, anonymous_id, Device())  # type: ignore[return-value]
+        """The stored device: whole when its chunk records are in the view, else its record.
+
+        Chunk records are in the view only once some decision asked for them (`unfold`), so a
+        decision sees a device either whole or folded, the same way every time it is made.
+        """
+        stored: Device = self._get("devices", self.view.devices, anonymous_id, Device())  # type: ignore[assignment]
+        if stored.carry is None:
+            return stored
+        whole = self._whole.get(anonymous_id)
+        if whole is not None:
+            return whole
+        chunks = self.view.chunks
+        last = chunk_ident(anonymous_id, stored.carry.chunks - 1)
+        # Chunks are asked for all at once: the last one absent (the common case) says enough.
+        if last not in chunks or any(i not in chunks for i in chunk_idents(anonymous_id, stored)):
+            if self.full:
+                self.unfold(anonymous_id)
+            return stored
+        idents = chunk_idents(anonymous_id, stored)
+        self.reads.update(("chunks", ident) for ident in idents)
+        whole = stored.unfolded(chunks[ident] or DeviceChunk() for ident in idents)
+        self._whole[anonymous_id] = whole
+        self.unfolded.add(anonymous_id)
+        return whole
+
+    def unfold(self, anonymous_id: str) -> None:
+        """Ask for the device's chunk records: the decision needs its whole history."""
+        chunks = self.view.chunks
+        for ident in chunk_idents(anonymous_id, self.view.devices.get(anonymous_id)):
+            if ident not in chunks:
+                self.missing.setdefault("chunks", set()).add(ident)
+
+    def read_whole(self, anonymous_id: str) -> None:
+        """Read this and every other folded device whole (an erasure is involved, R16)."""
+        self.full = True
+        self.unfold(anonymous_id)
+
+    def settled(self, anonymous_id: str, at: int | None) -> bool:
+        """Whether a fact at `at` (None: unknown, the earliest) lies behind the device's carry.
+
+        If it does, the device's chunk records are asked for: the decision is made again on the
+        whole device.
+        """
+        device = self.old_device(anonymous_id)
+        if device.carry is None or (at is not None and not device.settled_before(at)):
+            return False
+        self.unfold(anonymous_id)
+        return True
 
     def old_user(self, user_id: str) -> User:
         return self._get("users", self.view.users, user_id, User())  # type: ignore[return-value]
@@ -531,6 +659,8 @@ class _Resolver:
         return verdicts
 
     def _verdicts(self, user_id: str, user: User, *, new: bool) -> frozenset[str]:
+        for anonymous_id in user.devices:  # the user's links behind a carry count too
+            self.settled(anonymous_id, user.first_on(anonymous_id))
         links = [
             (fact.at, fact.event_id, anonymous_id)
             for anonymous_id in user.devices
@@ -554,6 +684,7 @@ class _Resolver:
             emails=tuple(sorted(get("emails", ()))),
             tokens=tuple(sorted(get("tokens", ()))),
             erasures=tuple(sorted(get("erasures", ()))),
+            chunks=tuple(sorted(get("chunks", ()))),
         )
 
     # -- deriving
@@ -580,13 +711,25 @@ class _Resolver:
                 entry = self.email(chat.email, new=new)
                 if entry.admits(anonymous_id):  # one of the e-mail's leads it may match (R15)
                     verified[chat.email] = entry.verified
+        refused = self.refusals(anonymous_id, new=new)
+        return derive(self.view.workspace_id, anonymous_id, device, verified, refused)
+
+    def refusals(self, anonymous_id: str, *, new: bool) -> frozenset[str]:
+        """The links among the device's session facts that link nothing (R4, R17)."""
+        device = self.device(anonymous_id, new=new)
         linked = {f.user_id for f in device.sessions if f.kind != "logout"}
         refused = frozenset().union(*(self.refused(u, new=new) for u in sorted(linked)))
-        refused |= self.reused(anonymous_id, new=new)
-        return derive(self.view.workspace_id, anonymous_id, device, verified, refused)
+        return refused | self.reused(anonymous_id, new=new)
 
     def user_view(self, user_id: str) -> UserView:
         user = self.user(user_id)
+        # The user's profile is derived from every segment of hers: a folded device whose
+        # settled history may hold some is read whole (R15).
+        for anonymous_id in user.devices:
+            self.settled(anonymous_id, user.first_on(anonymous_id))
+        for claim in user.emails:
+            for at, _, anonymous_id in self.email(claim.email, new=True).leads:
+                self.settled(anonymous_id, at)
         timelines = {a: self.timeline(a, new=True) for a in user.devices}
         emails = {c.email: self.email(c.email, new=True) for c in user.emails}
         leads: list[Lead] = []
@@ -643,9 +786,15 @@ class _Resolver:
                     scope.update(user.devices)
         for jti in change.tokens:
             # The token's first use decides which of its devices it links (R17).
-            scope.update(self.token(jti, new=True).devices(), self.token(jti, new=False).devices())
+            token, before = self.token(jti, new=True), self.token(jti, new=False)
+            scope.update(token.devices(), before.devices())
+            if token.first_device != before.first_device:
+                for at, _, anonymous_id in (*token.uses, *before.uses):
+                    self.settled(anonymous_id, at)
         for email in change.emails:
             entry, old = self.email(email, new=True), self.email(email, new=False)
+            for at, _, anonymous_id in (*entry.leads, *old.leads):
+                self.settled(anonymous_id, at)  # its settled chats may match or be flagged
             scope.update(entry.lead_devices, old.lead_devices)
             if entry.leads != old.leads or entry.verified != old.verified:
                 # Which leads its users see, or whether it is theirs alone (R7): all of them.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pipeline.core import ids
-from pipeline.core.facts import ChatFact, Device
+from pipeline.core.facts import ChatFact, Device, SessionFact
 
 MergeReason = Literal["login", "signup", "email_match"]
 
@@ -83,6 +83,9 @@ class Timeline:
     shutdowns: tuple[DeviceShutdown, ...]
     ignored_logouts: frozenset[str]
     first_activity: int | None
+    # The carry's key when the device is folded: the timeline starts at the segment the device
+    # was in there, and the segments before it are settled (in the chunk records).
+    settled: int | None = None
 
     def at(self, at_ms: int) -> Segment:
         """The segment an event stamped `at_ms` belongs to."""
@@ -121,13 +124,46 @@ def derive(
     `verified` maps each e-mail of the device's chats to the users who verified it (with their
     first verification), which decides e-mail matches (R7). `refused` names the links the
     shared-identifier guard refused (R4): they are kept as facts but link nothing.
+
+    A folded device (`Device.carry`) is derived from its carry on: the timeline holds the
+    segment the device was in at the carry and those after it, as the whole history gives them.
+    """
+    carry = device.carry
+    if carry is None:
+        current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id,
+                          ids.ORIGIN), None, None, ids.ORIGIN)  # fmt: skip
+        chats = device.chats
+    else:
+        current = Segment(carry.kind, carry.contact_id, carry.start_key, None, carry.session,
+                          user_id=carry.user_id)  # fmt: skip
+        chats = (*carry.chats, *device.chats) if carry.chats else device.chats
+    segments, shutdowns, ignored, current = fold(workspace_id, anonymous_id, current,
+                                                 device.sessions, refused)  # fmt: skip
+    segments.append(current)
+    if chats:  # most devices never chat: spare them the work
+        segments = [_attach_chats(s, chats) for s in segments]
+        if verified:
+            segments = _email_splits(workspace_id, anonymous_id, segments, verified)
+    return Timeline(anonymous_id, tuple(segments), tuple(shutdowns), frozenset(ignored),
+                    device.first_activity, None if carry is None else carry.key)  # fmt: skip
+
+
+def fold(
+    workspace_id: str,
+    anonymous_id: str,
+    current: Segment,
+    sessions: tuple[SessionFact, ...],
+    refused: frozenset[str],
+) -> tuple[list[Segment], list[DeviceShutdown], set[str], Segment]:
+    """The session facts applied in order from `current`, the device's state before them.
+
+    Returns the segments they ended, the shutdowns, the ignored logouts, and the segment the
+    device is in after them (open, without chats).
     """
     segments: list[Segment] = []
     shutdowns: list[DeviceShutdown] = []
     ignored: set[str] = set()
-    current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id, ids.ORIGIN),
-                      None, None, ids.ORIGIN)  # fmt: skip
-    for fact in device.sessions:
+    for fact in sessions:
         if fact.event_id in refused:
             continue
         key = 2 * fact.at
@@ -155,14 +191,7 @@ def derive(
             merge = Merge(into, fact.user_id, fact.kind, fact.event_id, fact.at)
             segments.append(_ended(current, key, merge))
         current = Segment("user", into, key, None, fact.event_id, user_id=fact.user_id)
-    segments.append(current)
-    if device.chats:  # most devices never chat: spare them the work
-        segments = [_attach_chats(s, device.chats) for s in segments]
-        if verified:
-            segments = _email_splits(workspace_id, anonymous_id, segments, verified)
-    split = segments
-    return Timeline(anonymous_id, tuple(split), tuple(shutdowns), frozenset(ignored),
-                    device.first_activity)  # fmt: skip
+    return segments, shutdowns, ignored, current
 
 
 def _ended(segment: Segment, end_key: int, merge: Merge | None) -> Segment:

@@ -123,7 +123,7 @@ class Store(Protocol):
         ...
 
 
-KeyKind = Literal["dev", "user", "email", "contact", "evt", "jti", "erased"]
+KeyKind = Literal["dev", "user", "email", "contact", "evt", "jti", "erased", "chunk"]
 
 # The characters that give a key its structure, escaped reversibly wherever a value from input
 # (a workspace, device, user or e-mail id) becomes part of a key: `%` first, so `%3A` in an

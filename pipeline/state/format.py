@@ -5,9 +5,12 @@ written in and the release that first wrote them. A worker (and `idp restore`, `
 reads it before touching state:
 
 * absent: the namespace is empty, or holds state of a release that recorded no format, which
-  is format 1 (the record layouts of `pipeline.core.facts` have not changed since); it is read
-  as it is and the record is written;
+  is format 1; it is read as it is and the record is written;
 * `FORMAT`: read as it is;
+* format 1 (`UPGRADES`): read as it is, and the record is rewritten as `FORMAT`. Format 2 adds
+  folded devices (a device record's carry and its chunk records, R15) and the users' first
+  session per device; a format-1 record is a format-2 record that has neither. A release that
+  reads format 1 only refuses the namespace from then on, as it would misread folded devices;
 * anything else (a later release's state, or a record that is not one): refused, with a
   message naming both formats. Nothing is written then, so a rollback to the release that
   wrote the state keeps working.
@@ -24,7 +27,8 @@ import orjson
 
 from pipeline.state.base import Commit, Keys, Store
 
-FORMAT = 1  # the layouts of pipeline.core.facts, keyed as `Keys.of` says
+FORMAT = 2  # the layouts of pipeline.core.facts, keyed as `Keys.of` says
+UPGRADES = (1,)  # formats read as they are, and recorded as `FORMAT` once read
 RELEASE = f"identity-pipeline {version('identity-pipeline')}"
 
 
@@ -39,6 +43,11 @@ class Found:
     format: int
     written_by: str
     recorded: bool = False
+    upgraded_from: int | None = None  # the format this call upgraded the record from
+
+
+def _readable() -> str:
+    return " and ".join(str(f) for f in (*UPGRADES, FORMAT))
 
 
 def _record(written_by: str) -> bytes:
@@ -60,12 +69,17 @@ async def ensure_format(store: Store, keys: Keys) -> Found:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise UnreadableState(
             f"namespace {keys.namespace!r} has a state format record {key!r} this release "
-            f"cannot read ({record.data[:80]!r}); it reads format {FORMAT}"
+            f"cannot read ({record.data[:80]!r}); it reads formats {_readable()}"
         ) from None
+    if found in UPGRADES:
+        stamp = Commit(checks={key: record.version}, writes={key: _record(RELEASE)})
+        if await store.commit([stamp]) == [True]:
+            return Found(FORMAT, RELEASE, recorded=True, upgraded_from=found)
+        return await ensure_format(store, keys)
     if found != FORMAT:
         raise UnreadableState(
             f"namespace {keys.namespace!r} holds state in format {found} (written by "
-            f"{written_by}); {RELEASE} reads format {FORMAT} only: run "
+            f"{written_by}); {RELEASE} reads formats {_readable()} only: run "
             f"the release that wrote it, or point IDP_STATE_NAMESPACE at another namespace"
         )
     return Found(found, written_by)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.core import ids
-from pipeline.core.facts import Device, EmailEntry, TokenUses, User
+from pipeline.core.facts import Device, DeviceChunk, EmailEntry, TokenUses, User
 from pipeline.core.model import View, profile_from_bytes
 from pipeline.core.rules import TIMELINE_ROUNDS, CoreConfig, Timelines
 from pipeline.core.timeline import Segment, Timeline
@@ -25,10 +25,10 @@ from schemas.time import format_timestamp, from_epoch_ms
 
 # The tables a timeline reads and the store's key kinds.
 _KINDS: dict[str, KeyKind] = {"devices": "dev", "users": "user", "emails": "email",
-                              "tokens": "jti"}  # fmt: skip
+                              "tokens": "jti", "chunks": "chunk"}  # fmt: skip
 _DECODE: dict[str, Callable[[bytes], object]] = {
     "devices": Device.from_bytes, "users": User.from_bytes, "emails": EmailEntry.from_bytes,
-    "tokens": TokenUses.from_bytes,
+    "tokens": TokenUses.from_bytes, "chunks": DeviceChunk.from_bytes,
 }  # fmt: skip
 
 
@@ -45,6 +45,7 @@ class Facts:
     users: dict[str, User] = field(default_factory=dict)
     emails: dict[str, EmailEntry] = field(default_factory=dict)
     tokens: dict[str, TokenUses] = field(default_factory=dict)
+    chunks: dict[str, DeviceChunk] = field(default_factory=dict)  # folded devices' (R15)
     absent: set[tuple[str, str]] = field(default_factory=set)
     config: CoreConfig = field(default_factory=CoreConfig)
     _timelines: Timelines | None = field(default=None, repr=False, compare=False)
@@ -85,6 +86,10 @@ class Facts:
     def refusals(self, anonymous_id: str) -> dict[str, str]:
         """The device's links the worker refused: event_id -> reason."""
         return self.timelines().refusals(anonymous_id)
+
+    def whole(self, anonymous_id: str) -> Device:
+        """The device with all its facts (a folded device's chunk records loaded)."""
+        return self.timelines().device(anonymous_id)
 
 
 def _when(ms: int | None) -> str:
@@ -177,7 +182,7 @@ def describe(profile: Profile, facts: Facts) -> list[str]:
                 history.append((merge.at, what))
     for anonymous_id in devices_of(profile, facts):
         refused = facts.refusals(anonymous_id)
-        for fact in facts.devices.get(anonymous_id, Device()).sessions:
+        for fact in facts.whole(anonymous_id).sessions:
             if fact.event_id in refused and fact.user_id == profile.user_id:
                 what = (f"{fact.kind} on device {anonymous_id} refused "
                         f"({refused[fact.event_id]}, event {fact.event_id})")  # fmt: skip

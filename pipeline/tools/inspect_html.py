@@ -15,7 +15,6 @@ from html import escape
 from typing import Literal
 
 from pipeline.core import ids
-from pipeline.core.facts import Device
 from pipeline.core.timeline import Segment, Timeline
 from pipeline.tools.inspect import Facts, describe, devices_of
 from schemas import Profile
@@ -129,7 +128,7 @@ def drawing(profile: Profile, facts: Facts) -> Drawing:
     for device in devices:
         timeline = facts.timeline(device)
         refused = facts.refusals(device)
-        stored = facts.devices.get(device, Device())
+        stored = facts.whole(device)
         shown = [s for s in timeline.segments if timeline.exists(s)]
         role: LaneRole = _lane_role(profile, device)
         if (

@@ -11,6 +11,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -59,7 +60,7 @@ async def test_state_without_a_format_record_is_read_and_the_format_recorded(
     lead = ids.visitor_contact_id(WS, "d1", ids.ORIGIN)
     await pipeline.wait_for(lambda out: lead in out.latest_profiles(), what="the lead")
     recorded = orjson.loads(await format_record(store, keys) or b"null")
-    assert recorded["format"] == 1 and recorded["written_by"].startswith("identity-pipeline ")
+    assert recorded["format"] == 2 and recorded["written_by"].startswith("identity-pipeline ")
     pipeline.stop_workers()
     assert first.returncode == 0
 
@@ -75,7 +76,32 @@ async def test_state_without_a_format_record_is_read_and_the_format_recorded(
         what="the lead merged into u1",
     )
     assert user_profile(pipeline.outputs, "u1")["conversation_ids"] == ["conv-1"]
-    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 1
+    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 2
+
+
+async def test_state_in_format_1_is_read_and_recorded_as_format_2(
+    pipeline: Pipeline, store: Store
+) -> None:
+    keys = Keys(pipeline.namespace)
+    # What a format-1 release wrote: a user record without first sessions per device, under a
+    # format-1 record.
+    await put(store, keys.state_format(),
+              orjson.dumps({"format": 1, "written_by": "identity-pipeline 0.9.0"}))  # fmt: skip
+    await put(store, keys.of(WS, "user", "u1"),
+              orjson.dumps({"d": ["d0"], "e": [], "n": None}))  # fmt: skip
+    await put(store, keys.of(WS, "dev", "d0"), orjson.dumps({
+        "s": [[int(datetime(2026, 11, 24, 9, tzinfo=UTC).timestamp() * 1000), "old-login", "login", "u1"]],
+        "c": [], "a": None}))  # fmt: skip
+    pipeline.start_worker()
+    await pipeline.send("telemetry.login", ev.login(WS, "d1", "2026-11-24T10:02:00Z", "u1",
+                                                    SECRETS[WS]))  # fmt: skip
+    # u1's profile lists the device of the format-1 state and the new one: both were read.
+    await pipeline.wait_for(
+        lambda out: (user_profile(out, "u1") or {}).get("anonymous_ids") == ["d0", "d1"],
+        what="u1 on both devices",
+    )
+    recorded = orjson.loads(await format_record(store, keys) or b"null")
+    assert recorded["format"] == 2 and recorded["written_by"] != "identity-pipeline 0.9.0"
 
 
 async def run_worker(pipeline: Pipeline) -> subprocess.CompletedProcess:
@@ -89,13 +115,13 @@ async def test_state_in_another_format_is_refused_and_left_alone(
     pipeline: Pipeline, store: Store
 ) -> None:
     keys = Keys(pipeline.namespace)
-    later = orjson.dumps({"format": 2, "written_by": "identity-pipeline 9.0.0"})
+    later = orjson.dumps({"format": 3, "written_by": "identity-pipeline 9.0.0"})
     await put(store, keys.state_format(), later)
     await pipeline.send("telemetry.page_view", ev.page_view(WS, "d1", "2026-11-24T10:01:00Z"))
     result = await run_worker(pipeline)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "holds state in format 2 (written by identity-pipeline 9.0.0)" in result.stderr
-    assert "reads format 1 only" in result.stderr
+    assert "holds state in format 3 (written by identity-pipeline 9.0.0)" in result.stderr
+    assert "reads formats 1 and 2 only" in result.stderr
     assert await format_record(store, keys) == later
     assert await store.scan(keys.everything()) == []
 
@@ -105,5 +131,5 @@ async def test_a_format_record_that_is_not_one_is_refused(pipeline: Pipeline, st
     await put(store, keys.state_format(), b"\x00garbage")
     result = await run_worker(pipeline)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "state format record" in result.stderr and "reads format 1" in result.stderr
+    assert "state format record" in result.stderr and "reads formats 1 and 2" in result.stderr
     assert await format_record(store, keys) == b"\x00garbage"

@@ -27,8 +27,10 @@ from schemas import Erased, EraseRequest
 from tests.support import events as ev
 
 SECRET = "secret-one-0123456789abcdef012345"
+# Devices fold after two session facts (R15): erasure reaches into their chunk records too.
 CONFIG = CoreConfig(
-    secrets={"w1": (SECRET.encode(),), "w2": (b"secret-two-0123456789abcdef01234",)}
+    secrets={"w1": (SECRET.encode(),), "w2": (b"secret-two-0123456789abcdef01234",)},
+    fold_sessions=1,
 )
 ANN_TOKEN = ev.jwt_hs256(SECRET, {"user_id": "ann", "exp": 1795600000, "email": "ann@example.com"})
 
@@ -84,7 +86,7 @@ def stored_text(oracle: Oracle) -> str:
     """
     contacts = {k: v for k, v in oracle.contacts.items() if v is not None}
     tables = (oracle.devices, oracle.users, oracle.emails, contacts, oracle.tokens,
-              oracle.erasures)  # fmt: skip
+              oracle.erasures, oracle.chunks)  # fmt: skip
     return repr([sorted(table.items(), key=repr) for table in tables])
 
 

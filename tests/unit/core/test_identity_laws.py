@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core import erasure, ids
+from pipeline.core.facts import chunk_idents
 from pipeline.core.model import View
 from pipeline.core.oracle import Oracle
 from pipeline.core.profiles import Lead, user_profile, visitor_profile
@@ -17,7 +18,9 @@ from pipeline.core.rules import CoreConfig, _Resolver
 from tests.support import events as ev
 
 SECRETS = {"w1": "secret-one-0123456789abcdef012345", "w2": "secret-two-0123456789abcdef012345"}
-CONFIG = CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()})
+# Devices fold after two session facts (R15, `settle`): every law holds over folded history too.
+CONFIG = CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}, fold_sessions=1)
+UNFOLDED = replace(CONFIG, fold_sessions=10**9)
 DEVICES = ["d1", "d2", "d3"]
 USERS = ["u1", "u2", "u3"]
 EMAILS = ["a@example.com", "b@example.com"]
@@ -93,8 +96,8 @@ def from_scratch(oracle: Oracle, ws: str) -> dict:
 
     view = View(ws, devices=table(oracle.devices), users=table(oracle.users),
                 emails=table(oracle.emails), tokens=table(oracle.tokens),
-                erasures=table(oracle.erasures))  # fmt: skip
-    resolver = _Resolver(view, oracle.config)
+                erasures=table(oracle.erasures), chunks=table(oracle.chunks))  # fmt: skip
+    resolver = _Resolver(view, oracle.config)  # folded devices read whole: their chunks are in
     limit = oracle.config.profile_list_limit
     found = {}
     for anonymous_id in view.devices:
@@ -125,6 +128,26 @@ def test_what_is_published_is_what_the_final_facts_derive(events: list[dict], li
         oracle.apply(ev.model(event))
     published = {cid: p.model_dump() for cid, p in oracle.profiles("w1").items()}
     assert published == from_scratch(oracle, "w1")
+
+
+@LAW
+@given(st.data())
+def test_folding_a_device_changes_no_output(data: st.DataObject) -> None:
+    """A folded device (its history in chunk records behind a carry, R15) decides every event
+    as the whole device does: the same outputs, in any delivery order, and the same facts."""
+    events = data.draw(st.permutations(data.draw(journeys())))
+    folded, whole = Oracle(CONFIG), Oracle(UNFOLDED)
+    for event in events:
+        assert folded.apply(ev.model(event)).emits == whole.apply(ev.model(event)).emits, event
+    assert whole.chunks == {}
+    named = set()
+    for (ws, anonymous_id), device in folded.devices.items():
+        idents = chunk_idents(anonymous_id, device)
+        named.update((ws, ident) for ident in idents)
+        chunks = [folded.chunks[ws, ident] for ident in idents]
+        assert device.unfolded(chunks) == whole.devices[ws, anonymous_id]
+    assert len(folded.devices) == len(whole.devices)
+    assert set(folded.chunks) == named  # no chunk outlives its device's carry
 
 
 @LAW

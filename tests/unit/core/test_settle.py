@@ -1,0 +1,118 @@
+"""Folded devices (R15, `pipeline.core.settle`): a long history in chunk records behind a carry.
+
+The expected values are worked out from the rules: where the cuts fall, what a record keeps,
+that a late event behind the carry is decided as on the whole device, and that an erasure
+reaches the chunk records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from pipeline.core import ids
+from pipeline.core.facts import SessionFact, chunk_idents
+from pipeline.core.oracle import Oracle
+from pipeline.core.rules import CoreConfig
+from pipeline.core.settle import cuts
+from schemas import EraseRequest
+from tests.support import events as ev
+
+SECRET = "settle-secret-0123456789abcdef0123"
+CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, fold_sessions=4)
+WHOLE = replace(CONFIG, fold_sessions=10**9)
+START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def stamp(hours: float) -> str:
+    return (START + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_ms(hours: float) -> int:
+    return int((START + timedelta(hours=hours)).timestamp() * 1000)
+
+
+def library(sessions: int) -> list[dict]:
+    """Reader n logs in at hour 2n, chats at 2n + 0.5 and logs out at 2n + 1."""
+    events = []
+    for n in range(sessions):
+        reader = f"reader-{n}"
+        events += [ev.login("ws", "lib", stamp(2 * n), reader, SECRET),
+                   ev.chat_start("ws", "lib", stamp(2 * n + 0.5), f"conv-{n}"),
+                   ev.logout("ws", "lib", stamp(2 * n + 1), reader)]  # fmt: skip
+    return events
+
+
+def run(events: list[dict], config: CoreConfig = CONFIG) -> Oracle:
+    oracle = Oracle(config)
+    for event in events:
+        oracle.apply(ev.model(event))
+    return oracle
+
+
+def facts(ats: list[int]) -> tuple[SessionFact, ...]:
+    return tuple(SessionFact(at, f"e{i}", "login", "u") for i, at in enumerate(ats))
+
+
+def test_cuts_fall_every_size_facts_past_equal_times_and_keep_size_after() -> None:
+    assert cuts(facts([1, 2, 3, 4, 5]), 2) == [2]  # a cut at 4 would keep one fact only
+    assert cuts(facts([1, 2, 3, 4, 5, 6]), 2) == [2, 4]
+    # Facts 1 and 2 share a time: the cut moves past both.
+    assert cuts(facts([1, 2, 2, 3, 4, 5]), 2) == [3]
+    assert cuts(facts([1, 2, 3]), 2) == []
+
+
+def test_a_long_history_keeps_a_bounded_record_and_the_rest_in_chunks() -> None:
+    events = library(20)  # 40 session facts, fact i at hour i; 4 a chunk
+    oracle = run(events)
+    device = oracle.devices["ws", "lib"]
+    # Cuts before facts 4, 8, ..., 36, each leaving 4 or more: the record keeps facts 36-39.
+    assert [f.at for f in device.sessions] == [epoch_ms(h) for h in (36, 37, 38, 39)]
+    assert device.carry is not None and device.carry.chunks == 9
+    # The device was between sessions there: reader-17's logout began the visitor it carries.
+    assert device.carry.kind == "visitor" and device.carry.user_id is None
+    assert device.carry.start_key == 2 * epoch_ms(35) and device.carry.chats == ()
+    chunks = [oracle.chunks["ws", ident] for ident in chunk_idents("lib", device)]
+    assert [len(c.sessions) for c in chunks] == [4] * 9
+    assert sum(len(c.chats) for c in chunks) == 18  # the chats of readers 0-17
+    assert [c.conversation_id for c in device.chats] == ["conv-18", "conv-19"]
+    assert device.unfolded(chunks) == run(events, WHOLE).devices["ws", "lib"]
+
+
+def test_a_new_session_reads_no_chunk_and_publishes_what_a_short_history_does() -> None:
+    short, long = run(library(3)), run(library(30))
+    for n, oracle in ((3, short), (30, long)):
+        login = oracle.apply(ev.model(ev.login("ws", "lib", stamp(2 * n), f"reader-{n}", SECRET)))
+        assert not any(table == "chunks" for table, _ in login.reads)
+        assert len(login.reads) <= 12 and [e.topic for e in login.emits] == [
+            "identity.merged", "identity.profiles", "identity.profiles"]  # fmt: skip
+
+
+def test_a_late_logout_behind_the_carry_is_decided_on_the_whole_device() -> None:
+    # Reader 2 logs out at hour 4.25, before the chat of hour 4.5: the chat becomes the
+    # visitor's after her, as it would have been in order.
+    late = ev.logout("ws", "lib", stamp(4.25), "reader-2")
+    events = library(20)
+    folded, whole = run(events), run(events, WHOLE)
+    transition = folded.apply(ev.model(late))
+    assert any(table == "chunks" for table, _ in transition.reads)
+    assert transition.emits == whole.apply(ev.model(late)).emits
+    assert folded.profiles() == whole.profiles()
+    reader = folded.profiles()[ids.user_contact_id("ws", "reader-2")]
+    assert reader.conversation_ids == []
+    device = folded.devices["ws", "lib"]
+    chunks = [folded.chunks["ws", ident] for ident in chunk_idents("lib", device)]
+    assert device.unfolded(chunks) == whole.devices["ws", "lib"]
+
+
+def test_erasing_a_user_of_a_folded_device_reaches_its_chunks() -> None:
+    oracle = run(library(20))
+    proof = hmac.new(SECRET.encode(), b"erase:user:reader-3", hashlib.sha256).hexdigest()
+    oracle.apply(EraseRequest.model_validate({"event_id": "erase-1", "workspace_id": "ws",
+                 "timestamp": stamp(100), "subject": "user:reader-3", "proof": proof}))  # fmt: skip
+    text = repr(sorted(oracle.chunks.items())) + repr(sorted(oracle.devices.items()))
+    assert "reader-3" not in text and "conv-3" not in text
+    assert "reader-4" in text and "conv-4" in text  # another reader's history stays
+    assert ids.user_contact_id("ws", "reader-3") not in oracle.profiles()
