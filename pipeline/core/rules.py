@@ -89,9 +89,12 @@ class CoreConfig:
     profile_list_limit: int = DEFAULT_LIST_LIMIT
     # R15: session facts per chunk record of a folded device (`settle`).
     fold_sessions: int = settle.DEFAULT_FOLD_SESSIONS
+    # ... and how far before a device's latest session fact a cut falls at least (`settle`).
+    fold_margin_ms: int = 86_400_000
 
 
 _NOT_LOADED = object()
+_NO_DEVICE = Device()  # what an absent device reads as (frozen: shared)
 _UNCHANGED = Unchanged()
 
 
@@ -163,7 +166,7 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
     e-mail's verification, an erasure) is written back, and chunks it no longer has go.
     """
     view, config = resolver.view, resolver.config
-    size = config.fold_sessions
+    size, margin = config.fold_sessions, config.fold_margin_ms
     candidates: dict[str, Device | None] = dict(result.devices)
     for anonymous_id in sorted(resolver.unfolded - candidates.keys()):
         candidates[anonymous_id] = resolver.old_device(anonymous_id)
@@ -173,7 +176,7 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
         stored = chunk_idents(anonymous_id, view.devices.get(anonymous_id))
         if device is None:
             chunks.update(dict.fromkeys(stored))  # an erased device's chunks go with it
-        elif settle.needs_folding(device, size) or (device.carry is None and stored):
+        elif settle.needs_folding(device, size, margin) or (device.carry is None and stored):
             work[anonymous_id] = device
     if not work:
         return replace(result, chunks=chunks) if chunks else result
@@ -187,7 +190,8 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
         refused = refolds.refusals(anonymous_id, new=True)
         if refolds.missing:
             return refolds.need()
-        folded, made = settle.fold_device(view.workspace_id, anonymous_id, device, refused, size)
+        folded, made = settle.fold_device(view.workspace_id, anonymous_id, device, refused,
+                                          size, margin)  # fmt: skip
         stored_device = view.devices.get(anonymous_id)
         if device.carry is None:  # folded from its whole history: chunks it no longer has go
             made_idents = {chunk_ident(anonymous_id, i) for i in made}
@@ -545,7 +549,7 @@ class _Resolver:
         Chunk records are in the view only once some decision asked for them (`unfold`), so a
         decision sees a device either whole or folded, the same way every time it is made.
         """
-        stored: Device = self._get("devices", self.view.devices, anonymous_id, Device())  # type: ignore[assignment]
+        stored: Device = self._get("devices", self.view.devices, anonymous_id, _NO_DEVICE)  # type: ignore[assignment]
         if stored.carry is None:
             return stored
         whole = self._whole.get(anonymous_id)
@@ -583,6 +587,11 @@ class _Resolver:
         If it does, the device's chunk records are asked for: the decision is made again on the
         whole device.
         """
+        stored = self.view.devices.get(anonymous_id)
+        if stored is None or stored.carry is None:  # not folded, or not loaded (asked for then)
+            if stored is None:
+                self.old_device(anonymous_id)
+            return False
         device = self.old_device(anonymous_id)
         if device.carry is None or (at is not None and not device.settled_before(at)):
             return False

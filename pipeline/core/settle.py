@@ -14,7 +14,10 @@ fact, an erasure), and the device is then folded again from its whole history.
 
 Cuts fall every `size` session facts counted from the device's first, moved forward past facts
 that share a time, so a device folded step by step and one folded from its whole history have
-the same chunks.
+the same chunks. A cut keeps `size` facts or more after it, and falls `margin` (the allowed
+lateness, 24 h) or more before the device's latest session fact: facts arriving that late, or
+out of order across the input topics within that time, land after the carry and never need the
+chunks. A device with `4 * size` facts inside the margin (a hostile burst) is cut anyway.
 """
 
 from __future__ import annotations
@@ -26,20 +29,27 @@ from pipeline.core.timeline import Segment, fold
 DEFAULT_FOLD_SESSIONS = 32  # session facts per chunk record; a record keeps 32 to 63
 
 
-def needs_folding(device: Device, size: int) -> bool:
-    """Whether the device's record holds enough session facts to fold some of them."""
-    return len(device.sessions) >= 2 * size
+def needs_folding(device: Device, size: int, margin: int) -> bool:
+    """Whether the device's record holds session facts to fold."""
+    return len(device.sessions) >= 2 * size and bool(cuts(device.sessions, size, margin))
 
 
-def cuts(sessions: tuple[SessionFact, ...], size: int) -> list[int]:
-    """Where chunks end: every `size` facts (past equal times), keeping `size` or more after."""
+def cuts(sessions: tuple[SessionFact, ...], size: int, margin: int = 0) -> list[int]:
+    """Where chunks end: every `size` facts, moved past equal times.
+
+    A cut keeps `size` facts or more after it, and falls `margin` ms or more before the latest
+    fact unless `4 * size` facts come after it.
+    """
     found: list[int] = []
     start, n = 0, len(sessions)
+    latest = sessions[-1].at if sessions else 0
     while True:
         end = start + size
         while end < n and sessions[end].at == sessions[end - 1].at:
             end += 1
         if n - end < size:
+            return found
+        if sessions[end].at > latest - margin and n - end < 4 * size:
             return found
         found.append(end)
         start = end
@@ -51,6 +61,7 @@ def fold_device(
     device: Device,
     refused: frozenset[str],
     size: int,
+    margin: int = 0,
 ) -> tuple[Device, dict[int, DeviceChunk]]:
     """The device with its older session facts folded, and the new chunk records by index.
 
@@ -59,7 +70,7 @@ def fold_device(
     them). A whole device is folded from its first fact: its chunks are numbered from 0.
     """
     sessions = device.sessions
-    found = cuts(sessions, size)
+    found = cuts(sessions, size, margin)
     if not found:
         return device, {}
     carry = device.carry

@@ -12,7 +12,10 @@ worker's cost per event is measured on the last sessions (at most `PROBE` of the
 seconds of the worker process over those events, less what the idle worker burns in the same
 time (measured just before), divided by their number. The largest stored record (the data of
 the namespace's largest key) is read after each size. Sessions are 3 h apart in event time,
-and every record is produced with its event's timestamp (R14).
+and every record is produced with its event's timestamp (R14), in event-time order at a steady
+`RATE` (as live traffic comes: a device's sessions one after another). A history produced all
+at once is a backlog, read one input topic ahead of another: its logouts then land behind
+their device's carry, and pay for the whole device (docs/design.md, *Folded devices*).
 
 A shape stops when growing its history takes longer than its budget: the sizes not reached
 are reported as such, with the cost at the last size measured.
@@ -33,6 +36,7 @@ from pathlib import Path
 import jwt
 import orjson
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
@@ -50,10 +54,29 @@ from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
 SIZES = (10, 100, 1_000, 10_000)
 PROBE = 50  # sessions whose events are measured at each size
 BUDGET_S = 300.0  # per shape: growing its history may take this long
+RATE = 500.0  # events/s: the history is produced in order at this rate, as live traffic comes
 SECRETS = {"history": "history-secret-0123456789abcdef012345"}
 WS = "history"
 START = datetime(2024, 1, 1, tzinfo=UTC)
 SPACING = timedelta(hours=3)  # between sessions: 8 devices a day stays within R4's 10
+
+
+async def produce_paced(bootstrap: str, prefix: str, records: list[Record], rate: float) -> None:
+    """Produce the records in order, `rate` a second at most, each with its timestamp."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for n, record in enumerate(records):
+            ahead = started + n / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
+            await producer.send(prefix + record.topic, value, key=record.key.encode(),
+                                timestamp_ms=record.timestamp_ms)  # fmt: skip
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 def _event(topic: str, at: datetime, anonymous_id: str, n: int, **fields: object) -> Record:
@@ -248,7 +271,7 @@ async def run_shape(
             probe_from = max(sent, size - PROBE)
             grow = [r for n in range(sent, probe_from) for r in unit(n)]
             if grow:
-                await produce(bootstrap, prefix, grow)
+                await produce_paced(bootstrap, prefix, grow, RATE)
                 produced += len(grow)
             if not await until_processed(admin, group, produced, worker, deadline):
                 shape.points += [Point(s) for s in sizes if s >= size]
@@ -259,7 +282,7 @@ async def run_shape(
             await asyncio.sleep(1.0)
             idle = (cpu_seconds(worker.pid) - idle_from[0]) / (time.monotonic() - idle_from[1])
             busy_from = cpu_seconds(worker.pid), time.monotonic()
-            await produce(bootstrap, prefix, probe)
+            await produce_paced(bootstrap, prefix, probe, RATE)
             produced += len(probe)
             if not await until_processed(admin, group, produced, worker, deadline + budget_s):
                 shape.points += [Point(s) for s in sizes if s >= size]

@@ -31,6 +31,7 @@ SECRET = "secret-one-0123456789abcdef012345"
 CONFIG = CoreConfig(
     secrets={"w1": (SECRET.encode(),), "w2": (b"secret-two-0123456789abcdef01234",)},
     fold_sessions=1,
+    fold_margin_ms=0,
 )
 ANN_TOKEN = ev.jwt_hs256(SECRET, {"user_id": "ann", "exp": 1795600000, "email": "ann@example.com"})
 

@@ -19,7 +19,9 @@ from tests.support import events as ev
 
 SECRETS = {"w1": "secret-one-0123456789abcdef012345", "w2": "secret-two-0123456789abcdef012345"}
 # Devices fold after two session facts (R15, `settle`): every law holds over folded history too.
-CONFIG = CoreConfig(secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}, fold_sessions=1)
+CONFIG = CoreConfig(
+    secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}, fold_sessions=1, fold_margin_ms=0
+)
 UNFOLDED = replace(CONFIG, fold_sessions=10**9)
 DEVICES = ["d1", "d2", "d3"]
 USERS = ["u1", "u2", "u3"]

@@ -21,7 +21,7 @@ from schemas import EraseRequest
 from tests.support import events as ev
 
 SECRET = "settle-secret-0123456789abcdef0123"
-CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, fold_sessions=4)
+CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, fold_sessions=4, fold_margin_ms=0)
 WHOLE = replace(CONFIG, fold_sessions=10**9)
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -62,6 +62,14 @@ def test_cuts_fall_every_size_facts_past_equal_times_and_keep_size_after() -> No
     # Facts 1 and 2 share a time: the cut moves past both.
     assert cuts(facts([1, 2, 2, 3, 4, 5]), 2) == [3]
     assert cuts(facts([1, 2, 3]), 2) == []
+
+
+def test_cuts_fall_a_margin_before_the_latest_fact_unless_four_chunks_come_after() -> None:
+    # Facts at hours 0-39, a margin of 24 h: cuts at facts 4, 8, 12 (at or before hour 15),
+    # then at 16, 20, 24 (16 facts or more after them); not at 28 (hour 28, 12 facts after).
+    assert cuts(facts(list(range(40))), 4, 24) == [4, 8, 12, 16, 20, 24]
+    # All ten facts within the margin: cut only while 8 or more come after.
+    assert cuts(facts(list(range(10))), 2, 24) == [2]
 
 
 def test_a_long_history_keeps_a_bounded_record_and_the_rest_in_chunks() -> None:
