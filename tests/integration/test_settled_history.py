@@ -7,6 +7,8 @@ late, stamped inside an early session, is decided on the whole device, as the or
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import orjson
@@ -20,7 +22,7 @@ from pipeline.state.base import Keys, Store
 from pipeline.state.factory import open_store
 from tests.integration.conftest import SECRETS
 from tests.support import events as ev
-from tests.support.kafka import Pipeline
+from tests.support.kafka import PROJECT_ROOT, Pipeline
 
 WS = "ws-a"
 LOGIN, CHAT, LOGOUT = "telemetry.login", "telemetry.chat_start", "telemetry.logout"
@@ -83,3 +85,11 @@ async def test_a_long_shared_device_folds_and_a_late_logout_reaches_behind_its_c
     assert expected[reader]["conversation_ids"] == []
     await pipeline.wait_for(lambda out: out.latest_profiles() == expected, timeout=60,
                             what="the late logout's profiles")  # fmt: skip
+
+    # `idp inspect` reads the chunks: reader 3's session, folded away, is in its history.
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "inspect", WS, "reader-3"],
+                            cwd=PROJECT_ROOT, env=pipeline.env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2026-11-01T06:00:00.000Z  linked on device lib by event" in result.stdout
+    assert f"session on lib ended (logout, event {late['event_id']})" in result.stdout
