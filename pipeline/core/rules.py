@@ -30,6 +30,7 @@ from pipeline.core.events import (
     optional_email,
 )
 from pipeline.core.facts import (
+    Carry,
     ChatFact,
     Device,
     DeviceChunk,
@@ -123,7 +124,7 @@ def apply(event: Checked, view: View, config: CoreConfig) -> Transition | NeedMo
     # An erasure reaches every fact of the subject: folded devices are read whole.
     resolver = _Resolver(view, config, full=isinstance(event, CheckedErasure))
     result = _decide(event, resolver)
-    if isinstance(result, NeedMore) or not (result.devices or resolver.unfolded):
+    if isinstance(result, NeedMore) or not (result.devices or resolver.refold or resolver.full):
         return result
     return _fold(result, resolver)
 
@@ -168,8 +169,16 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
     view, config = resolver.view, resolver.config
     size, margin = config.fold_sessions, config.fold_margin_ms
     candidates: dict[str, Device | None] = dict(result.devices)
-    for anonymous_id in sorted(resolver.unfolded - candidates.keys()):
+    # A device read whole only for a profile keeps its carry: nothing behind it changed.
+    refold = resolver.unfolded if resolver.full else resolver.unfolded & resolver.refold
+    for anonymous_id in sorted(refold - candidates.keys()):
         candidates[anonymous_id] = resolver.old_device(anonymous_id)
+    for anonymous_id in sorted((resolver.unfolded - refold) & candidates.keys()):
+        whole = candidates[anonymous_id]
+        stored_carry = view.devices[anonymous_id].carry  # type: ignore[union-attr]
+        if whole is not None and stored_carry is not None:  # its new facts are recent ones
+            candidates[anonymous_id] = _rebased(whole, stored_carry)
+    devices = {a: candidates[a] for a in result.devices}
     chunks: dict[str, DeviceChunk | None] = {}
     work: dict[str, Device] = {}
     for anonymous_id, device in candidates.items():
@@ -179,13 +188,14 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
         elif settle.needs_folding(device, size, margin) or (device.carry is None and stored):
             work[anonymous_id] = device
     if not work:
-        return replace(result, chunks=chunks) if chunks else result
+        if not chunks and all(devices[a] is result.devices[a] for a in devices):
+            return result
+        return replace(result, devices=devices, chunks=chunks)
     refolds = _Resolver(view, config)
-    refolds.new_devices = {a: d for a, d in result.devices.items() if d is not None}
+    refolds.new_devices = {a: d for a, d in devices.items() if d is not None}
     refolds.new_devices.update(work)
     refolds.new_users, refolds.new_emails = result.users, result.emails
     refolds.new_tokens = result.tokens
-    devices = dict(result.devices)
     for anonymous_id, device in sorted(work.items()):
         refused = refolds.refusals(anonymous_id, new=True)
         if refolds.missing:
@@ -208,6 +218,14 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
             devices.pop(anonymous_id, None)
     return replace(result, devices=devices, chunks=chunks,
                    reads=result.reads | refolds.reads)  # fmt: skip
+
+
+def _rebased(whole: Device, carry: Carry) -> Device:
+    """A whole device as its folded record: the facts from the carry on, and the carry."""
+    key = carry.key
+    return Device(tuple(f for f in whole.sessions if 2 * f.at >= key),
+                  tuple(c for c in whole.chats if 2 * c.at >= key), whole.first_activity,
+                  whole.erased, carry)  # fmt: skip
 
 
 def browsing(
@@ -346,7 +364,7 @@ def _facts(
     """The records the event's own facts change."""
     anonymous_id, at = event.anonymous_id, event.at
     device = resolver.old_device(anonymous_id)
-    if resolver.settled(anonymous_id, at):
+    if resolver.settled(anonymous_id, at) and resolver.missing:
         return _Change({}, {}, {})  # behind the device's carry: decided on the whole device
     erased_device = erasure.device_erased_at(resolver, anonymous_id)
     if erased_device is not None:
@@ -523,6 +541,7 @@ class _Resolver:
         # Read folded devices whole (an erasure's decision): see `old_device`.
         self.full = full
         self.unfolded: set[str] = set()  # folded devices this decision read whole
+        self.refold: set[str] = set()  # ... of which this decision may change the settled part
         self._whole: dict[str, Device] = {}
         self.missing: dict[str, set[str]] = {}
         self.reads: set[tuple[str, str]] = set()
@@ -577,25 +596,30 @@ class _Resolver:
                 self.missing.setdefault("chunks", set()).add(ident)
 
     def read_whole(self, anonymous_id: str) -> None:
-        """Read this and every other folded device whole (an erasure is involved, R16)."""
+        """Read this and every other folded device whole (an erasure is involved, R16).
+
+        Every device read whole is folded again after the decision.
+        """
         self.full = True
         self.unfold(anonymous_id)
 
-    def settled(self, anonymous_id: str, at: int | None) -> bool:
+    def settled(self, anonymous_id: str, at: int | None, *, reading: bool = False) -> bool:
         """Whether a fact at `at` (None: unknown, the earliest) lies behind the device's carry.
 
-        If it does, the device's chunk records are asked for: the decision is made again on the
-        whole device.
+        If it does, the device's chunk records are asked for (unless loaded): the decision is
+        made on the whole device. Unless only `reading` them (a profile that lists its settled
+        segments), the change may reach behind the carry: the device is folded again after it.
         """
         stored = self.view.devices.get(anonymous_id)
         if stored is None or stored.carry is None:  # not folded, or not loaded (asked for then)
             if stored is None:
                 self.old_device(anonymous_id)
             return False
-        device = self.old_device(anonymous_id)
-        if device.carry is None or (at is not None and not device.settled_before(at)):
+        if at is not None and not stored.settled_before(at):
             return False
         self.unfold(anonymous_id)
+        if not reading:
+            self.refold.add(anonymous_id)
         return True
 
     def old_user(self, user_id: str) -> User:
@@ -735,10 +759,10 @@ class _Resolver:
         # The user's profile is derived from every segment of hers: a folded device whose
         # settled history may hold some is read whole (R15).
         for anonymous_id in user.devices:
-            self.settled(anonymous_id, user.first_on(anonymous_id))
+            self.settled(anonymous_id, user.first_on(anonymous_id), reading=True)
         for claim in user.emails:
             for at, _, anonymous_id in self.email(claim.email, new=True).leads:
-                self.settled(anonymous_id, at)
+                self.settled(anonymous_id, at, reading=True)
         timelines = {a: self.timeline(a, new=True) for a in user.devices}
         emails = {c.email: self.email(c.email, new=True) for c in user.emails}
         leads: list[Lead] = []
