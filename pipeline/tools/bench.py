@@ -106,12 +106,20 @@ class Rate:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-async def produce(bootstrap: str, prefix: str, records: list[journey.Record]) -> None:
-    """Produce as fast as the client allows."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=262144)
+async def produce(
+    bootstrap: str, prefix: str, records: list[journey.Record], *, rate: float | None = None
+) -> None:
+    """Produce in order, as fast as the client allows or `rate` records a second at most."""
+    linger_ms = 20 if rate is None else 0
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
+                                max_batch_size=262144)  # fmt: skip
     await producer.start()
     try:
-        for record in records:
+        started = time.monotonic()
+        for n, record in enumerate(records):
+            ahead = 0.0 if rate is None else started + n / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
             value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
             await producer.send(prefix + record.topic, value, key=record.key.encode(),
                                 timestamp_ms=record.timestamp_ms)  # fmt: skip

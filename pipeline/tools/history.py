@@ -36,7 +36,6 @@ from pathlib import Path
 import jwt
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
@@ -59,24 +58,6 @@ SECRETS = {"history": "history-secret-0123456789abcdef012345"}
 WS = "history"
 START = datetime(2024, 1, 1, tzinfo=UTC)
 SPACING = timedelta(hours=3)  # between sessions: 8 devices a day stays within R4's 10
-
-
-async def produce_paced(bootstrap: str, prefix: str, records: list[Record], rate: float) -> None:
-    """Produce the records in order, `rate` a second at most, each with its timestamp."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    await producer.start()
-    try:
-        started = time.monotonic()
-        for n, record in enumerate(records):
-            ahead = started + n / rate - time.monotonic()
-            if ahead > 0:
-                await asyncio.sleep(ahead)
-            value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
-            await producer.send(prefix + record.topic, value, key=record.key.encode(),
-                                timestamp_ms=record.timestamp_ms)  # fmt: skip
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 def _event(topic: str, at: datetime, anonymous_id: str, n: int, **fields: object) -> Record:
@@ -271,7 +252,7 @@ async def run_shape(
             probe_from = max(sent, size - PROBE)
             grow = [r for n in range(sent, probe_from) for r in unit(n)]
             if grow:
-                await produce_paced(bootstrap, prefix, grow, RATE)
+                await produce(bootstrap, prefix, grow, rate=RATE)
                 produced += len(grow)
             if not await until_processed(admin, group, produced, worker, deadline):
                 shape.points += [Point(s) for s in sizes if s >= size]
@@ -282,7 +263,7 @@ async def run_shape(
             await asyncio.sleep(1.0)
             idle = (cpu_seconds(worker.pid) - idle_from[0]) / (time.monotonic() - idle_from[1])
             busy_from = cpu_seconds(worker.pid), time.monotonic()
-            await produce_paced(bootstrap, prefix, probe, RATE)
+            await produce(bootstrap, prefix, probe, rate=RATE)
             produced += len(probe)
             if not await until_processed(admin, group, produced, worker, deadline + budget_s):
                 shape.points += [Point(s) for s in sizes if s >= size]

@@ -3,8 +3,8 @@
 Counted, not timed: the `reads` of an event's transition (every record its decision depended
 on) and the profiles it emits. A session on a device with a long history re-derives the
 contacts of that session only: the published profiles it reads do not grow with the history.
-What still grows is listed in docs/performance.md (*History*): the device record itself, and
-on a shared device the records of its past users (the guard's R4 check).
+What still grows is listed in docs/design.md (*What is not bounded yet*): a user's history; a
+device's record is folded (`tests/unit/core/test_settle.py`).
 """
 
 from __future__ import annotations
