@@ -138,8 +138,9 @@ class Pipeline:
         return process
 
     def worker_log(self, index: int = 0) -> str:
+        """The worker's whole log: a line looked for may lie before a later traceback."""
         path = self.log_dir / f"worker-{index}.log"
-        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+        return path.read_text(errors="replace") if path.exists() else ""
 
     async def send(
         self,
@@ -196,13 +197,13 @@ class Pipeline:
                     -signal.SIGKILL,
                 ):
                     raise AssertionError(
-                        f"worker {index} exited {worker.returncode}:\n{self.worker_log(index)}"
+                        f"worker {index} exited {worker.returncode}:\n{self.worker_log(index)[-5000:]}"
                     )
             await asyncio.sleep(0.05)
         raise AssertionError(
             f"timed out after {timeout}s waiting for {what}; outputs so far: "
             f"{[(r.topic, r.value) for r in self.outputs.records][-20:]}\n"
-            f"worker log:\n{self.worker_log()}"
+            f"worker log:\n{self.worker_log()[-5000:]}"
         )
 
     def stop_workers(self) -> None:
