@@ -59,7 +59,7 @@ class Carry:
     `key` is on the timeline's doubled scale (`2 * at` of the first session fact kept in the
     device's record). The rest is the device's state there, all that deriving its later
     segments needs of the facts before it: the segment it was in (kind, contact, start,
-    session, linked user: `timeline.derive`'s fold state) and that segment's chats before
+    session, linked user: `timeline.fold`'s state) and that segment's chats before
     `key` (an e-mail match can still split it, and its profile lists them). `chunks` counts the
     chunk records (`DeviceChunk`, numbered from 0) that hold the facts before `key`.
     """

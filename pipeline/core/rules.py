@@ -575,18 +575,18 @@ class _Resolver:
         if whole is not None:
             return whole
         chunks = self.view.chunks
-        last = chunk_ident(anonymous_id, stored.carry.chunks - 1)
         # Chunks are asked for all at once: the last one absent (the common case) says enough.
-        if last not in chunks or any(i not in chunks for i in chunk_idents(anonymous_id, stored)):
-            if self.full:
-                self.unfold(anonymous_id)
-            return stored
-        idents = chunk_idents(anonymous_id, stored)
-        self.reads.update(("chunks", ident) for ident in idents)
-        whole = stored.unfolded(chunks[ident] or DeviceChunk() for ident in idents)
-        self._whole[anonymous_id] = whole
-        self.unfolded.add(anonymous_id)
-        return whole
+        if chunk_ident(anonymous_id, stored.carry.chunks - 1) in chunks:
+            idents = chunk_idents(anonymous_id, stored)
+            if all(ident in chunks for ident in idents):
+                self.reads.update(("chunks", ident) for ident in idents)
+                whole = stored.unfolded(chunks[ident] or DeviceChunk() for ident in idents)
+                self._whole[anonymous_id] = whole
+                self.unfolded.add(anonymous_id)
+                return whole
+        if self.full:
+            self.unfold(anonymous_id)
+        return stored
 
     def unfold(self, anonymous_id: str) -> None:
         """Ask for the device's chunk records: the decision needs its whole history."""

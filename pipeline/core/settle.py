@@ -22,9 +22,8 @@ chunks. A device with `4 * size` facts inside the margin (a hostile burst) is cu
 
 from __future__ import annotations
 
-from pipeline.core import ids
 from pipeline.core.facts import Carry, Device, DeviceChunk, SessionFact
-from pipeline.core.timeline import Segment, fold
+from pipeline.core.timeline import fold, start_segment
 
 DEFAULT_FOLD_SESSIONS = 32  # session facts per chunk record; a record keeps 32 to 63
 
@@ -74,13 +73,10 @@ def fold_device(
     if not found:
         return device, {}
     carry = device.carry
+    current = start_segment(workspace_id, anonymous_id, carry)
     if carry is None:
-        current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id,
-                          ids.ORIGIN), None, None, ids.ORIGIN)  # fmt: skip
         base, pool, low = 0, device.chats, None
     else:
-        current = Segment(carry.kind, carry.contact_id, carry.start_key, None, carry.session,
-                          user_id=carry.user_id)  # fmt: skip
         base, pool, low = carry.chunks, (*carry.chats, *device.chats), carry.key
     chunks: dict[int, DeviceChunk] = {}
     start, key = 0, 0

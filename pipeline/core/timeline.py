@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pipeline.core import ids
-from pipeline.core.facts import ChatFact, Device, SessionFact
+from pipeline.core.facts import Carry, ChatFact, Device, SessionFact
 
 MergeReason = Literal["login", "signup", "email_match"]
 
@@ -129,14 +129,8 @@ def derive(
     segment the device was in at the carry and those after it, as the whole history gives them.
     """
     carry = device.carry
-    if carry is None:
-        current = Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id,
-                          ids.ORIGIN), None, None, ids.ORIGIN)  # fmt: skip
-        chats = device.chats
-    else:
-        current = Segment(carry.kind, carry.contact_id, carry.start_key, None, carry.session,
-                          user_id=carry.user_id)  # fmt: skip
-        chats = (*carry.chats, *device.chats) if carry.chats else device.chats
+    chats = (*carry.chats, *device.chats) if carry is not None and carry.chats else device.chats
+    current = start_segment(workspace_id, anonymous_id, carry)
     segments, shutdowns, ignored, current = fold(workspace_id, anonymous_id, current,
                                                  device.sessions, refused)  # fmt: skip
     segments.append(current)
@@ -146,6 +140,15 @@ def derive(
             segments = _email_splits(workspace_id, anonymous_id, segments, verified)
     return Timeline(anonymous_id, tuple(segments), tuple(shutdowns), frozenset(ignored),
                     device.first_activity, None if carry is None else carry.key)  # fmt: skip
+
+
+def start_segment(workspace_id: str, anonymous_id: str, carry: Carry | None) -> Segment:
+    """The segment a device's record begins in: its first visitor, or the one its carry holds."""
+    if carry is None:
+        return Segment("visitor", ids.visitor_contact_id(workspace_id, anonymous_id, ids.ORIGIN),
+                       None, None, ids.ORIGIN)  # fmt: skip
+    return Segment(carry.kind, carry.contact_id, carry.start_key, None, carry.session,
+                   user_id=carry.user_id)  # fmt: skip
 
 
 def fold(
