@@ -72,18 +72,60 @@ class Carry:
     user_id: str | None
     chats: tuple[ChatFact, ...]
     chunks: int
+    # Whether the users with segments behind `key` keep their settled part (`SettledPart`, in
+    # their records). A carry of state format 2 does not: its device is read whole for their
+    # profiles, and folded again, which writes them.
+    parts: bool = True
 
     def to_json(self) -> list:
         """As stored in the device's record."""
-        return [self.key, self.kind, self.contact_id, self.start_key, self.session,
-                self.user_id, [_chat_row(c) for c in self.chats], self.chunks]  # fmt: skip
+        row = [self.key, self.kind, self.contact_id, self.start_key, self.session,
+               self.user_id, [_chat_row(c) for c in self.chats], self.chunks]  # fmt: skip
+        return [*row, 1] if self.parts else row
 
     @classmethod
     def from_json(cls, row: list) -> Carry:
         """Inverse of `to_json`."""
-        key, kind, contact_id, start_key, session, user_id, chats, chunks = row
+        key, kind, contact_id, start_key, session, user_id, chats, chunks, *parts = row
         return cls(key, kind, contact_id, start_key, session, user_id,
-                   tuple(ChatFact(*c) for c in chats), chunks)  # fmt: skip
+                   tuple(ChatFact(*c) for c in chats), chunks, bool(parts))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SettledPart:
+    """What a user's segments behind a folded device's carry give her profile (R15).
+
+    Her sessions there and the visitors merged into her there, summarised as
+    `profiles.user_profile` merges them with her live segments: the first link (start, session),
+    the earliest and latest times, the start of her latest session on the device, and the
+    merged contacts (contact_id, latest time, whether by e-mail match) and conversations
+    (conversation_id, (time, event_id) of its first chat, time of its latest) most recent
+    first, `IDP_PROFILE_LIST_LIMIT` of each at most, with how many there were.
+    """
+
+    first: tuple[int, str] | None = None
+    created: int | None = None
+    updated: int | None = None
+    latest_start: int | None = None
+    merged: tuple[tuple[str, int, bool], ...] = ()
+    merged_total: int = 0
+    conversations: tuple[tuple[str, tuple[int, str], int], ...] = ()
+    conversations_total: int = 0
+
+    def to_json(self) -> list:
+        """As stored in the user's record."""
+        return [list(self.first) if self.first else None, self.created, self.updated,
+                self.latest_start, [[c, at, int(m)] for c, at, m in self.merged],
+                self.merged_total, [[c, a, e, t] for c, (a, e), t in self.conversations],
+                self.conversations_total]  # fmt: skip
+
+    @classmethod
+    def from_json(cls, row: list) -> SettledPart:
+        """Inverse of `to_json`."""
+        first, created, updated, latest, merged, merged_total, chats, chats_total = row
+        return cls(tuple(first) if first else None, created, updated, latest,
+                   tuple((c, at, bool(m)) for c, at, m in merged), merged_total,
+                   tuple((c, (a, e), t) for c, a, e, t in chats), chats_total)  # fmt: skip
 
 
 def _session_row(f: SessionFact) -> list:
@@ -224,6 +266,9 @@ class User:
     # unknown (state written before it was kept) and counts as the earliest of all. It tells
     # whether a folded device's settled history holds anything of this user (R15).
     since: dict[str, int] = field(default_factory=dict)
+    # Device -> her settled part there (`SettledPart`), for each folded device whose settled
+    # history holds segments of hers (R15).
+    past: dict[str, SettledPart] = field(default_factory=dict)
 
     def with_device(self, anonymous_id: str, at: int) -> User:
         """Remember a device the user has a session fact on at `at`."""
@@ -233,7 +278,7 @@ class User:
         devices = self.devices if known else tuple(sorted((*self.devices, anonymous_id)))
         since = self.since if known and anonymous_id not in self.since else {
             **self.since, anonymous_id: at}  # fmt: skip
-        return User(devices, self.emails, self.name, self.erased, since)
+        return User(devices, self.emails, self.name, self.erased, since, self.past)
 
     def first_on(self, anonymous_id: str) -> int | None:
         """The user's earliest session fact on the device; None when it is not known."""
@@ -244,14 +289,23 @@ class User:
         if claim in self.emails:
             return self
         emails = tuple(sorted((*self.emails, claim)))
-        return User(self.devices, emails, self.name, self.erased, self.since)
+        return User(self.devices, emails, self.name, self.erased, self.since, self.past)
 
     def with_name(self, at: int, event_id: str, name: str) -> User:
         """Keep the name of the latest event."""
         candidate = (at, event_id, name)
         if self.name is not None and self.name >= candidate:
             return self
-        return User(self.devices, self.emails, candidate, self.erased, self.since)
+        return User(self.devices, self.emails, candidate, self.erased, self.since, self.past)
+
+    def with_past(self, anonymous_id: str, part: SettledPart | None) -> User:
+        """Keep (None: drop) her settled part on a folded device."""
+        if self.past.get(anonymous_id) == part:
+            return self
+        past = {d: p for d, p in self.past.items() if d != anonymous_id}
+        if part is not None:
+            past[anonymous_id] = part
+        return User(self.devices, self.emails, self.name, self.erased, self.since, past)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -262,6 +316,11 @@ class User:
                 "n": list(self.name) if self.name else None,
                 **({"x": self.erased} if self.erased is not None else {}),
                 **({"f": [self.since.get(d) for d in self.devices]} if self.since else {}),
+                **(
+                    {"p": {d: p.to_json() for d, p in sorted(self.past.items())}}
+                    if self.past
+                    else {}
+                ),
             }
         )
 
@@ -277,6 +336,7 @@ class User:
             name=tuple(raw["n"]) if raw["n"] else None,
             erased=raw.get("x"),
             since=since,
+            past={d: SettledPart.from_json(p) for d, p in raw.get("p", {}).items()},
         )
 
 

@@ -9,10 +9,10 @@ contact's first are not facts a profile reflects: a known device browsing change
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.core import ids
-from pipeline.core.facts import ChatFact, EmailEntry, User
+from pipeline.core.facts import ChatFact, EmailEntry, SettledPart, User
 from pipeline.core.timeline import Segment, Timeline
 from schemas import Profile
 from schemas.time import from_epoch_ms
@@ -42,23 +42,30 @@ def _conversations(chats: Iterable[ChatFact]) -> dict[str, int]:
     return seen
 
 
-def _bounded(profile: Profile, times: Mapping[str, Mapping[str, int]], limit: int) -> Profile:
+def _bounded(
+    profile: Profile,
+    times: Mapping[str, Mapping[str, int]],
+    limit: int,
+    dropped: Mapping[str, int] | None = None,
+) -> Profile:
     """R15: each list keeps its `limit` most recent entries (by `times`, then by value).
 
     A list that had to drop entries is counted in `totals`, and the profile is flagged
     `truncated`; the kept entries keep their order. `email_matched_contact_ids`, a subset of
-    `merged_contact_ids`, keeps the ones that list keeps.
+    `merged_contact_ids`, keeps the ones that list keeps. `dropped` counts, per list, the
+    entries dropped already (by settled parts, which keep the most recent `limit`).
     """
     lists: dict[str, list[str]] = {}
     totals: dict[str, int] = {}
     for name in LIMITED_LISTS:
         entries: list[str] = getattr(profile, name)
-        if len(entries) <= limit:
+        total = len(entries) + (dropped or {}).get(name, 0)
+        if total <= limit:
             continue
         when = times.get(name, {})
         kept = set(sorted(entries, key=lambda e: (when.get(e, 0), e))[-limit:])
         lists[name] = [e for e in entries if e in kept]
-        totals[name] = len(entries)
+        totals[name] = total
     if not lists:
         return profile
     if "merged_contact_ids" in lists:
@@ -155,10 +162,13 @@ class UserView:
     email_leads: tuple[Lead, ...]  # leads (on any device) carrying one of the user's e-mails
     emails: Mapping[str, EmailEntry]  # the user's e-mails
     refused: frozenset[str] = frozenset()  # links refused by the shared-identifier guard
+    # Device -> the user's settled part there: her segments behind the carry of a folded device
+    # that `timelines` holds folded (R15).
+    settled: Mapping[str, SettledPart] = field(default_factory=dict)
 
 
 def user_segments(view: UserView) -> list[tuple[Segment, Timeline]]:
-    """The user's sessions on all its devices."""
+    """The user's sessions on all its devices (the live ones: see `UserView.settled`)."""
     return [
         (segment, timeline)
         for timeline in view.timelines.values()
@@ -183,25 +193,159 @@ def merged_leads(workspace_id: str, view: UserView) -> list[Lead]:
 def first_link(view: UserView) -> tuple[int, str] | None:
     """(at, event_id) of the login or signup that created the user's profile."""
     starts = [(s.start_ms or 0, s.session) for s, _ in user_segments(view)]
+    starts += [p.first for p in view.settled.values() if p.first is not None]
     return min(starts) if starts else None
+
+
+@dataclass(slots=True)
+class _Contributions:
+    """What a user's segments (live ones, and settled parts) give her profile, gathered."""
+
+    first: tuple[int, str] | None = None
+    created: int | None = None
+    updated: int | None = None
+    devices: dict[str, int] = field(default_factory=dict)  # device -> her latest session start
+    merged: dict[str, tuple[int, bool]] = field(default_factory=dict)  # -> (latest, by e-mail)
+    # conversation_id -> ((time, event_id) of its first chat, time of its latest)
+    conversations: dict[str, tuple[tuple[int, str], int]] = field(default_factory=dict)
+    # Entries settled parts counted but no longer list (beyond the list limit).
+    dropped_merged: int = 0
+    dropped_conversations: int = 0
+
+    def _time(self, created: int | None, updated: int) -> None:
+        if created is not None and (self.created is None or created < self.created):
+            self.created = created
+        if self.updated is None or updated > self.updated:
+            self.updated = updated
+
+    def _chat(self, chat: ChatFact) -> None:
+        self._time(None, chat.at)
+        if not chat.conversation_id:  # a content-free chat (R16) is no conversation
+            return
+        first, seen = (chat.at, chat.event_id), self.conversations.get(chat.conversation_id)
+        if seen is not None:
+            first, latest = min(first, seen[0]), max(chat.at, seen[1])
+        else:
+            latest = chat.at
+        self.conversations[chat.conversation_id] = (first, latest)
+
+    def session(self, segment: Segment, anonymous_id: str) -> None:
+        start = segment.start_ms or 0
+        link = (start, segment.session)
+        if self.first is None or link < self.first:
+            self.first = link
+        self._time(start, start)
+        self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
+        for chat in segment.chats:
+            self._chat(chat)
+
+    def lead(self, lead: Lead) -> None:
+        segment = lead.segment
+        if segment.contact_id in self.merged:
+            return
+        assert segment.merge is not None  # a merged lead's
+        updated = visitor_updated_ms(lead)
+        self.merged[segment.contact_id] = (updated, segment.merge.reason == "email_match")
+        self._time(visitor_created_ms(lead), updated)
+        for chat in segment.chats:
+            self._chat(chat)
+
+    def part(self, anonymous_id: str, part: SettledPart) -> None:
+        if part.first is not None and (self.first is None or part.first < self.first):
+            self.first = part.first
+        if part.updated is not None:
+            self._time(part.created, part.updated)
+        if part.latest_start is not None:
+            start = part.latest_start
+            self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
+        for contact_id, at, by_email in part.merged:
+            self.merged.setdefault(contact_id, (at, by_email))
+        self.dropped_merged += part.merged_total - len(part.merged)
+        for conversation_id, first, latest in part.conversations:
+            seen = self.conversations.get(conversation_id)
+            if seen is not None:
+                first, latest = min(first, seen[0]), max(latest, seen[1])
+            self.conversations[conversation_id] = (first, latest)
+        self.dropped_conversations += part.conversations_total - len(part.conversations)
+
+    def settled(self, anonymous_id: str, limit: int) -> SettledPart | None:
+        """As a settled part of the device (None: nothing), its lists cut to `limit`."""
+        if self.first is None and not self.merged:
+            return None
+        merged = sorted(self.merged.items(), key=lambda m: (m[1][0], m[0]))[-limit:]
+        chats = sorted(self.conversations.items(), key=lambda c: (c[1][1], c[0]))[-limit:]
+        return SettledPart(
+            self.first, self.created, self.updated, self.devices.get(anonymous_id),
+            tuple(sorted((c, at, by_email) for c, (at, by_email) in merged)),
+            len(self.merged) + self.dropped_merged,
+            tuple(sorted((c, first, latest) for c, (first, latest) in chats)),
+            len(self.conversations) + self.dropped_conversations,
+        )  # fmt: skip
+
+
+def user_part(workspace_id: str, user_id: str, segments: Iterable[Lead]) -> _Contributions:
+    """What these segments (of one device) give the user's profile.
+
+    Her sessions, and the visitors merged into her.
+    """
+    into = ids.user_contact_id(workspace_id, user_id)
+    found = _Contributions()
+    for lead in sorted(segments, key=lambda lead: lead.segment.contact_id):
+        segment = lead.segment
+        if segment.user_id == user_id:
+            found.session(segment, lead.timeline.anonymous_id)
+        elif (
+            segment.kind == "visitor"
+            and segment.merge is not None
+            and segment.merge.into_contact_id == into
+            and lead.timeline.exists(segment)
+        ):
+            found.lead(lead)
+    return found
+
+
+def settled_part(
+    workspace_id: str, user_id: str, segments: Iterable[Lead], *, limit: int
+) -> SettledPart | None:
+    """The user's settled part of these settled segments of one device (None: nothing)."""
+    segments = list(segments)
+    if not segments:
+        return None
+    anonymous_id = segments[0].timeline.anonymous_id
+    return user_part(workspace_id, user_id, segments).settled(anonymous_id, limit)
+
+
+def with_settled(
+    anonymous_id: str, part: SettledPart | None, more: SettledPart | None, *, limit: int
+) -> SettledPart | None:
+    """A settled part with what a fold settles after it (`more`)."""
+    if part is None or more is None:
+        return more if part is None else part
+    found = _Contributions()
+    found.part(anonymous_id, part)
+    found.part(anonymous_id, more)
+    return found.settled(anonymous_id, limit)
 
 
 def user_profile(
     workspace_id: str, view: UserView, *, limit: int = DEFAULT_LIST_LIMIT
 ) -> Profile | None:
     """The profile of a user (R6-R8); None before any verified login or signup."""
-    sessions = user_segments(view)
-    if not sessions:
+    found = _Contributions()
+    for anonymous_id, part in sorted(view.settled.items()):
+        found.part(anonymous_id, part)
+    for segment, timeline in user_segments(view):
+        found.session(segment, timeline.anonymous_id)
+    if found.first is None:
         return None
-    contact_id = ids.user_contact_id(workspace_id, view.user_id)
     merged = merged_leads(workspace_id, view)
-    chats = [c for s, _ in sessions for c in s.chats]
-    chats += [c for lead in merged for c in lead.segment.chats]
+    for lead in merged:
+        found.lead(lead)
+    contact_id = ids.user_contact_id(workspace_id, view.user_id)
     verified = [c for c in view.user.emails if c.verified]
     claim = max(verified) if verified else max(view.user.emails, default=None)
     duplicates: dict[str, int] = {}  # contact_id -> its latest fact
-    merged_at = {lead.segment.contact_id: visitor_updated_ms(lead) for lead in merged}
-    merged_ids = set(merged_at)
+    merged_ids = set(found.merged)
     for lead in view.email_leads:
         segment = lead.segment
         lead_emails = {c.email for c in segment.chats}
@@ -211,17 +355,13 @@ def user_profile(
             if own.email in lead_emails and (not own.verified or ambiguous):
                 if segment.contact_id not in merged_ids and lead.timeline.exists(segment):
                     duplicates[segment.contact_id] = visitor_updated_ms(lead)
-    created = [s.start_ms or 0 for s, _ in sessions]
-    created += [visitor_created_ms(lead) for lead in merged]
-    updated = [*created, *(c.at for c in chats), *(c.at for c in view.user.emails)]
-    updated += [visitor_updated_ms(lead) for lead in merged]
+    assert found.created is not None and found.updated is not None  # a session sets both
+    updated = [found.updated, *(c.at for c in view.user.emails)]
     if view.user.name is not None:
         updated.append(view.user.name[0])
-    devices: dict[str, int] = {}  # anonymous_id -> the start of the user's latest session there
-    for segment, timeline in sessions:
-        start = segment.start_ms or 0
-        devices[timeline.anonymous_id] = max(start, devices.get(timeline.anonymous_id, start))
-    conversations = _conversations(chats)
+    started = sorted(found.conversations.items(), key=lambda c: (c[1][0], c[0]))
+    conversations = {c: latest for c, (_, latest) in started}
+    merged_at = {c: at for c, (at, _) in found.merged.items()}
     profile = Profile(
         contact_id=contact_id,
         workspace_id=workspace_id,
@@ -230,20 +370,20 @@ def user_profile(
         email=claim.email if claim else None,
         email_verified=bool(claim and claim.verified),
         name=view.user.name[2] if view.user.name else None,
-        anonymous_ids=sorted(devices),
+        anonymous_ids=sorted(found.devices),
         merged_contact_ids=sorted(merged_ids),
         email_matched_contact_ids=sorted(
-            lead.segment.contact_id
-            for lead in merged
-            if lead.segment.merge is not None and lead.segment.merge.reason == "email_match"
-        ),
+            c for c, (_, by_email) in found.merged.items() if by_email
+        ),  # fmt: skip
         conversation_ids=list(conversations),
         possible_duplicates=sorted(duplicates),
         flags=sorted({POSSIBLE_DUPLICATE} if duplicates else set())
         + ([SHARED_IDENTIFIER] if view.refused else []),
-        created_at=from_epoch_ms(min(created)),
+        created_at=from_epoch_ms(found.created),
         updated_at=from_epoch_ms(max(updated)),
     )
-    times = {"anonymous_ids": devices, "merged_contact_ids": merged_at,
+    times = {"anonymous_ids": found.devices, "merged_contact_ids": merged_at,
              "conversation_ids": conversations, "possible_duplicates": duplicates}  # fmt: skip
-    return _bounded(profile, times, limit)
+    dropped = {"merged_contact_ids": found.dropped_merged,
+               "conversation_ids": found.dropped_conversations}  # fmt: skip
+    return _bounded(profile, times, limit, dropped)

@@ -38,6 +38,7 @@ from pipeline.core.facts import (
     EmailEntry,
     ErasureMarker,
     SessionFact,
+    SettledPart,
     TokenUses,
     User,
     chunk_ident,
@@ -60,8 +61,10 @@ from pipeline.core.profiles import (
     Lead,
     UserView,
     first_link,
+    settled_part,
     user_profile,
     visitor_profile,
+    with_settled,
 )
 from pipeline.core.timeline import Merge, Segment, Timeline, derive
 from pipeline.core.verify import TokenPolicy
@@ -181,13 +184,15 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
     devices = {a: candidates[a] for a in result.devices}
     chunks: dict[str, DeviceChunk | None] = {}
     work: dict[str, Device] = {}
+    erased: list[str] = []
     for anonymous_id, device in candidates.items():
         stored = chunk_idents(anonymous_id, view.devices.get(anonymous_id))
         if device is None:
             chunks.update(dict.fromkeys(stored))  # an erased device's chunks go with it
+            erased += [anonymous_id] if stored else []
         elif settle.needs_folding(device, size, margin) or (device.carry is None and stored):
             work[anonymous_id] = device
-    if not work:
+    if not (work or erased):
         if not chunks and all(devices[a] is result.devices[a] for a in devices):
             return result
         return replace(result, devices=devices, chunks=chunks)
@@ -196,12 +201,17 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
     refolds.new_devices.update(work)
     refolds.new_users, refolds.new_emails = result.users, result.emails
     refolds.new_tokens = result.tokens
+    parts = _Parts(resolver, refolds, result)
+    for anonymous_id in erased:  # its users' settled parts there go with it
+        for user_id in parts.stored(anonymous_id):
+            parts.write(user_id, anonymous_id, None)
     for anonymous_id, device in sorted(work.items()):
         refused = refolds.refusals(anonymous_id, new=True)
         if refolds.missing:
             return refolds.need()
         folded, made = settle.fold_device(view.workspace_id, anonymous_id, device, refused,
                                           size, margin)  # fmt: skip
+        parts.fold(anonymous_id, device, folded, refused)
         stored_device = view.devices.get(anonymous_id)
         if device.carry is None:  # folded from its whole history: chunks it no longer has go
             made_idents = {chunk_ident(anonymous_id, i) for i in made}
@@ -216,8 +226,107 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
             devices[anonymous_id] = folded
         else:
             devices.pop(anonymous_id, None)
-    return replace(result, devices=devices, chunks=chunks,
-                   reads=result.reads | refolds.reads)  # fmt: skip
+    if resolver.missing or refolds.missing:  # the users whose parts are written, say
+        return _need(resolver, refolds)
+    return replace(result, devices=devices, chunks=chunks, users={**result.users, **parts.users},
+                   reads=result.reads | refolds.reads | resolver.reads)  # fmt: skip
+
+
+def _need(*resolvers: _Resolver) -> NeedMore:
+    """What any of these resolvers found missing."""
+    missing: dict[str, set[str]] = {}
+    for resolver in resolvers:
+        for kind, keys in resolver.missing.items():
+            missing.setdefault(kind, set()).update(keys)
+    merged = _Resolver(resolvers[0].view, resolvers[0].config)
+    merged.missing = missing
+    return merged.need()
+
+
+class _Parts:
+    """The settled parts (`User.past`) a transition's folds write into users' records (R15).
+
+    A device folded on from its carry adds to each user's part there what the fold settles of
+    hers. A device folded from its whole history (or erased) has its users' parts worked out
+    anew, and those that changed are written, with those of users whose records are loaded
+    anyway (which repairs any part a carry without parts left unwritten).
+    """
+
+    def __init__(self, decided: _Resolver, refolds: _Resolver, result: Transition) -> None:
+        self.decided, self.refolds, self.result = decided, refolds, result
+        self.workspace_id = decided.view.workspace_id
+        self.limit = decided.config.profile_list_limit
+        self.users: dict[str, User] = {}
+
+    def _settled(self, before: Timeline, after: Timeline) -> dict[str, SettledPart]:
+        """Per user: her part of the segments `before` has and `after` no longer has."""
+        kept = set(after.segments)
+        gone: dict[str, list[Lead]] = {}
+        for segment in before.segments:
+            if segment in kept:
+                continue
+            owner = segment.user_id or (segment.merge.user_id if segment.merge else None)
+            if owner is not None and not erasure.is_placeholder(owner):
+                gone.setdefault(owner, []).append(Lead(segment, before))
+        found = {}
+        for user_id, segments in sorted(gone.items()):
+            part = settled_part(self.workspace_id, user_id, segments, limit=self.limit)
+            if part is not None:
+                found[user_id] = part
+        return found
+
+    def stored(self, anonymous_id: str) -> dict[str, SettledPart]:
+        """The parts the stored device's settled history gives (read whole: `_fold`)."""
+        decided = self.decided
+        stored = decided.view.devices.get(anonymous_id)
+        if stored is None or stored.carry is None or not stored.carry.parts:
+            return {}
+        refused = decided.refusals(anonymous_id, new=False)
+        whole = decided.timeline(anonymous_id, new=False)
+        if whole.settled is not None:  # not read whole: cannot be (`refold` reads them whole)
+            return {}
+        return self._settled(whole, decided.derive_device(anonymous_id, stored, refused,
+                                                          new=False))  # fmt: skip
+
+    def _user(self, user_id: str) -> User | None:
+        if user_id in self.users:
+            return self.users[user_id]
+        if user_id in self.result.users and self.result.users[user_id] is None:
+            return None  # deleted (an erasure)
+        user = self.refolds.user(user_id, new=True)
+        return None if user == User() else user
+
+    def write(self, user_id: str, anonymous_id: str, part: SettledPart | None) -> None:
+        user = self._user(user_id)
+        if user is not None and user.past.get(anonymous_id) != part:
+            self.users[user_id] = user.with_past(anonymous_id, part)
+
+    def fold(
+        self, anonymous_id: str, device: Device, folded: Device, refused: frozenset[str]
+    ) -> None:
+        """Write the parts that folding `device` into `folded` changes."""
+        if folded.carry is None or not folded.carry.parts:
+            return
+        refolds = self.refolds
+        before = refolds.derive_device(anonymous_id, device, refused, new=True)
+        after = refolds.derive_device(anonymous_id, folded, refused, new=True)
+        found = self._settled(before, after)
+        if device.carry is not None:  # folded on: each part grows by what this fold settles
+            for user_id, more in found.items():
+                user = self._user(user_id)
+                if user is not None:
+                    part = with_settled(anonymous_id, user.past.get(anonymous_id), more,
+                                        limit=self.limit)  # fmt: skip
+                    self.write(user_id, anonymous_id, part)
+            return
+        # Folded from its whole history: the parts are these.
+        old = self.stored(anonymous_id)
+        stored = self.decided.view.devices.get(anonymous_id)
+        known = stored is not None and stored.carry is not None and stored.carry.parts
+        loaded = set(self.decided.view.users) | set(self.result.users)
+        for user_id in sorted({*found, *old}):
+            if not known or old.get(user_id) != found.get(user_id) or user_id in loaded:
+                self.write(user_id, anonymous_id, found.get(user_id))
 
 
 def _rebased(whole: Device, carry: Carry) -> Device:
@@ -735,8 +844,16 @@ class _Resolver:
 
     def _derive(self, anonymous_id: str, *, new: bool) -> Timeline:
         device = self.device(anonymous_id, new=new)
+        return self.derive_device(anonymous_id, device, self.refusals(anonymous_id, new=new),
+                                  new=new)  # fmt: skip
+
+    def derive_device(
+        self, anonymous_id: str, device: Device, refused: frozenset[str], *, new: bool
+    ) -> Timeline:
+        """The timeline of this record of the device, with these links refused."""
         verified = {}
-        for chat in device.chats:
+        carried = device.carry.chats if device.carry is not None else ()
+        for chat in (*carried, *device.chats) if carried else device.chats:
             if chat.email is not None and erasure.is_placeholder(chat.email):
                 # A lead e-mail-matched into an erased user (R16): as her verification matched it.
                 verified[chat.email] = {chat.email: erasure.matched_at(chat)}
@@ -744,7 +861,6 @@ class _Resolver:
                 entry = self.email(chat.email, new=new)
                 if entry.admits(anonymous_id):  # one of the e-mail's leads it may match (R15)
                     verified[chat.email] = entry.verified
-        refused = self.refusals(anonymous_id, new=new)
         return derive(self.view.workspace_id, anonymous_id, device, verified, refused)
 
     def refusals(self, anonymous_id: str, *, new: bool) -> frozenset[str]:
@@ -756,14 +872,22 @@ class _Resolver:
 
     def user_view(self, user_id: str) -> UserView:
         user = self.user(user_id)
-        # The user's profile is derived from every segment of hers: a folded device whose
-        # settled history may hold some is read whole (R15).
-        for anonymous_id in user.devices:
-            self.settled(anonymous_id, user.first_on(anonymous_id), reading=True)
+        # The user's profile is derived from every segment of hers. A folded device's settled
+        # segments of hers are summarised in her record (`User.past`, written when the device
+        # folds); a device folded without them (state format 2), or a settled lead of one of her
+        # e-mails (it may match or be flagged), has the device read whole (R15).
         for claim in user.emails:
             for at, _, anonymous_id in self.email(claim.email, new=True).leads:
                 self.settled(anonymous_id, at, reading=True)
+        for anonymous_id in user.devices:
+            stored = self.view.devices.get(anonymous_id)  # (absent: asked for below)
+            if stored is None or stored.carry is None or stored.carry.parts:
+                continue
+            if self.settled(anonymous_id, user.first_on(anonymous_id), reading=True):
+                self.refold.add(anonymous_id)  # folded again: its users' parts are written
         timelines = {a: self.timeline(a, new=True) for a in user.devices}
+        settled = {a: user.past[a] for a, t in timelines.items()
+                   if t.settled is not None and a in user.past}  # fmt: skip
         emails = {c.email: self.email(c.email, new=True) for c in user.emails}
         leads: list[Lead] = []
         for entry in emails.values():
@@ -771,7 +895,7 @@ class _Resolver:
                 timeline = timelines.get(anonymous_id) or self.timeline(anonymous_id, new=True)
                 leads += [Lead(s, timeline) for s in timeline.segments if s.kind == "visitor"]
         refused = self.refused(user_id, new=True)
-        return UserView(user_id, user, timelines, tuple(leads), emails, refused)
+        return UserView(user_id, user, timelines, tuple(leads), emails, refused, settled)
 
     # -- consequences of a change
 

@@ -89,7 +89,8 @@ def fold_device(
         start, low = end, key
     begins = current.start_key
     kept = tuple(c for c in pool if 2 * c.at < key and (begins is None or begins <= 2 * c.at))
+    parts = carry is None or carry.parts  # a carry without parts is folded on without them
     folded = Carry(key, current.kind, current.contact_id, begins, current.session,
-                   current.user_id, kept, base + len(found))  # fmt: skip
+                   current.user_id, kept, base + len(found), parts)  # fmt: skip
     recent = tuple(c for c in device.chats if 2 * c.at >= key)
     return Device(sessions[start:], recent, device.first_activity, device.erased, folded), chunks

@@ -1,7 +1,8 @@
 """The state format a namespace records (`pipeline.state.format`), on the real Redis.
 
 State written by a release that recorded no format is format 1: a worker reads it as it is
-and records the format. State recorded in another format is refused with a clear message, and
+and records the format. Format 2 is read as it is too: its folded devices, without their users'
+settled parts, are read whole and folded again. State recorded in another format is refused with a clear message, and
 nothing is written to the namespace.
 """
 
@@ -11,16 +12,21 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
 from pipeline.core import ids
+from pipeline.core.facts import Device, User
+from pipeline.core.oracle import Oracle
+from pipeline.core.rules import CoreConfig
 from pipeline.state.base import Commit, Keys, Store
 from pipeline.state.factory import open_store
 from tests.integration.conftest import SECRETS
 from tests.support import events as ev
+from schemas.time import format_timestamp, from_epoch_ms
 from tests.support.kafka import PROJECT_ROOT, Pipeline
 
 WS = "ws-a"
@@ -60,7 +66,7 @@ async def test_state_without_a_format_record_is_read_and_the_format_recorded(
     lead = ids.visitor_contact_id(WS, "d1", ids.ORIGIN)
     await pipeline.wait_for(lambda out: lead in out.latest_profiles(), what="the lead")
     recorded = orjson.loads(await format_record(store, keys) or b"null")
-    assert recorded["format"] == 2 and recorded["written_by"].startswith("identity-pipeline ")
+    assert recorded["format"] == 3 and recorded["written_by"].startswith("identity-pipeline ")
     pipeline.stop_workers()
     assert first.returncode == 0
 
@@ -76,10 +82,10 @@ async def test_state_without_a_format_record_is_read_and_the_format_recorded(
         what="the lead merged into u1",
     )
     assert user_profile(pipeline.outputs, "u1")["conversation_ids"] == ["conv-1"]
-    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 2
+    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 3
 
 
-async def test_state_in_format_1_is_read_and_recorded_as_format_2(
+async def test_state_in_format_1_is_read_and_recorded_as_format_3(
     pipeline: Pipeline, store: Store
 ) -> None:
     keys = Keys(pipeline.namespace)
@@ -101,7 +107,62 @@ async def test_state_in_format_1_is_read_and_recorded_as_format_2(
         what="u1 on both devices",
     )
     recorded = orjson.loads(await format_record(store, keys) or b"null")
-    assert recorded["format"] == 2 and recorded["written_by"] != "identity-pipeline 0.9.0"
+    assert recorded["format"] == 3 and recorded["written_by"] != "identity-pipeline 0.9.0"
+
+
+def _format_2_laptop(sessions: int) -> tuple[Oracle, list[int]]:
+    """A laptop's history (log in, log out, 3 h apart) as a format-2 release folded it."""
+    config = CoreConfig(secrets={WS: (SECRETS[WS].encode(),)})
+    oracle, starts = Oracle(config), []
+    for n in range(sessions):
+        at = datetime(2026, 9, 1, tzinfo=UTC) + n * timedelta(hours=3)
+        starts.append(int(at.timestamp() * 1000))
+        for event in (ev.login(WS, "lap", format_timestamp(at), "u1", SECRETS[WS]),
+                      ev.logout(WS, "lap", format_timestamp(at + timedelta(minutes=30)), "u1")):
+            oracle.apply(ev.model(event))  # fmt: skip
+    # Format 2 keeps no settled parts, and its carries say so.
+    user = oracle.users[WS, "u1"]
+    assert user.past  # what format 3 writes, taken out below
+    oracle.users[WS, "u1"] = replace(user, past={})
+    device = oracle.devices[WS, "lap"]
+    assert device.carry is not None
+    oracle.devices[WS, "lap"] = replace(device, carry=replace(device.carry, parts=False))
+    return oracle, starts
+
+
+async def test_a_format_2_folded_device_is_read_whole_once_and_its_users_parts_written(
+    pipeline: Pipeline, store: Store
+) -> None:
+    keys = Keys(pipeline.namespace)
+    oracle, starts = _format_2_laptop(80)
+    await put(store, keys.state_format(),
+              orjson.dumps({"format": 2, "written_by": "identity-pipeline 0.10.0"}))  # fmt: skip
+    stored = oracle.devices[WS, "lap"]
+    assert stored.carry is not None and len(orjson.loads(stored.to_bytes())["k"]) == 8
+    await put(store, keys.of(WS, "dev", "lap"), stored.to_bytes())
+    await put(store, keys.of(WS, "user", "u1"), oracle.users[WS, "u1"].to_bytes())
+    for (_, ident), chunk in oracle.chunks.items():
+        await put(store, keys.of(WS, "chunk", ident), chunk.to_bytes())
+    pipeline.start_worker()
+    last = datetime(2026, 9, 1, tzinfo=UTC) + 80 * timedelta(hours=3)
+    await pipeline.send("telemetry.login", ev.login(WS, "lap", format_timestamp(last), "u1",
+                                                    SECRETS[WS]))  # fmt: skip
+    # The profile counts the sessions behind the carry: created at the first login of all.
+    first = from_epoch_ms(starts[0])
+    await pipeline.wait_for(
+        lambda out: (user_profile(out, "u1") or {}).get("updated_at") == format_timestamp(last),
+        what="u1's profile with the new login",
+    )
+    assert user_profile(pipeline.outputs, "u1")["created_at"] == format_timestamp(first)
+    # Read whole once, the device was folded again: its carry now says its users' parts are
+    # kept, and u1's record holds hers, from the first login on.
+    (device,) = await store.read([keys.of(WS, "dev", "lap")])
+    (user,) = await store.read([keys.of(WS, "user", "u1")])
+    assert device.data is not None and user.data is not None
+    assert Device.from_bytes(device.data).carry.parts  # type: ignore[union-attr]
+    part = User.from_bytes(user.data).past["lap"]
+    assert part.first is not None and part.first[0] == starts[0]
+    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 3
 
 
 async def run_worker(pipeline: Pipeline) -> subprocess.CompletedProcess:
@@ -115,13 +176,13 @@ async def test_state_in_another_format_is_refused_and_left_alone(
     pipeline: Pipeline, store: Store
 ) -> None:
     keys = Keys(pipeline.namespace)
-    later = orjson.dumps({"format": 3, "written_by": "identity-pipeline 9.0.0"})
+    later = orjson.dumps({"format": 4, "written_by": "identity-pipeline 9.0.0"})
     await put(store, keys.state_format(), later)
     await pipeline.send("telemetry.page_view", ev.page_view(WS, "d1", "2026-11-24T10:01:00Z"))
     result = await run_worker(pipeline)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "holds state in format 3 (written by identity-pipeline 9.0.0)" in result.stderr
-    assert "reads formats 1 and 2 only" in result.stderr
+    assert "holds state in format 4 (written by identity-pipeline 9.0.0)" in result.stderr
+    assert "reads formats 1, 2 and 3 only" in result.stderr
     assert await format_record(store, keys) == later
     assert await store.scan(keys.everything()) == []
 
@@ -131,5 +192,5 @@ async def test_a_format_record_that_is_not_one_is_refused(pipeline: Pipeline, st
     await put(store, keys.state_format(), b"\x00garbage")
     result = await run_worker(pipeline)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "state format record" in result.stderr and "reads formats 1 and 2" in result.stderr
+    assert "state format record" in result.stderr and "reads formats 1, 2 and 3" in result.stderr
     assert await format_record(store, keys) == b"\x00garbage"
