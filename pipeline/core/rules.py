@@ -894,6 +894,15 @@ class _Resolver:
             for anonymous_id in entry.lead_devices:
                 timeline = timelines.get(anonymous_id) or self.timeline(anonymous_id, new=True)
                 leads += [Lead(s, timeline) for s in timeline.segments if s.kind == "visitor"]
+        # A part keeps its most recent conversations only: one it dropped may be listed again
+        # elsewhere (the same conversation_id in another segment), which only the whole device
+        # tells. A part that dropped some is read whole while her other segments chat.
+        cut = [a for a, p in settled.items() if p.conversations_total > len(p.conversations)]
+        live = [seg for t in timelines.values() for seg in t.segments]
+        live += [lead.segment for lead in leads]
+        chatting = len(settled) > 1 or any(c.conversation_id for g in live for c in g.chats)
+        for anonymous_id in cut if chatting else ():
+            self.settled(anonymous_id, user.first_on(anonymous_id), reading=True)
         refused = self.refused(user_id, new=True)
         return UserView(user_id, user, timelines, tuple(leads), emails, refused, settled)
 

@@ -24,9 +24,9 @@ from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
 from pipeline.state.base import Commit, Keys, Store
 from pipeline.state.factory import open_store
+from schemas.time import format_timestamp, from_epoch_ms
 from tests.integration.conftest import SECRETS
 from tests.support import events as ev
-from schemas.time import format_timestamp, from_epoch_ms
 from tests.support.kafka import PROJECT_ROOT, Pipeline
 
 WS = "ws-a"
@@ -117,8 +117,10 @@ def _format_2_laptop(sessions: int) -> tuple[Oracle, list[int]]:
     for n in range(sessions):
         at = datetime(2026, 9, 1, tzinfo=UTC) + n * timedelta(hours=3)
         starts.append(int(at.timestamp() * 1000))
-        for event in (ev.login(WS, "lap", format_timestamp(at), "u1", SECRETS[WS]),
-                      ev.logout(WS, "lap", format_timestamp(at + timedelta(minutes=30)), "u1")):
+        for event in (
+            ev.login(WS, "lap", format_timestamp(at), "u1", SECRETS[WS]),
+            ev.logout(WS, "lap", format_timestamp(at + timedelta(minutes=30)), "u1"),
+        ):
             oracle.apply(ev.model(event))  # fmt: skip
     # Format 2 keeps no settled parts, and its carries say so.
     user = oracle.users[WS, "u1"]
