@@ -124,3 +124,66 @@ def test_erasing_a_user_of_a_folded_device_reaches_its_chunks() -> None:
     assert "reader-3" not in text and "conv-3" not in text
     assert "reader-4" in text and "conv-4" in text  # another reader's history stays
     assert ids.user_contact_id("ws", "reader-3") not in oracle.profiles()
+
+
+def laptop(sessions: int, *, chats: int | None = None) -> list[dict]:
+    """Its owner logs in at hour 3n, chats at 3n + 0.5 (the first `chats` sessions) and logs
+    out at 3n + 1."""
+    events = []
+    for n in range(sessions):
+        events.append(ev.login("ws", "lap", stamp(3 * n), "owner", SECRET))
+        if chats is None or n < chats:
+            events.append(ev.chat_start("ws", "lap", stamp(3 * n + 0.5), f"conv-{n}"))
+        events.append(ev.logout("ws", "lap", stamp(3 * n + 1), "owner"))
+    return events
+
+
+def test_a_folded_device_keeps_its_users_settled_part_in_their_records() -> None:
+    events = laptop(20)  # 40 session facts; login n is fact 2n, logout n fact 2n + 1
+    oracle = run(events)
+    device = oracle.devices["ws", "lap"]
+    # Cuts before facts 4, 8, ..., 36: the record keeps sessions 18 and 19, and carries the
+    # visitor that logout 17 began (login 18 merges it, in the record).
+    assert device.carry is not None and device.carry.key == 2 * epoch_ms(54)
+    assert device.carry.kind == "visitor" and device.carry.parts
+    part = oracle.users["ws", "owner"].past["lap"]
+    first_login = next(e for e in events if e["event_id"].startswith("login"))
+    assert part.first == (epoch_ms(0), first_login["event_id"])
+    assert part.created == epoch_ms(0) and part.latest_start == epoch_ms(51)
+    assert part.updated == epoch_ms(51.5)  # session 17's chat
+    # Sessions 0-17 with their chats; the visitors of logouts 0-16, merged by logins 1-17 (the
+    # first visitor never was one: the laptop logged in straight away).
+    assert part.conversations_total == 18 and len(part.conversations) == 18
+    assert part.merged_total == 17 and all(not by_email for _, _, by_email in part.merged)
+
+
+def test_a_users_profile_with_settled_sessions_reads_no_chunk() -> None:
+    events = laptop(20)
+    folded, whole = run(events), run(events, WHOLE)
+    login = ev.login("ws", "lap", stamp(60), "owner", SECRET)
+    transition = folded.apply(ev.model(login))
+    assert not any(table == "chunks" for table, _ in transition.reads)
+    assert transition.emits == whole.apply(ev.model(login)).emits
+    profile = folded.profiles()[ids.user_contact_id("ws", "owner")]
+    assert profile == whole.profiles()[ids.user_contact_id("ws", "owner")]
+    assert profile.created_at == datetime(2026, 11, 1, tzinfo=UTC)
+    assert profile.conversation_ids == [f"conv-{n}" for n in range(20)]
+    assert len(profile.merged_contact_ids) == 20  # the visitors of logouts 0-19
+
+
+def test_a_settled_part_keeps_the_most_recent_entries_and_counts_the_rest() -> None:
+    limited = replace(CONFIG, profile_list_limit=5)
+    events = laptop(20, chats=10)  # conversations in the settled sessions only
+    folded, whole = run(events, limited), run(events, replace(limited, fold_sessions=10**9))
+    part = folded.users["ws", "owner"].past["lap"]
+    assert [c for c, _, _ in part.conversations] == [f"conv-{n}" for n in range(5, 10)]
+    assert part.conversations_total == 10 and len(part.merged) == 5 and part.merged_total == 17
+    login = ev.login("ws", "lap", stamp(60), "owner", SECRET)
+    transition = folded.apply(ev.model(login))
+    assert not any(table == "chunks" for table, _ in transition.reads)
+    whole.apply(ev.model(login))
+    profile = folded.profiles()[ids.user_contact_id("ws", "owner")]
+    assert profile == whole.profiles()[ids.user_contact_id("ws", "owner")]
+    assert profile.conversation_ids == [f"conv-{n}" for n in range(5, 10)]
+    assert profile.totals == {"conversation_ids": 10, "merged_contact_ids": 20}
+    assert "truncated" in profile.flags
