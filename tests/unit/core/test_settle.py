@@ -187,3 +187,14 @@ def test_a_settled_part_keeps_the_most_recent_entries_and_counts_the_rest() -> N
     assert profile.conversation_ids == [f"conv-{n}" for n in range(5, 10)]
     assert profile.totals == {"conversation_ids": 10, "merged_contact_ids": 20}
     assert "truncated" in profile.flags
+
+
+def test_erasing_a_folded_device_takes_its_users_settled_parts() -> None:
+    oracle = run(library(20))
+    parted = {u for (_, u), user in oracle.users.items() if "lib" in user.past}
+    assert parted == {f"reader-{n}" for n in range(18)}  # readers 0-17 lie behind the carry
+    proof = hmac.new(SECRET.encode(), b"erase:device:lib", hashlib.sha256).hexdigest()
+    oracle.apply(EraseRequest.model_validate({"event_id": "erase-1", "workspace_id": "ws",
+                 "timestamp": stamp(100), "subject": "device:lib", "proof": proof}))  # fmt: skip
+    assert not any("lib" in user.past for user in oracle.users.values())
+    assert ("ws", "lib") not in oracle.devices and not oracle.chunks
