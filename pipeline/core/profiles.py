@@ -8,6 +8,7 @@ contact's first are not facts a profile reflects: a known device browsing change
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -63,8 +64,10 @@ def _bounded(
         if total <= limit:
             continue
         when = times.get(name, {})
-        kept = set(sorted(entries, key=lambda e: (when.get(e, 0), e))[-limit:])
-        lists[name] = [e for e in entries if e in kept]
+        # The oldest beyond the limit go: usually a few of a list just over it.
+        gone = {e for _, e in heapq.nsmallest(max(0, len(entries) - limit),
+                                              ((when.get(e, 0), e) for e in entries))}  # fmt: skip
+        lists[name] = [e for e in entries if e not in gone]
         totals[name] = total
     if not lists:
         return profile
@@ -258,8 +261,12 @@ class _Contributions:
         if part.latest_start is not None:
             start = part.latest_start
             self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
-        for contact_id, at, by_email in part.merged:
-            self.merged.setdefault(contact_id, (at, by_email))
+        merged = self.merged
+        if not merged:  # the common case: one part, read first
+            self.merged = {c: (at, by_email) for c, at, by_email in part.merged}
+        else:
+            for contact_id, at, by_email in part.merged:
+                merged.setdefault(contact_id, (at, by_email))
         self.dropped_merged += part.merged_total - len(part.merged)
         for conversation_id, first, latest in part.conversations:
             seen = self.conversations.get(conversation_id)
