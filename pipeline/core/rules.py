@@ -305,12 +305,14 @@ class _Parts:
         self, anonymous_id: str, device: Device, folded: Device, refused: frozenset[str]
     ) -> None:
         """Write the parts that folding `device` into `folded` changes."""
-        if folded.carry is None or not folded.carry.parts:
-            return
-        refolds = self.refolds
-        before = refolds.derive_device(anonymous_id, device, refused, new=True)
-        after = refolds.derive_device(anonymous_id, folded, refused, new=True)
-        found = self._settled(before, after)
+        if folded.carry is not None and not folded.carry.parts:
+            return  # a carry of state format 2, folded on: no parts are kept for it yet
+        found: dict[str, SettledPart] = {}  # a device left whole (no carry) settles nothing
+        if folded.carry is not None:
+            refolds = self.refolds
+            before = refolds.derive_device(anonymous_id, device, refused, new=True)
+            after = refolds.derive_device(anonymous_id, folded, refused, new=True)
+            found = self._settled(before, after)
         if device.carry is not None:  # folded on: each part grows by what this fold settles
             for user_id, more in found.items():
                 user = self._user(user_id)

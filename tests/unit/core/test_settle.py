@@ -198,3 +198,18 @@ def test_erasing_a_folded_device_takes_its_users_settled_parts() -> None:
                  "timestamp": stamp(100), "subject": "device:lib", "proof": proof}))  # fmt: skip
     assert not any("lib" in user.past for user in oracle.users.values())
     assert ("ws", "lib") not in oracle.devices and not oracle.chunks
+
+
+def test_a_device_folded_again_into_one_record_drops_its_users_settled_parts() -> None:
+    oracle = run(laptop(20))
+    assert "lap" in oracle.users["ws", "owner"].past
+    # Chunks of 100 now: read whole for a late chat behind the carry, the device no longer
+    # folds, and keeps every fact in its record.
+    oracle.config = replace(CONFIG, fold_sessions=100)
+    oracle.apply(ev.model(ev.chat_start("ws", "lap", stamp(1.5), "late")))
+    assert oracle.devices["ws", "lap"].carry is None and not oracle.chunks
+    assert "lap" not in oracle.users["ws", "owner"].past
+    profile = oracle.profiles()[ids.user_contact_id("ws", "owner")]
+    # The late chat is the visitor's after logout 0, merged by login 1: listed in time order.
+    assert profile.conversation_ids[:3] == ["conv-0", "late", "conv-1"]
+    assert len(profile.merged_contact_ids) == 19  # the visitors of logouts 0-18
