@@ -154,6 +154,19 @@ def test_folding_a_device_changes_no_output(data: st.DataObject) -> None:
 
 @LAW
 @given(st.data())
+def test_settled_parts_cut_to_the_list_limit_change_no_output(data: st.DataObject) -> None:
+    """With lists of one entry, a user's settled parts (R15) keep one conversation and one merged
+    contact each, and still give what the whole history gives, in any delivery order."""
+    events = data.draw(st.permutations(data.draw(journeys())))
+    folded = Oracle(replace(CONFIG, profile_list_limit=1))
+    whole = Oracle(replace(UNFOLDED, profile_list_limit=1))
+    for event in events:
+        assert folded.apply(ev.model(event)).emits == whole.apply(ev.model(event)).emits, event
+    assert folded.profiles() == whole.profiles()
+
+
+@LAW
+@given(st.data())
 def test_truncated_lists_are_the_same_in_any_delivery_order(data: st.DataObject) -> None:
     """R15 with a limit of one: which entries a list keeps does not depend on arrival order."""
     events = data.draw(journeys())
