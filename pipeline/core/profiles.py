@@ -221,24 +221,29 @@ class _Contributions:
         if self.updated is None or updated > self.updated:
             self.updated = updated
 
+    def _link(self, link: tuple[int, str]) -> None:
+        if self.first is None or link < self.first:
+            self.first = link
+
+    def _device(self, anonymous_id: str, start: int) -> None:
+        self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
+
+    def _conversation(self, conversation_id: str, first: tuple[int, str], latest: int) -> None:
+        seen = self.conversations.get(conversation_id)
+        if seen is not None:
+            first, latest = min(first, seen[0]), max(latest, seen[1])
+        self.conversations[conversation_id] = (first, latest)
+
     def _chat(self, chat: ChatFact) -> None:
         self._time(None, chat.at)
-        if not chat.conversation_id:  # a content-free chat (R16) is no conversation
-            return
-        first, seen = (chat.at, chat.event_id), self.conversations.get(chat.conversation_id)
-        if seen is not None:
-            first, latest = min(first, seen[0]), max(chat.at, seen[1])
-        else:
-            latest = chat.at
-        self.conversations[chat.conversation_id] = (first, latest)
+        if chat.conversation_id:  # a content-free chat (R16) is no conversation
+            self._conversation(chat.conversation_id, (chat.at, chat.event_id), chat.at)
 
     def session(self, segment: Segment, anonymous_id: str) -> None:
         start = segment.start_ms or 0
-        link = (start, segment.session)
-        if self.first is None or link < self.first:
-            self.first = link
+        self._link((start, segment.session))
         self._time(start, start)
-        self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
+        self._device(anonymous_id, start)
         for chat in segment.chats:
             self._chat(chat)
 
@@ -254,13 +259,12 @@ class _Contributions:
             self._chat(chat)
 
     def part(self, anonymous_id: str, part: SettledPart) -> None:
-        if part.first is not None and (self.first is None or part.first < self.first):
-            self.first = part.first
+        if part.first is not None:
+            self._link(part.first)
         if part.updated is not None:
             self._time(part.created, part.updated)
         if part.latest_start is not None:
-            start = part.latest_start
-            self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
+            self._device(anonymous_id, part.latest_start)
         merged = self.merged
         if not merged:  # the common case: one part, read first
             self.merged = {c: (at, by_email) for c, at, by_email in part.merged}
@@ -269,10 +273,7 @@ class _Contributions:
                 merged.setdefault(contact_id, (at, by_email))
         self.dropped_merged += part.merged_total - len(part.merged)
         for conversation_id, first, latest in part.conversations:
-            seen = self.conversations.get(conversation_id)
-            if seen is not None:
-                first, latest = min(first, seen[0]), max(latest, seen[1])
-            self.conversations[conversation_id] = (first, latest)
+            self._conversation(conversation_id, first, latest)
         self.dropped_conversations += part.conversations_total - len(part.conversations)
 
     def settled(self, anonymous_id: str, limit: int) -> SettledPart | None:

@@ -227,20 +227,11 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
         else:
             devices.pop(anonymous_id, None)
     if resolver.missing or refolds.missing:  # the users whose parts are written, say
-        return _need(resolver, refolds)
+        for kind, keys in resolver.missing.items():
+            refolds.missing.setdefault(kind, set()).update(keys)
+        return refolds.need()
     return replace(result, devices=devices, chunks=chunks, users={**result.users, **parts.users},
                    reads=result.reads | refolds.reads | resolver.reads)  # fmt: skip
-
-
-def _need(*resolvers: _Resolver) -> NeedMore:
-    """What any of these resolvers found missing."""
-    missing: dict[str, set[str]] = {}
-    for resolver in resolvers:
-        for kind, keys in resolver.missing.items():
-            missing.setdefault(kind, set()).update(keys)
-    merged = _Resolver(resolvers[0].view, resolvers[0].config)
-    merged.missing = missing
-    return merged.need()
 
 
 class _Parts:
@@ -900,11 +891,12 @@ class _Resolver:
         # elsewhere (the same conversation_id in another segment), which only the whole device
         # tells. A part that dropped some is read whole while her other segments chat.
         cut = [a for a, p in settled.items() if p.conversations_total > len(p.conversations)]
-        live = [seg for t in timelines.values() for seg in t.segments]
-        live += [lead.segment for lead in leads]
-        chatting = len(settled) > 1 or any(c.conversation_id for g in live for c in g.chats)
-        for anonymous_id in cut if chatting else ():
-            self.settled(anonymous_id, user.first_on(anonymous_id), reading=True)
+        if cut:
+            live = [seg for t in timelines.values() for seg in t.segments]
+            live += [lead.segment for lead in leads]
+            if len(settled) > 1 or any(c.conversation_id for g in live for c in g.chats):
+                for anonymous_id in cut:
+                    self.settled(anonymous_id, user.first_on(anonymous_id), reading=True)
         refused = self.refused(user_id, new=True)
         return UserView(user_id, user, timelines, tuple(leads), emails, refused, settled)
 

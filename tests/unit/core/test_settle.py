@@ -150,7 +150,7 @@ def test_a_folded_device_keeps_its_users_settled_part_in_their_records() -> None
     first_login = next(e for e in events if e["event_id"].startswith("login"))
     assert part.first == (epoch_ms(0), first_login["event_id"])
     assert part.created == epoch_ms(0) and part.latest_start == epoch_ms(51)
-    assert part.updated == epoch_ms(51.5)  # session 17's chat
+    assert part.updated == epoch_ms(51.5)  # the chat of the 18th login, the last settled
     # Sessions 0-17 with their chats; the visitors of logouts 0-16, merged by logins 1-17 (the
     # first visitor never was one: the laptop logged in straight away).
     assert part.conversations_total == 18 and len(part.conversations) == 18
