@@ -7,8 +7,9 @@ nothing (R12). Every record is a set-like value: adding a fact is commutative an
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import orjson
@@ -126,6 +127,53 @@ class SettledPart:
         return cls(tuple(first) if first else None, created, updated, latest,
                    tuple((c, at, bool(m)) for c, at, m in merged), merged_total,
                    tuple((c, (a, e), t) for c, a, e, t in chats), chats_total)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """A user's devices she no longer uses, summarised in her record (R15).
+
+    A device of hers whose every fact lies before `point` (a margin before her latest link)
+    and whose links there the guard accepted (R4) is **retired**: her record lists it in `ids`
+    only, and what its segments give her profile is merged into `part` (as a settled part is,
+    its `latest_start` unused) and into `devices`, the `IDP_PROFILE_LIST_LIMIT` most recent
+    (anonymous_id, start of her latest session there) of `devices_total`. `accepted` is where
+    the guard stands at `point`: the latest accepted link per device within the window before
+    it. A retired device she links on again (or logs out of) is listed live once more and
+    `returned` keeps, per such device, the point before which its segments of hers (and the
+    visitors merged into her there) are in `part`.
+    """
+
+    point: int
+    ids: tuple[str, ...] = ()
+    returned: dict[str, int] = field(default_factory=dict)
+    accepted: tuple[tuple[int, str], ...] = ()
+    part: SettledPart = field(default_factory=SettledPart)
+    devices: tuple[tuple[str, int], ...] = ()
+    devices_total: int = 0
+
+    def key(self, anonymous_id: str) -> int | None:
+        """Before this time (ms) the device's segments of hers are in `part` (None: all)."""
+        return self.returned.get(anonymous_id)
+
+    def has(self, anonymous_id: str) -> bool:
+        """Whether the device was retired (and may have come back since)."""
+        at = bisect_left(self.ids, anonymous_id)
+        return at < len(self.ids) and self.ids[at] == anonymous_id
+
+    def to_json(self) -> list:
+        """As stored in the user's record."""
+        return [self.point, list(self.ids), sorted(self.returned.items()),
+                [list(a) for a in self.accepted], self.part.to_json(),
+                [list(d) for d in self.devices], self.devices_total]  # fmt: skip
+
+    @classmethod
+    def from_json(cls, row: list) -> Retired:
+        """Inverse of `to_json`."""
+        point, ids, returned, accepted, part, devices, total = row
+        return cls(point, tuple(ids), dict(returned), tuple((a, d) for a, d in accepted),
+                   SettledPart.from_json(part), tuple((d, a) for d, a in devices),
+                   total)  # fmt: skip
 
 
 def _session_row(f: SessionFact) -> list:
@@ -269,16 +317,25 @@ class User:
     # Device -> her settled part there (`SettledPart`), for each folded device whose settled
     # history holds segments of hers (R15).
     past: dict[str, SettledPart] = field(default_factory=dict)
+    # The devices she no longer uses, summarised (R15); None: none retired.
+    retired: Retired | None = None
 
     def with_device(self, anonymous_id: str, at: int) -> User:
-        """Remember a device the user has a session fact on at `at`."""
+        """Remember a device the user has a session fact on at `at`.
+
+        A retired device comes back live, its earlier segments of hers kept retired.
+        """
         known = anonymous_id in self.devices
         if known and self.since.get(anonymous_id, at) <= at:
             return self
         devices = self.devices if known else tuple(sorted((*self.devices, anonymous_id)))
         since = self.since if known and anonymous_id not in self.since else {
             **self.since, anonymous_id: at}  # fmt: skip
-        return User(devices, self.emails, self.name, self.erased, since, self.past)
+        retired = self.retired
+        if not known and retired is not None and anonymous_id in retired.ids:
+            returned = {**retired.returned, anonymous_id: retired.point}
+            retired = replace(retired, returned=returned)
+        return replace(self, devices=devices, since=since, retired=retired)
 
     def first_on(self, anonymous_id: str) -> int | None:
         """The user's earliest session fact on the device; None when it is not known."""
@@ -289,14 +346,14 @@ class User:
         if claim in self.emails:
             return self
         emails = tuple(sorted((*self.emails, claim)))
-        return User(self.devices, emails, self.name, self.erased, self.since, self.past)
+        return replace(self, emails=emails)
 
     def with_name(self, at: int, event_id: str, name: str) -> User:
         """Keep the name of the latest event."""
         candidate = (at, event_id, name)
         if self.name is not None and self.name >= candidate:
             return self
-        return User(self.devices, self.emails, candidate, self.erased, self.since, self.past)
+        return replace(self, name=candidate)
 
     def with_past(self, anonymous_id: str, part: SettledPart | None) -> User:
         """Keep (None: drop) her settled part on a folded device."""
@@ -305,7 +362,7 @@ class User:
         past = {d: p for d, p in self.past.items() if d != anonymous_id}
         if part is not None:
             past[anonymous_id] = part
-        return User(self.devices, self.emails, self.name, self.erased, self.since, past)
+        return replace(self, past=past)
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -321,6 +378,7 @@ class User:
                     if self.past
                     else {}
                 ),
+                **({"r": self.retired.to_json()} if self.retired is not None else {}),
             }
         )
 
@@ -337,6 +395,7 @@ class User:
             erased=raw.get("x"),
             since=since,
             past={d: SettledPart.from_json(p) for d, p in raw.get("p", {}).items()},
+            retired=Retired.from_json(raw["r"]) if "r" in raw else None,
         )
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline.core import ids
-from pipeline.core.facts import ChatFact, EmailEntry, SettledPart, User
+from pipeline.core.facts import ChatFact, EmailEntry, Retired, SettledPart, User
 from pipeline.core.timeline import Segment, Timeline
 from schemas import Profile
 from schemas.time import from_epoch_ms
@@ -168,15 +168,34 @@ class UserView:
     # Device -> the user's settled part there: her segments behind the carry of a folded device
     # that `timelines` holds folded (R15).
     settled: Mapping[str, SettledPart] = field(default_factory=dict)
+    # The devices she no longer uses, summarised; `timelines` holds the live ones (R15).
+    retired: Retired | None = None
+
+
+def retired_segment(retired: Retired | None, anonymous_id: str, segment: Segment) -> bool:
+    """Whether the segment (hers, or a visitor merged into her) is in her retired summary.
+
+    On a retired device that came back live: her sessions that start, and the visitors merged
+    into her, before the device's point (`Retired.returned`).
+    """
+    if retired is None:
+        return False
+    key = retired.key(anonymous_id)
+    if key is None:
+        return False
+    if segment.merge is not None and segment.kind == "visitor":
+        return segment.merge.at < key
+    return segment.start_ms is None or segment.start_ms < key
 
 
 def user_segments(view: UserView) -> list[tuple[Segment, Timeline]]:
-    """The user's sessions on all its devices (the live ones: see `UserView.settled`)."""
+    """The user's sessions on its live devices (see `UserView.settled`, `UserView.retired`)."""
     return [
         (segment, timeline)
         for timeline in view.timelines.values()
         for segment in timeline.segments
         if segment.user_id == view.user_id
+        and not retired_segment(view.retired, timeline.anonymous_id, segment)
     ]
 
 
@@ -188,7 +207,9 @@ def merged_leads(workspace_id: str, view: UserView) -> list[Lead]:
     for lead in (*candidates, *view.email_leads):
         segment = lead.segment
         if segment.kind == "visitor" and segment.merge and segment.merge.into_contact_id == into:
-            if lead.timeline.exists(segment):
+            if lead.timeline.exists(segment) and not retired_segment(
+                view.retired, lead.timeline.anonymous_id, segment
+            ):
                 found.setdefault(segment.contact_id, lead)
     return [found[k] for k in sorted(found)]
 
@@ -197,6 +218,8 @@ def first_link(view: UserView) -> tuple[int, str] | None:
     """(at, event_id) of the login or signup that created the user's profile."""
     starts = [(s.start_ms or 0, s.session) for s, _ in user_segments(view)]
     starts += [p.first for p in view.settled.values() if p.first is not None]
+    if view.retired is not None and view.retired.part.first is not None:
+        starts.append(view.retired.part.first)
     return min(starts) if starts else None
 
 
@@ -214,6 +237,9 @@ class _Contributions:
     # Entries settled parts counted but no longer list (beyond the list limit).
     dropped_merged: int = 0
     dropped_conversations: int = 0
+    # Her devices a retired summary counts (all of them, listed or not) and lists.
+    counted_devices: int = 0
+    retired_ids: frozenset[str] = frozenset()
 
     def _time(self, created: int | None, updated: int) -> None:
         if created is not None and (self.created is None or created < self.created):
@@ -276,6 +302,21 @@ class _Contributions:
             self._conversation(conversation_id, first, latest)
         self.dropped_conversations += part.conversations_total - len(part.conversations)
 
+    def retired(self, retired: Retired) -> None:
+        """Add a retired summary: its part, and the devices it lists and counts."""
+        self.part("", retired.part)
+        for anonymous_id, start in retired.devices:
+            self._device(anonymous_id, start)
+        self.counted_devices = retired.devices_total
+        self.retired_ids = frozenset(retired.ids)
+
+    def devices_total(self) -> int:
+        """Her devices: those a retired summary counts, and the others listed."""
+        if not self.retired_ids:
+            return len(self.devices)
+        listed = self.counted_devices
+        return listed + sum(1 for d in self.devices if d not in self.retired_ids)
+
     def settled(self, anonymous_id: str, limit: int) -> SettledPart | None:
         """As a settled part of the device (None: nothing), its lists cut to `limit`."""
         if self.first is None and not self.merged:
@@ -335,11 +376,34 @@ def with_settled(
     return found.settled(anonymous_id, limit)
 
 
+def with_retired(
+    retired: Retired, found: _Contributions, retiring: Iterable[str], *, limit: int
+) -> Retired:
+    """The retired summary with what `found` (the segments being retired) gives it."""
+    merged = _Contributions()
+    merged.retired(retired)
+    part = found.settled("", limit)
+    if part is not None:
+        merged.part("", part)
+    for anonymous_id, start in found.devices.items():
+        merged._device(anonymous_id, start)
+    ids_ = frozenset(retired.ids)
+    total = retired.devices_total + sum(1 for d in found.devices if d not in ids_)
+    summary = merged.settled("", limit) or SettledPart()
+    devices = sorted(merged.devices.items(), key=lambda d: (d[1], d[0]))[-limit:]
+    return Retired(
+        retired.point, tuple(sorted(ids_ | set(retiring))), retired.returned, retired.accepted,
+        replace(summary, latest_start=None), tuple(sorted(devices)), total,
+    )  # fmt: skip
+
+
 def user_profile(
     workspace_id: str, view: UserView, *, limit: int = DEFAULT_LIST_LIMIT
 ) -> Profile | None:
     """The profile of a user (R6-R8); None before any verified login or signup."""
     found = _Contributions()
+    if view.retired is not None:
+        found.retired(view.retired)
     for anonymous_id, part in sorted(view.settled.items()):
         found.part(anonymous_id, part)
     for segment, timeline in user_segments(view):
@@ -393,5 +457,6 @@ def user_profile(
     times = {"anonymous_ids": found.devices, "merged_contact_ids": merged_at,
              "conversation_ids": conversations, "possible_duplicates": duplicates}  # fmt: skip
     dropped = {"merged_contact_ids": found.dropped_merged,
-               "conversation_ids": found.dropped_conversations}  # fmt: skip
+               "conversation_ids": found.dropped_conversations,
+               "anonymous_ids": found.devices_total() - len(found.devices)}  # fmt: skip
     return _bounded(profile, times, limit, dropped)

@@ -37,6 +37,7 @@ from pipeline.core.facts import (
     EmailClaim,
     EmailEntry,
     ErasureMarker,
+    Retired,
     SessionFact,
     SettledPart,
     TokenUses,
@@ -44,7 +45,12 @@ from pipeline.core.facts import (
     chunk_ident,
     chunk_idents,
 )
-from pipeline.core.guard import DEFAULT_DEVICE_LIMIT, DEFAULT_WINDOW_MS, refused_links
+from pipeline.core.guard import (
+    DEFAULT_DEVICE_LIMIT,
+    DEFAULT_WINDOW_MS,
+    accepted_window,
+    refused_links,
+)
 from pipeline.core.identifiers import BLOCKED_VALUES
 from pipeline.core.model import (
     Applied,
@@ -61,9 +67,12 @@ from pipeline.core.profiles import (
     Lead,
     UserView,
     first_link,
+    retired_segment,
     settled_part,
+    user_part,
     user_profile,
     visitor_profile,
+    with_retired,
     with_settled,
 )
 from pipeline.core.timeline import Merge, Segment, Timeline, derive
@@ -95,6 +104,9 @@ class CoreConfig:
     fold_sessions: int = settle.DEFAULT_FOLD_SESSIONS
     # ... and how far before a device's latest session fact a cut falls at least (`settle`).
     fold_margin_ms: int = 86_400_000
+    # R15: how long before a user's latest link a device of hers must have fallen quiet to be
+    # retired into her record's summary (`facts.Retired`); None: devices are never retired.
+    retire_margin_ms: int | None = 2 * 86_400_000
 
 
 _NOT_LOADED = object()
@@ -259,6 +271,14 @@ class _Parts:
             owner = segment.user_id or (segment.merge.user_id if segment.merge else None)
             if owner is not None and not erasure.is_placeholder(owner):
                 gone.setdefault(owner, []).append(Lead(segment, before))
+        for owner in sorted(gone):  # a retired device's segments in her summary are not settled
+            user = self._user(owner)
+            retired = user.retired if user is not None else None
+            if retired is not None and retired.has(before.anonymous_id):
+                key = retired.key(before.anonymous_id)
+                gone[owner] = [lead for lead in gone[owner] if key is not None
+                               and not retired_segment(retired, before.anonymous_id,
+                                                       lead.segment)]  # fmt: skip
         found = {}
         for user_id, segments in sorted(gone.items()):
             part = settled_part(self.workspace_id, user_id, segments, limit=self.limit)
@@ -320,6 +340,33 @@ class _Parts:
         for user_id in sorted({*found, *old}):
             if not known or old.get(user_id) != found.get(user_id) or user_id in loaded:
                 self.write(user_id, anonymous_id, found.get(user_id))
+
+
+def _summarised(workspace_id: str, user_id: str, retired: Retired, timeline: Timeline) -> object:
+    """What the segments of a retired device that her summary holds give her profile."""
+    anonymous_id = timeline.anonymous_id
+    key = retired.key(anonymous_id)
+    kept = [Lead(s, timeline) for s in timeline.segments
+            if key is None or retired_segment(retired, anonymous_id, s)]  # fmt: skip
+    return user_part(workspace_id, user_id, kept)
+
+
+def _guarded(user: User) -> int:
+    """How many devices the guard (R4) may count for the user: live, or in the retired window."""
+    if user.retired is None or not user.retired.accepted:
+        return len(user.devices)
+    live = set(user.devices)
+    return len(live) + len({d for _, d in user.retired.accepted if d not in live})
+
+
+def _latest_fact(device: Device) -> int:
+    """The time of the device's latest fact of any kind."""
+    times = [device.first_activity or 0]
+    if device.sessions:
+        times.append(device.sessions[-1].at)
+    if device.chats:
+        times.append(device.chats[-1].at)
+    return max(times)
 
 
 def _rebased(whole: Device, carry: Carry) -> Device:
@@ -515,8 +562,11 @@ def _facts(
         user = resolver.old_user(user_id)
         if user.erased is None and erased_at is not None:
             user = User(erased=erased_at)
-        return _Change(_changed(anonymous_id, device, device.with_session(fact)),
-                       _changed(user_id, user, user.with_device(anonymous_id, at)), {})  # fmt: skip
+        with_fact = device.with_session(fact)
+        new_user = _with_device(user, anonymous_id, at, with_fact != device)
+        return _Change(_changed(anonymous_id, device, with_fact),
+                       _user_changed(resolver, user_id, user, new_user, anonymous_id, at,
+                                     with_fact != device), {})  # fmt: skip
     proof = event.proof
     if isinstance(proof, Refusal):
         return proof
@@ -551,7 +601,8 @@ def _facts(
     user = resolver.old_user(user_id)
     if user.erased is None and erased_at is not None:
         user = User(erased=erased_at)  # the user comes back after its erasure: a new profile
-    new_user = user.with_device(anonymous_id, at)
+    with_fact = device.with_session(fact)
+    new_user = _with_device(user, anonymous_id, at, with_fact != device)
     if event.name:
         new_user = new_user.with_name(at, event.event_id, event.name)
     emails = {}
@@ -563,7 +614,7 @@ def _facts(
         emails = _changed(claimed, entry, entry.with_claim(user_id, claim))
     return _Change(
         _changed(anonymous_id, device, device.with_session(fact)),
-        _changed(user_id, user, new_user),
+        _user_changed(resolver, user_id, user, new_user, anonymous_id, at, with_fact != device),
         emails,
         tokens,
     )
@@ -571,6 +622,43 @@ def _facts(
 
 def _changed(key: str, old: object, new: object) -> dict:
     return {} if old == new else {key: new}
+
+
+def _user_changed(
+    resolver: _Resolver,
+    user_id: str,
+    user: User,
+    new: User,
+    anonymous_id: str,
+    at: int,
+    fresh: bool,
+) -> dict[str, User | None]:
+    """The user's record, if a new session fact at `at` on the device changes it.
+
+    Read with her retired devices live (`old_user`), it may list the device while her stored
+    record has it retired: a fact there still changes the record (the device comes back).
+    """
+    if new != user:
+        return {user_id: new}
+    stored = resolver.view.users.get(user_id)
+    if (
+        stored is not None
+        and stored is not user
+        and _with_device(stored, anonymous_id, at, fresh) != stored
+    ):
+        return {user_id: new}
+    return {}
+
+
+def _with_device(user: User, anonymous_id: str, at: int, fresh: bool) -> User:
+    """The user with her session fact at `at` on the device.
+
+    A replayed fact (not `fresh`) brings no retired device back (R12).
+    """
+    retired = user.retired
+    if not fresh and retired is not None and retired.has(anonymous_id):
+        return user
+    return user.with_device(anonymous_id, at)
 
 
 def _moved_segments(
@@ -652,6 +740,8 @@ class _Resolver:
         self.new_emails: dict[str, EmailEntry | None] = {}
         self.new_tokens: dict[str, TokenUses | None] = {}
         self._timelines: dict[tuple[str, bool], Timeline] = {}
+        self._whole_users: dict[str, User] = {}  # users read with their retired devices listed
+        self.user_views: dict[str, UserView] = {}
         # (user_id, new) -> the new records they were worked out from, and the verdicts.
         self._refused: dict[tuple[str, bool], tuple[Mapping, Mapping, frozenset[str]]] = {}
 
@@ -725,7 +815,36 @@ class _Resolver:
         return True
 
     def old_user(self, user_id: str) -> User:
-        return self._get("users", self.view.users, user_id, User())  # type: ignore[return-value]
+        """The stored user: with her retired devices listed live once they are all in the view.
+
+        They are in the view only once some decision asked for them (`unretire`, or an erasure:
+        `full`), so a decision sees her retired or whole the same way every time it is made.
+        """
+        stored: User = self._get("users", self.view.users, user_id, User())  # type: ignore[assignment]
+        retired = stored.retired
+        if retired is None:
+            return stored
+        whole = self._whole_users.get(user_id)
+        if whole is not None:
+            return whole
+        devices = self.view.devices
+        if self.full:
+            self.unretire(user_id)
+        if any(anonymous_id not in devices for anonymous_id in retired.ids):
+            return stored
+        whole = replace(stored, devices=tuple(sorted({*stored.devices, *retired.ids})),
+                        retired=None)  # fmt: skip
+        self._whole_users[user_id] = whole
+        return whole
+
+    def unretire(self, user_id: str) -> None:
+        """Ask for the user's retired devices: the decision needs all her devices live (R15)."""
+        stored = self.view.users.get(user_id)
+        if stored is None or stored.retired is None:
+            return
+        for anonymous_id in stored.retired.ids:
+            if anonymous_id not in self.view.devices:
+                self.missing.setdefault("devices", set()).add(anonymous_id)
 
     def old_email(self, email: str) -> EmailEntry:
         return self._get("emails", self.view.emails, email, EmailEntry())  # type: ignore[return-value]
@@ -782,7 +901,7 @@ class _Resolver:
         if erasure.is_placeholder(user_id):
             return frozenset()  # an erased user's boundaries are kept as they were
         user = self.user(user_id, new=new)
-        if len(user.devices) <= self.config.shared_device_limit:
+        if _guarded(user) <= self.config.shared_device_limit:
             return frozenset()  # too few devices for any refusal: spare the loads
         memo = self._refused.get((user_id, new))
         if memo is not None and not self.missing:
@@ -802,8 +921,16 @@ class _Resolver:
             for fact in self.device(anonymous_id, new=new).sessions
             if fact.user_id == user_id and fact.kind != "logout"
         ]
-        return refused_links(links, limit=self.config.shared_device_limit,
-                             window_ms=self.config.shared_window_ms)  # fmt: skip
+        retired = user.retired
+        if retired is None:
+            return refused_links(links, limit=self.config.shared_device_limit,
+                                 window_ms=self.config.shared_window_ms)  # fmt: skip
+        # Her links before the retired point were all accepted (`_retire`): the pass starts
+        # where the guard stood there.
+        return refused_links([link for link in links if link[0] >= retired.point],
+                             limit=self.config.shared_device_limit,
+                             window_ms=self.config.shared_window_ms,
+                             accepted=retired.accepted)  # fmt: skip
 
     def email(self, email: str, *, new: bool) -> EmailEntry:
         if new and email in self.new_emails:
@@ -897,8 +1024,126 @@ class _Resolver:
             if len(settled) > 1 or any(c.conversation_id for g in live for c in g.chats):
                 for anonymous_id in cut:
                     self.settled(anonymous_id, user.first_on(anonymous_id), reading=True)
+        retired = user.retired
+        if retired is not None:
+            self._check_retired(user_id, retired)
+            if retired.part.conversations_total > len(retired.part.conversations):
+                # A summary that dropped conversations cannot tell whether a live one is one of
+                # them (a limit lowered since it was kept): decided with all her devices live.
+                live = [seg for t in timelines.values() for seg in t.segments]
+                live += [lead.segment for lead in leads]
+                if any(c.conversation_id for g in live for c in g.chats):
+                    self.unretire(user_id)
         refused = self.refused(user_id, new=True)
-        return UserView(user_id, user, timelines, tuple(leads), emails, refused, settled)
+        view = UserView(user_id, user, timelines, tuple(leads), emails, refused, settled, retired)
+        self.user_views[user_id] = view
+        return view
+
+    def _check_retired(self, user_id: str, retired: Retired) -> None:
+        """Decide with all her devices live if a change moves what a retired device gave her.
+
+        Her summary holds what the segments of her retired devices gave her profile when they
+        were retired; a later event can only add to such a device after them (a page view
+        changes nothing, a chat lands in a later visitor, a login brings the device back live)
+        unless it lands before the point: then the summary no longer holds.
+        """
+        workspace_id = self.view.workspace_id
+        for (anonymous_id, new), after in list(self._timelines.items()):
+            before = self._timelines.get((anonymous_id, False))
+            if not new or before is None or not retired.has(anonymous_id):
+                continue
+            if _summarised(workspace_id, user_id, retired, before) != _summarised(
+                workspace_id, user_id, retired, after
+            ):
+                self.unretire(user_id)
+                return
+
+    def _retire(self, user_id: str) -> None:
+        """Retire the devices of hers that fell quiet a margin before her latest link (R15).
+
+        Such a device is kept in her record's summary (`facts.Retired`) instead of being listed
+        live: her profile, her guard verdicts (R4) and her other devices' decisions no longer
+        read it. Only an unfolded device whose facts all lie before the point, that no e-mail of
+        hers lists as a lead device, and whose links there were accepted is retired; and not one
+        that would make the summary drop conversations (one listed live could be one of them).
+        """
+        margin = self.config.retire_margin_ms
+        if margin is None or erasure.is_placeholder(user_id):
+            return
+        stored = self.view.users.get(user_id)
+        user = self.user(user_id)
+        if user_id in self.new_users:
+            if self.new_users[user_id] is None:
+                return  # erased
+        elif user_id in self._whole_users:
+            # Read with her retired devices live, because a change moved what one of them gave
+            # her: her summary no longer holds and is written anew (or her devices live).
+            self.new_users[user_id] = user
+        if self.full:
+            return
+        links = [(f.at, f.event_id, a) for a in user.devices
+                 for f in self.device(a, new=True).sessions
+                 if f.user_id == user_id and f.kind != "logout"]  # fmt: skip
+        if not links:
+            return
+        point = max(at for at, _, _ in links) - margin
+        old = user.retired
+        if old is not None and point <= old.point:
+            return
+        refused = self.refused(user_id, new=True)
+        if any(at < point and event_id in refused for at, event_id, _ in links):
+            return
+        config = self.config
+        size, fold_margin = config.fold_sessions, config.fold_margin_ms
+        limit = config.profile_list_limit
+        leads = {d for c in user.emails for d in self.email(c.email, new=True).lead_devices}
+        summary = old or Retired(point)
+        conversations = {c for c, _, _ in summary.part.conversations}
+        cut = summary.part.conversations_total > len(conversations)
+        workspace_id = self.view.workspace_id
+        retiring: list[str] = []
+        segments: list[Lead] = []
+        for anonymous_id in user.devices:
+            device = self.device(anonymous_id, new=True)
+            if (
+                device.carry is not None
+                or anonymous_id in leads
+                or _latest_fact(device) >= point
+                or settle.needs_folding(device, size, fold_margin)
+            ):
+                continue
+            timeline = self.timeline(anonymous_id, new=True)
+            own = [Lead(s, timeline) for s in timeline.segments
+                   if not retired_segment(summary, anonymous_id, s)]  # fmt: skip
+            found = user_part(workspace_id, user_id, own)
+            if anonymous_id not in found.devices and not summary.has(anonymous_id):
+                continue  # no session of hers there (only a logout): nothing to count it by
+            more = conversations | set(found.conversations)
+            if len(more) > len(conversations) and (cut or len(more) > limit):
+                continue
+            conversations = more
+            retiring.append(anonymous_id)
+            segments += own
+        if not retiring:
+            return
+        accepted = [(at, d) for at, _, d in links if at < point] + list(summary.accepted)
+        gone = set(retiring)
+        summary = replace(
+            with_retired(summary, user_part(workspace_id, user_id, segments), retiring,
+                         limit=limit),
+            point=point,
+            returned={d: k for d, k in summary.returned.items() if d not in gone},
+            accepted=accepted_window(accepted, before=point, window_ms=config.shared_window_ms),
+        )  # fmt: skip
+        retired_user = replace(
+            user,
+            devices=tuple(d for d in user.devices if d not in gone),
+            since={d: at for d, at in user.since.items() if d not in gone},
+            retired=summary,
+        )
+        if retired_user != stored or user_id in self.new_users:
+            self.new_users[user_id] = retired_user
+        self._refused.pop((user_id, True), None)
 
     # -- consequences of a change
 
@@ -933,16 +1178,23 @@ class _Resolver:
         # A link can move the guard's verdicts (R4) on the user's other devices, even when the
         # user's record does not change (a second login from a device it already has).
         # Only the users whose own link facts changed: a user's verdicts depend on its links.
-        linkers = {
-            fact.user_id
+        moved_links = [
+            fact
             for anonymous_id, device in change.devices.items()
             for fact in set(device.sessions) ^ set(self.device(anonymous_id, new=False).sessions)
             if fact.kind != "logout" and not placeholder(fact.user_id)
-        }
+        ]
+        linkers = {fact.user_id for fact in moved_links}
+        for fact in moved_links:
+            # A link before a user's retired point moves verdicts the guard settled there (R4):
+            # decided with all her devices live.
+            retired = self.user(fact.user_id, new=False).retired
+            if retired is not None and fact.at < retired.point:
+                self.unretire(fact.user_id)
         for user_id in sorted(linkers):
             for new in (False, True):
                 user = self.user(user_id, new=new)
-                if len(user.devices) > self.config.shared_device_limit:
+                if _guarded(user) > self.config.shared_device_limit:
                     scope.update(user.devices)
         for jti in change.tokens:
             # The token's first use decides which of its devices it links (R17).
@@ -1019,6 +1271,10 @@ class _Resolver:
         if self.missing:
             return self.need()
         user_views = {u: self.user_view(u) for u in sorted(touched_users)}
+        if self.missing:
+            return self.need()
+        for user_id in sorted(user_views):
+            self._retire(user_id)
         if self.missing:
             return self.need()
 

@@ -18,11 +18,16 @@ from pipeline.core.rules import CoreConfig, _Resolver
 from tests.support import events as ev
 
 SECRETS = {"w1": "secret-one-0123456789abcdef012345", "w2": "secret-two-0123456789abcdef012345"}
-# Devices fold after two session facts (R15, `settle`): every law holds over folded history too.
+# Devices fold after two session facts (R15, `settle`), and a user's devices retire as soon as she
+# links on another one later: every law holds over folded and retired history too.
 CONFIG = CoreConfig(
-    secrets={ws: (s.encode(),) for ws, s in SECRETS.items()}, fold_sessions=1, fold_margin_ms=0
+    secrets={ws: (s.encode(),) for ws, s in SECRETS.items()},
+    fold_sessions=1,
+    fold_margin_ms=0,
+    retire_margin_ms=0,
 )
 UNFOLDED = replace(CONFIG, fold_sessions=10**9)
+UNRETIRED = replace(UNFOLDED, retire_margin_ms=None)
 DEVICES = ["d1", "d2", "d3"]
 USERS = ["u1", "u2", "u3"]
 EMAILS = ["a@example.com", "b@example.com"]
@@ -35,10 +40,12 @@ def stamp(minute: int) -> str:
 
 
 @st.composite
-def an_event(draw: st.DrawFn, workspaces: Sequence[str]) -> dict:
+def an_event(
+    draw: st.DrawFn, workspaces: Sequence[str], devices: Sequence[str] = DEVICES, minutes: int = 12
+) -> dict:
     ws = draw(st.sampled_from(workspaces))
-    device = draw(st.sampled_from(DEVICES))
-    ts = stamp(draw(st.integers(0, 12)))
+    device = draw(st.sampled_from(devices))
+    ts = stamp(draw(st.integers(0, minutes)))
     kind = draw(st.sampled_from(["pv", "pv", "chat", "login", "signup", "logout"]))
     if kind == "pv":
         return ev.page_view(ws, device, ts)
@@ -69,8 +76,35 @@ def _renumber(events: list[dict]) -> list[dict]:
     return [{**e, "event_id": f"{e['event_id'].split('-')[0]}-{i}"} for i, e in enumerate(events)]
 
 
-def journeys(workspaces: Sequence[str] = ("w1",)) -> st.SearchStrategy[list[dict]]:
-    return st.lists(an_event(workspaces), min_size=1, max_size=14).map(_renumber)
+def journeys(
+    workspaces: Sequence[str] = ("w1",),
+    devices: Sequence[str] = DEVICES,
+    size: int = 14,
+    minutes: int = 12,
+) -> st.SearchStrategy[list[dict]]:
+    events = an_event(workspaces, devices, minutes)
+    return st.lists(events, min_size=1, max_size=size).map(_renumber)
+
+
+TRIP_DEVICES = [f"d{n}" for n in range(1, 10)]
+
+
+@st.composite
+def a_trip(draw: st.DrawFn) -> dict:
+    """Mostly u1 on one device after another, which retires them (R15), among other events."""
+    if draw(st.integers(0, 2)):
+        return draw(an_event(("w1",), TRIP_DEVICES, 59))
+    device = draw(st.sampled_from(TRIP_DEVICES))
+    ts = stamp(draw(st.integers(0, 59)))
+    kind = draw(st.sampled_from(["login", "login", "logout", "chat"]))
+    if kind == "chat":
+        return ev.chat_start("w1", device, ts, f"conv-{draw(st.integers(0, 3))}")
+    if kind == "logout":
+        return ev.logout("w1", device, ts, "u1")
+    return ev.login("w1", device, ts, "u1", SECRETS["w1"])
+
+
+TRAVELS = st.lists(a_trip(), min_size=1, max_size=30).map(_renumber)
 
 
 def final_profiles(
@@ -150,6 +184,26 @@ def test_folding_a_device_changes_no_output(data: st.DataObject) -> None:
         assert device.unfolded(chunks) == whole.devices[ws, anonymous_id]
     assert len(folded.devices) == len(whole.devices)
     assert set(folded.chunks) == named  # no chunk outlives its device's carry
+
+
+@LAW
+@given(st.data(), st.sampled_from([1000, 2, 1]))
+def test_retiring_a_users_devices_changes_no_output(data: st.DataObject, limit: int) -> None:
+    """A user's devices retired into her record's summary (R15) decide every event as her
+    devices all listed live do: the same outputs in any delivery order, with lists of any
+    length and the guard (R4) at any limit; and the summary lists no device she still uses."""
+    events = data.draw(st.permutations(data.draw(TRAVELS)))
+    retiring = Oracle(replace(UNFOLDED, profile_list_limit=limit, shared_device_limit=limit))
+    live = Oracle(replace(UNRETIRED, profile_list_limit=limit, shared_device_limit=limit))
+    for event in events:
+        assert retiring.apply(ev.model(event)).emits == live.apply(ev.model(event)).emits, event
+    assert retiring.profiles() == live.profiles()
+    for key, user in retiring.users.items():
+        whole = live.users[key]
+        listed = set(user.devices) | set(user.retired.ids if user.retired else ())
+        assert listed == set(whole.devices)  # every device of hers is listed, live or retired
+        if user.retired is not None:
+            assert not (set(user.devices) - set(user.retired.returned)) & set(user.retired.ids)
 
 
 @LAW

@@ -1,0 +1,156 @@
+"""A user's retired devices (R15, `facts.Retired`): the devices she no longer uses, summarised.
+
+The expected values are worked out from the rules: which devices retire (every fact of theirs
+a margin before her latest link), that her profile still lists them all, that the guard (R4)
+still counts those within its window, and that an event landing before her point, or an
+erasure, is decided with all her devices live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from pipeline.core import ids
+from pipeline.core.oracle import Oracle
+from pipeline.core.rules import CoreConfig
+from schemas import EraseRequest
+from tests.support import events as ev
+
+SECRET = "retire-secret-0123456789abcdef01234"
+HOUR = 3_600_000
+CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, retire_margin_ms=6 * HOUR)
+LIVE = replace(CONFIG, retire_margin_ms=None)  # every device listed live, as a reference
+START = datetime(2026, 11, 1, tzinfo=UTC)
+TRAVELLER = ids.user_contact_id("ws", "t")
+
+
+def stamp(hours: float) -> str:
+    return (START + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_ms(hours: float) -> int:
+    return int((START + timedelta(hours=hours)).timestamp() * 1000)
+
+
+def travels(devices: int) -> list[dict]:
+    """Device b<n> browses at hour 3n and the traveller logs in on it 6 minutes later."""
+    events = []
+    for n in range(devices):
+        events += [ev.page_view("ws", f"b{n}", stamp(3 * n)),
+                   ev.login("ws", f"b{n}", stamp(3 * n + 0.1), "t", SECRET)]  # fmt: skip
+    return events
+
+
+def run(events: list[dict], config: CoreConfig = CONFIG) -> Oracle:
+    oracle = Oracle(config)
+    for event in events:
+        oracle.apply(ev.model(event))
+    return oracle
+
+
+def test_devices_a_margin_before_her_latest_link_retire_and_her_profile_lists_them_all() -> None:
+    oracle = run(travels(10))
+    user = oracle.users["ws", "t"]
+    # Her latest link is at hour 27.1, so her point is 21.1: b0-b6 (last fact 18.1) retire;
+    # b7 (its login at 21.1 is not before the point), b8 and b9 stay live.
+    assert user.devices == ("b7", "b8", "b9")
+    assert user.retired is not None and user.retired.ids == tuple(f"b{n}" for n in range(7))
+    assert user.retired.point == epoch_ms(21.1)
+    assert user.retired.devices_total == 7
+    profile = oracle.profiles()[TRAVELLER]
+    assert profile.anonymous_ids == sorted(f"b{n}" for n in range(10))
+    assert profile.totals == {}
+    # Each login merged its device's visitor (10 of them); her first activity is b0's at 0.
+    assert len(profile.merged_contact_ids) == 10
+    assert profile.created_at == START and profile.updated_at == START + timedelta(hours=27.1)
+    assert oracle.profiles() == run(travels(10), LIVE).profiles()
+
+
+def test_a_new_device_reads_her_live_devices_only() -> None:
+    for size in (10, 40):
+        oracle = run(travels(size))
+        page_view, login = travels(size + 1)[-2:]
+        oracle.apply(ev.model(page_view))
+        transition = oracle.apply(ev.model(login))
+        read = sorted(key for table, key in transition.reads if table == "devices")
+        # The new device, and the three live before it (as after `travels(10)`), whatever the
+        # number of her retired devices.
+        assert read == sorted(f"b{n}" for n in range(size - 3, size + 1)), size
+
+
+def test_the_guard_counts_her_retired_devices_within_its_window() -> None:
+    guarded = replace(CONFIG, shared_device_limit=3)
+    events = [ev.login("ws", d, stamp(h), "t", SECRET) for d, h in
+              (("g0", 0), ("g1", 7), ("g2", 14))]  # fmt: skip
+    oracle = run(events, guarded)
+    # Her point is 8: g0 (hour 0) and g1 (hour 7) retired, and both are within the 24 h window.
+    user = oracle.users["ws", "t"]
+    assert user.devices == ("g2",) and user.retired is not None
+    assert user.retired.accepted == ((epoch_ms(0), "g0"), (epoch_ms(7), "g1"))
+    fourth = ev.login("ws", "g3", stamp(15), "t", SECRET)
+    outcome = oracle.apply(ev.model(fourth)).outcome
+    assert getattr(outcome, "reason", None) == "shared_identifier"  # a fourth device within 24 h
+    assert "shared_identifier" in oracle.profiles()[TRAVELLER].flags
+    # A day after g0, g1 and g2, a new device is accepted again.
+    fifth = ev.login("ws", "g4", stamp(38.5), "t", SECRET)
+    assert getattr(oracle.apply(ev.model(fifth)).outcome, "reason", None) is None
+    assert oracle.profiles() == run([*events, fourth, fifth], replace(LIVE,
+                                    shared_device_limit=3)).profiles()  # fmt: skip
+
+
+def test_a_late_link_before_her_point_is_decided_with_all_her_devices() -> None:
+    retired, live = run(travels(10)), run(travels(10), LIVE)
+    late = ev.login("ws", "b2", stamp(5), "t", SECRET)  # before her point (21.1)
+    transition = retired.apply(ev.model(late))
+    read = {key for table, key in transition.reads if table == "devices"}
+    assert read >= {f"b{n}" for n in range(10)}
+    assert transition.emits == live.apply(ev.model(late)).emits
+    assert retired.profiles() == live.profiles()
+
+
+def test_a_retired_device_she_comes_back_to_is_listed_live_again() -> None:
+    retired, live = run(travels(10)), run(travels(10), LIVE)
+    back = ev.login("ws", "b1", stamp(30), "t", SECRET)
+    transition = retired.apply(ev.model(back))
+    read = {key for table, key in transition.reads if table == "devices"}
+    assert read <= {"b1", "b7", "b8", "b9"}  # not the other retired devices
+    assert transition.emits == live.apply(ev.model(back)).emits
+    user = retired.users["ws", "t"]
+    # Her point moves to 24: b7 (last fact 21.1) retires, b8 (24.1) does not; b1 is live
+    # again, its earlier segments of hers in the summary up to the point it came back at.
+    assert user.devices == ("b1", "b8", "b9")
+    assert user.retired is not None and user.retired.returned == {"b1": epoch_ms(21.1)}
+    assert retired.profiles() == live.profiles()
+    assert retired.profiles()[TRAVELLER].anonymous_ids == sorted(f"b{n}" for n in range(10))
+
+
+def test_a_chat_on_a_retired_device_is_decided_with_all_her_devices() -> None:
+    retired, live = run(travels(10)), run(travels(10), LIVE)
+    chat = ev.chat_start("ws", "b3", stamp(30), "conv-late")  # in her session there: hers
+    assert retired.apply(ev.model(chat)).emits == live.apply(ev.model(chat)).emits
+    assert retired.profiles()[TRAVELLER].conversation_ids == ["conv-late"]
+    assert retired.profiles() == live.profiles()
+
+
+def test_lists_cut_to_the_limit_count_her_retired_devices() -> None:
+    limited = replace(CONFIG, profile_list_limit=4)
+    oracle = run(travels(10), limited)
+    profile = oracle.profiles()[TRAVELLER]
+    # The four devices of her latest sessions, of ten.
+    assert profile.anonymous_ids == ["b6", "b7", "b8", "b9"]
+    assert profile.totals["anonymous_ids"] == 10 and "truncated" in profile.flags
+    assert oracle.profiles() == run(travels(10), replace(LIVE, profile_list_limit=4)).profiles()
+
+
+def test_erasing_her_reaches_her_retired_devices() -> None:
+    oracle = run(travels(10))
+    proof = hmac.new(SECRET.encode(), b"erase:user:t", hashlib.sha256).hexdigest()
+    oracle.apply(EraseRequest.model_validate({"event_id": "erase-1", "workspace_id": "ws",
+                 "timestamp": stamp(100), "subject": "user:t", "proof": proof}))  # fmt: skip
+    assert ("ws", "t") not in oracle.users
+    text = repr(sorted(oracle.devices.items()))
+    assert "'t'" not in text  # no device names her any more, retired or live
+    assert TRAVELLER not in oracle.profiles()
