@@ -269,12 +269,16 @@ def _erase_user(
     devices: dict[str, Device] = {}
     for anonymous_id, device in old.items():
         sessions = []
+        hers = set()
         for fact in device.sessions:
             if fact.user_id == user_id and fact.at < at:
                 removed_sessions.add((anonymous_id, fact.event_id))
+                hers.add(fact.event_id)
                 fact = SessionFact(fact.at, fact.event_id, fact.kind, placeholder)
             sessions.append(fact)
-        devices[anonymous_id] = replace(device, sessions=tuple(sorted(sessions)))
+        # Her links the guard refused are the placeholder's boundaries now, as the others are.
+        devices[anonymous_id] = replace(device, sessions=tuple(sorted(sessions)),
+                                        refused=device.refused - hers)  # fmt: skip
     claims = tuple(c for c in user.emails if c.at >= at)
     emails: dict[str, EmailEntry | None] = {}
     for email, entry in entries.items():
@@ -456,7 +460,8 @@ def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
     if first is not None and first < at:
         first = min((c.at for c in chats), default=None)
     erased = max(at, device.erased or at)
-    new_device = Device(sessions, chats, first, erased)
+    remaining = {f.event_id for f in sessions}
+    new_device = Device(sessions, chats, first, erased, refused=device.refused & remaining)
     users: dict[str, User | None] = {}
     emails: dict[str, EmailEntry | None] = {
         c.email: resolver.old_email(c.email)

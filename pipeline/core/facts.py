@@ -151,6 +151,11 @@ class Retired:
     part: SettledPart = field(default_factory=SettledPart)
     devices: tuple[tuple[str, int], ...] = ()
     devices_total: int = 0
+    # Those of `ids` where she had no session when they retired (her links there refused, or
+    # only logouts): not counted in `devices_total`.
+    uncounted: tuple[str, ...] = ()
+    # Whether the guard refused a link of hers before `point` (her profile is flagged, R4).
+    flagged: bool = False
 
     def key(self, anonymous_id: str) -> int | None:
         """Before this time (ms) the device's segments of hers are in `part` (None: all)."""
@@ -158,22 +163,31 @@ class Retired:
 
     def has(self, anonymous_id: str) -> bool:
         """Whether the device was retired (and may have come back since)."""
-        at = bisect_left(self.ids, anonymous_id)
-        return at < len(self.ids) and self.ids[at] == anonymous_id
+        return _in_sorted(self.ids, anonymous_id)
+
+    def counted(self, anonymous_id: str) -> bool:
+        """Whether `devices_total` counts the device."""
+        return self.has(anonymous_id) and not _in_sorted(self.uncounted, anonymous_id)
 
     def to_json(self) -> list:
         """As stored in the user's record."""
         return [self.point, list(self.ids), sorted(self.returned.items()),
                 [list(a) for a in self.accepted], self.part.to_json(),
-                [list(d) for d in self.devices], self.devices_total]  # fmt: skip
+                [list(d) for d in self.devices], self.devices_total, list(self.uncounted),
+                int(self.flagged)]  # fmt: skip
 
     @classmethod
     def from_json(cls, row: list) -> Retired:
         """Inverse of `to_json`."""
-        point, ids, returned, accepted, part, devices, total = row
+        point, ids, returned, accepted, part, devices, total, uncounted, flagged = row
         return cls(point, tuple(ids), dict(returned), tuple((a, d) for a, d in accepted),
                    SettledPart.from_json(part), tuple((d, a) for d, a in devices),
-                   total)  # fmt: skip
+                   total, tuple(uncounted), bool(flagged))  # fmt: skip
+
+
+def _in_sorted(values: tuple[str, ...], value: str) -> bool:
+    at = bisect_left(values, value)
+    return at < len(values) and values[at] == value
 
 
 def _session_row(f: SessionFact) -> list:
@@ -202,25 +216,28 @@ class Device:
     first_activity: int | None = None
     erased: int | None = None
     carry: Carry | None = None
+    # The event_ids of links here that the guard (R4) refused before their user's retired point
+    # (`Retired.point`): settled there, so that her other links need not be read to know (R15).
+    refused: frozenset[str] = frozenset()
 
     def with_session(self, fact: SessionFact) -> Device:
         """Add a session fact (kept sorted by time, then event_id)."""
         if fact in self.sessions:
             return self
         sessions = tuple(sorted((*self.sessions, fact)))
-        return Device(sessions, self.chats, self.first_activity, self.erased, self.carry)
+        return replace(self, sessions=sessions)
 
     def with_chat(self, fact: ChatFact) -> Device:
         """Add a chat; a chat is activity too."""
         chats = self.chats if fact in self.chats else tuple(sorted((*self.chats, fact)))
-        device = Device(self.sessions, chats, self.first_activity, self.erased, self.carry)
+        device = replace(self, chats=chats) if chats is not self.chats else self
         return device.with_activity(fact.at)
 
     def with_activity(self, at: int) -> Device:
         """Record activity (a page view or a chat) at `at`."""
         if self.first_activity is not None and self.first_activity <= at:
             return self
-        return Device(self.sessions, self.chats, at, self.erased, self.carry)
+        return replace(self, first_activity=at)
 
     def settled_before(self, at: int) -> bool:
         """Whether a fact at `at` lies in the folded part (before the carry)."""
@@ -234,7 +251,7 @@ class Device:
             sessions += chunk.sessions
             chats += chunk.chats
         return Device(tuple(sorted(sessions)), tuple(sorted(chats)), self.first_activity,
-                      self.erased)  # fmt: skip
+                      self.erased, refused=self.refused)  # fmt: skip
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -245,6 +262,7 @@ class Device:
                 "a": self.first_activity,
                 **({"x": self.erased} if self.erased is not None else {}),
                 **({"k": self.carry.to_json()} if self.carry is not None else {}),
+                **({"g": sorted(self.refused)} if self.refused else {}),
             }
         )
 
@@ -259,6 +277,7 @@ class Device:
             first_activity=raw["a"],
             erased=raw.get("x"),
             carry=Carry.from_json(carry) if carry is not None else None,
+            refused=frozenset(raw.get("g", ())),
         )
 
     @staticmethod

@@ -237,9 +237,10 @@ class _Contributions:
     # Entries settled parts counted but no longer list (beyond the list limit).
     dropped_merged: int = 0
     dropped_conversations: int = 0
-    # Her devices a retired summary counts (all of them, listed or not) and lists.
-    counted_devices: int = 0
-    retired_ids: frozenset[str] = frozenset()
+    # The retired summary added (`retired`), whose devices it counts, listed or not, and the
+    # devices added otherwise.
+    summary: Retired | None = None
+    others: set[str] = field(default_factory=set)
 
     def _time(self, created: int | None, updated: int) -> None:
         if created is not None and (self.created is None or created < self.created):
@@ -253,6 +254,7 @@ class _Contributions:
 
     def _device(self, anonymous_id: str, start: int) -> None:
         self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
+        self.others.add(anonymous_id)
 
     def _conversation(self, conversation_id: str, first: tuple[int, str], latest: int) -> None:
         seen = self.conversations.get(conversation_id)
@@ -305,17 +307,17 @@ class _Contributions:
     def retired(self, retired: Retired) -> None:
         """Add a retired summary: its part, and the devices it lists and counts."""
         self.part("", retired.part)
+        devices = self.devices
         for anonymous_id, start in retired.devices:
-            self._device(anonymous_id, start)
-        self.counted_devices = retired.devices_total
-        self.retired_ids = frozenset(retired.ids)
+            devices[anonymous_id] = max(start, devices.get(anonymous_id, start))
+        self.summary = retired
 
     def devices_total(self) -> int:
         """Her devices: those a retired summary counts, and the others listed."""
-        if not self.retired_ids:
+        summary = self.summary
+        if summary is None:
             return len(self.devices)
-        listed = self.counted_devices
-        return listed + sum(1 for d in self.devices if d not in self.retired_ids)
+        return summary.devices_total + sum(1 for d in self.others if not summary.counted(d))
 
     def settled(self, anonymous_id: str, limit: int) -> SettledPart | None:
         """As a settled part of the device (None: nothing), its lists cut to `limit`."""
@@ -387,14 +389,20 @@ def with_retired(
         merged.part("", part)
     for anonymous_id, start in found.devices.items():
         merged._device(anonymous_id, start)
-    ids_ = frozenset(retired.ids)
-    total = retired.devices_total + sum(1 for d in found.devices if d not in ids_)
+    counted = {d for d in found.devices if not retired.counted(d)}
+    total = retired.devices_total + len(counted)
+    uncounted = {d for d in retiring if d not in found.devices and not retired.counted(d)}
+    uncounted |= set(retired.uncounted) - counted
     summary = merged.settled("", limit) or SettledPart()
     devices = sorted(merged.devices.items(), key=lambda d: (d[1], d[0]))[-limit:]
-    return Retired(
-        retired.point, tuple(sorted(ids_ | set(retiring))), retired.returned, retired.accepted,
-        replace(summary, latest_start=None), tuple(sorted(devices)), total,
-    )  # fmt: skip
+    return replace(
+        retired,
+        ids=tuple(sorted({*retired.ids, *retiring})),
+        part=replace(summary, latest_start=None),
+        devices=tuple(sorted(devices)),
+        devices_total=total,
+        uncounted=tuple(sorted(uncounted)),
+    )
 
 
 def user_profile(
@@ -450,7 +458,7 @@ def user_profile(
         conversation_ids=list(conversations),
         possible_duplicates=sorted(duplicates),
         flags=sorted({POSSIBLE_DUPLICATE} if duplicates else set())
-        + ([SHARED_IDENTIFIER] if view.refused else []),
+        + ([SHARED_IDENTIFIER] if view.refused or (view.retired and view.retired.flagged) else []),
         created_at=from_epoch_ms(found.created),
         updated_at=from_epoch_ms(max(updated)),
     )

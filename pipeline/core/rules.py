@@ -106,7 +106,7 @@ class CoreConfig:
     fold_margin_ms: int = 86_400_000
     # R15: how long before a user's latest link a device of hers must have fallen quiet to be
     # retired into her record's summary (`facts.Retired`); None: devices are never retired.
-    retire_margin_ms: int | None = 2 * 86_400_000
+    retire_margin_ms: int | None = 86_400_000
 
 
 _NOT_LOADED = object()
@@ -374,7 +374,7 @@ def _rebased(whole: Device, carry: Carry) -> Device:
     key = carry.key
     return Device(tuple(f for f in whole.sessions if 2 * f.at >= key),
                   tuple(c for c in whole.chats if 2 * c.at >= key), whole.first_activity,
-                  whole.erased, carry)  # fmt: skip
+                  whole.erased, carry, whole.refused)  # fmt: skip
 
 
 def browsing(
@@ -703,13 +703,12 @@ class Timelines:
     def refusals(self, anonymous_id: str) -> dict[str, str]:
         """The device's links refused: event_id -> reason (R17 before R4, as `apply` decides)."""
         resolver = self._resolver
-        device = resolver.old_device(anonymous_id)
         reasons: dict[str, str] = {}
-        for user_id in sorted({f.user_id for f in device.sessions if f.kind != "logout"}):
-            for event_id in resolver.refused(user_id, new=False):
-                reasons[event_id] = "shared_identifier"
+        for event_id in resolver.refusals(anonymous_id, new=False):
+            reasons[event_id] = "shared_identifier"
         for event_id in resolver.reused(anonymous_id, new=False):
             reasons[event_id] = "token_reused"
+        device = resolver.old_device(anonymous_id)
         own = {f.event_id for f in device.sessions}
         return {event_id: reason for event_id, reason in reasons.items() if event_id in own}
 
@@ -984,10 +983,18 @@ class _Resolver:
         return derive(self.view.workspace_id, anonymous_id, device, verified, refused)
 
     def refusals(self, anonymous_id: str, *, new: bool) -> frozenset[str]:
-        """The links among the device's session facts that link nothing (R4, R17)."""
+        """The links among the device's session facts that link nothing (R4, R17).
+
+        A link before its user's retired point has its verdict on the device (`Device.refused`);
+        one of a user read with all her devices live has it worked out again.
+        """
         device = self.device(anonymous_id, new=new)
         linked = {f.user_id for f in device.sessions if f.kind != "logout"}
         refused = frozenset().union(*(self.refused(u, new=new) for u in sorted(linked)))
+        if device.refused:
+            settled = {u for u in linked if self.user(u, new=new).retired is not None}
+            refused |= {f.event_id for f in device.sessions
+                        if f.event_id in device.refused and f.user_id in settled}  # fmt: skip
         return refused | self.reused(anonymous_id, new=new)
 
     def user_view(self, user_id: str) -> UserView:
@@ -1005,7 +1012,8 @@ class _Resolver:
                 continue
             if self.settled(anonymous_id, user.first_on(anonymous_id), reading=True):
                 self.refold.add(anonymous_id)  # folded again: its users' parts are written
-        timelines = {a: self.timeline(a, new=True) for a in user.devices}
+        timelines = {a: self.timeline(a, new=True) for a in user.devices
+                     if self._contributes(user_id, a)}  # fmt: skip
         settled = {a: user.past[a] for a, t in timelines.items()
                    if t.settled is not None and a in user.past}  # fmt: skip
         emails = {c.email: self.email(c.email, new=True) for c in user.emails}
@@ -1038,6 +1046,20 @@ class _Resolver:
         view = UserView(user_id, user, timelines, tuple(leads), emails, refused, settled, retired)
         self.user_views[user_id] = view
         return view
+
+    def _contributes(self, user_id: str, anonymous_id: str) -> bool:
+        """Whether the device may hold a segment of hers.
+
+        Not when the guard (R4) or the token rule (R17) refused every link of hers there.
+        """
+        device = self.device(anonymous_id, new=True)
+        if device.carry is not None:
+            return True  # her segment may come from behind the carry
+        mine = [f.event_id for f in device.sessions if f.user_id == user_id and f.kind != "logout"]
+        if not mine:
+            return False  # only logouts of hers: they end sessions, they begin none of hers
+        refused = self.refusals(anonymous_id, new=True)
+        return not all(event_id in refused for event_id in mine)
 
     def _check_retired(self, user_id: str, retired: Retired) -> None:
         """Decide with all her devices live if a change moves what a retired device gave her.
@@ -1091,8 +1113,6 @@ class _Resolver:
         if old is not None and point <= old.point:
             return
         refused = self.refused(user_id, new=True)
-        if any(at < point and event_id in refused for at, event_id, _ in links):
-            return
         config = self.config
         size, fold_margin = config.fold_sessions, config.fold_margin_ms
         limit = config.profile_list_limit
@@ -1116,8 +1136,6 @@ class _Resolver:
             own = [Lead(s, timeline) for s in timeline.segments
                    if not retired_segment(summary, anonymous_id, s)]  # fmt: skip
             found = user_part(workspace_id, user_id, own)
-            if anonymous_id not in found.devices and not summary.has(anonymous_id):
-                continue  # no session of hers there (only a logout): nothing to count it by
             more = conversations | set(found.conversations)
             if len(more) > len(conversations) and (cut or len(more) > limit):
                 continue
@@ -1126,7 +1144,27 @@ class _Resolver:
             segments += own
         if not retiring:
             return
-        accepted = [(at, d) for at, _, d in links if at < point] + list(summary.accepted)
+        # The guard's verdicts before the point settle: refusals on their devices, the
+        # accepted links of the window before it in the summary.
+        since = summary.point if old is not None else None
+        flagged = summary.flagged
+        for anonymous_id in user.devices:
+            device = self.device(anonymous_id, new=True)
+            mine = {f.event_id: f.at for f in device.sessions
+                    if f.user_id == user_id and f.kind != "logout"}  # fmt: skip
+            marks = {e for e, at in mine.items() if at < point and e in refused}
+            flagged = flagged or bool(marks)
+            if since is None:  # worked out anew: her earlier marks may no longer hold
+                marked = (device.refused - mine.keys()) | marks
+            else:
+                marked = device.refused | marks
+            if marked != device.refused:
+                self.new_devices[anonymous_id] = replace(device, refused=frozenset(marked))
+        # Refused: by the verdicts worked out here, or before the earlier point (on the device).
+        settled = {e for a in user.devices for e in self.device(a, new=True).refused}
+        accepted = [(at, d) for at, e, d in links
+                    if at < point and e not in refused and (old is None or e not in settled)]  # fmt: skip
+        accepted += summary.accepted
         gone = set(retiring)
         summary = replace(
             with_retired(summary, user_part(workspace_id, user_id, segments), retiring,
@@ -1134,6 +1172,7 @@ class _Resolver:
             point=point,
             returned={d: k for d, k in summary.returned.items() if d not in gone},
             accepted=accepted_window(accepted, before=point, window_ms=config.shared_window_ms),
+            flagged=flagged,
         )  # fmt: skip
         retired_user = replace(
             user,
@@ -1185,6 +1224,9 @@ class _Resolver:
             if fact.kind != "logout" and not placeholder(fact.user_id)
         ]
         linkers = {fact.user_id for fact in moved_links}
+        earliest: dict[str, int] = {}  # per user: her earliest link that moved
+        for fact in moved_links:
+            earliest[fact.user_id] = min(fact.at, earliest.get(fact.user_id, fact.at))
         for fact in moved_links:
             # A link before a user's retired point moves verdicts the guard settled there (R4):
             # decided with all her devices live.
@@ -1195,7 +1237,15 @@ class _Resolver:
             for new in (False, True):
                 user = self.user(user_id, new=new)
                 if _guarded(user) > self.config.shared_device_limit:
-                    scope.update(user.devices)
+                    # The guard decides her links in time order: only her links from the
+                    # earliest that moved on can change (R15: a new latest link re-derives no
+                    # other device).
+                    since = earliest[user_id]
+                    scope.update(
+                        a for a in user.devices
+                        if any(f.user_id == user_id and f.at >= since
+                               for f in self.device(a, new=new).sessions)
+                    )  # fmt: skip
         for jti in change.tokens:
             # The token's first use decides which of its devices it links (R17).
             token, before = self.token(jti, new=True), self.token(jti, new=False)

@@ -93,4 +93,6 @@ def fold_device(
     folded = Carry(key, current.kind, current.contact_id, begins, current.session,
                    current.user_id, kept, base + len(found), parts)  # fmt: skip
     recent = tuple(c for c in device.chats if 2 * c.at >= key)
-    return Device(sessions[start:], recent, device.first_activity, device.erased, folded), chunks
+    kept_record = Device(sessions[start:], recent, device.first_activity, device.erased, folded,
+                         device.refused)  # fmt: skip
+    return kept_record, chunks

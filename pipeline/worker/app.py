@@ -65,10 +65,9 @@ def core_config(settings: Settings) -> CoreConfig:
         allowed_lateness_ms=settings.allowed_lateness_s * 1000,
         session_lateness_ms=settings.session_lateness_s * 1000,
         profile_list_limit=settings.profile_list_limit,
-        # A device retires two days after it fell quiet, or later when the allowed lateness and
-        # the guard's window are longer: live events then rarely land before a user's point.
-        retire_margin_ms=max(2 * 86_400, settings.allowed_lateness_s + settings.shared_window_s)
-        * 1000,
+        # A device retires a day after it fell quiet, or later when events may be later than
+        # that (R14): live events then land after a user's retired point.
+        retire_margin_ms=max(86_400, settings.allowed_lateness_s) * 1000,
         policies={
             ws: TokenPolicy(entry.require_token, entry.max_token_lifetime_s)
             for ws, entry in workspaces.items()

@@ -186,7 +186,7 @@ async def test_a_format_3_user_on_many_devices_has_those_she_no_longer_uses_reti
         await put(store, keys.of(WS, "dev", anonymous_id), device.to_bytes())
     await put(store, keys.of(WS, "user", "u1"), oracle.users[WS, "u1"].to_bytes())
     pipeline.start_worker()
-    at = start + 21 * timedelta(hours=3)  # hour 63: devices quiet since before hour 15 retire
+    at = start + 21 * timedelta(hours=3)  # hour 63: devices quiet since before hour 39 retire
     await pipeline.send("telemetry.login", ev.login(WS, "b20", format_timestamp(at), "u1",
                                                     SECRETS[WS]))  # fmt: skip
     everywhere = [f"b{n:02}" for n in range(21)]
@@ -197,9 +197,9 @@ async def test_a_format_3_user_on_many_devices_has_those_she_no_longer_uses_reti
     (record,) = await store.read([keys.of(WS, "user", "u1")])
     assert record.data is not None
     user = User.from_bytes(record.data)
-    # Her point is two days (the default margin) before hour 63: b00-b04 (hours 0-12) retire.
-    assert user.retired is not None and user.retired.ids == tuple(everywhere[:5])
-    assert user.devices == tuple(everywhere[5:])
+    # Her point is a day (the default margin) before hour 63: b00-b12 (hours 0-36) retire.
+    assert user.retired is not None and user.retired.ids == tuple(everywhere[:13])
+    assert user.devices == tuple(everywhere[13:])
     assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 4
 
 

@@ -154,3 +154,32 @@ def test_erasing_her_reaches_her_retired_devices() -> None:
     text = repr(sorted(oracle.devices.items()))
     assert "'t'" not in text  # no device names her any more, retired or live
     assert TRAVELLER not in oracle.profiles()
+
+
+def replays(devices: int) -> list[dict]:
+    """Her user_hash replayed from a new device r<n> every 30 minutes (R4 refuses most)."""
+    return [ev.login("ws", f"r{n:03}", stamp(n / 2), "t", SECRET) for n in range(devices)]
+
+
+def test_devices_of_refused_links_retire_with_their_verdicts() -> None:
+    events = replays(200)  # 100 hours
+    retired, live = run(events), run(events, LIVE)
+    user = retired.users["ws", "t"]
+    # Her point is 6 h before her latest link (hour 99.5): r187-r199 (hours 93.5-99.5) are live.
+    assert user.devices == tuple(f"r{n:03}" for n in range(187, 200))
+    assert user.retired is not None and len(user.retired.ids) == 187
+    # The guard accepts 10 devices a day: hours 0-4.5, 24-28.5, 48-52.5, 72-76.5 and 96-99.5
+    # (48 links); the other 152 are refused, 147 of them before the point (not 93.5-95.5),
+    # each kept on its device.
+    marks = sorted(e for d in retired.devices.values() for e in d.refused)
+    assert len(marks) == 147 and user.retired.flagged
+    # Where the guard stands at the point: the links of hours 72-76.5, r144-r153.
+    assert [d for _, d in user.retired.accepted] == [f"r{n:03}" for n in range(144, 154)]
+    assert retired.profiles() == live.profiles()
+    # A visitor chatting later on a device whose link was refused stays a lead of its own.
+    chat = ev.chat_start("ws", "r010", stamp(101), "conv-r")
+    assert retired.apply(ev.model(chat)).emits == live.apply(ev.model(chat)).emits
+    # The guard still decides the next link as on her whole history.
+    more = ev.login("ws", "r999", stamp(100.1), "t", SECRET)
+    assert retired.apply(ev.model(more)).emits == live.apply(ev.model(more)).emits
+    assert retired.profiles() == live.profiles()
