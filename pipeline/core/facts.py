@@ -351,7 +351,9 @@ class User:
         since = self.since if known and anonymous_id not in self.since else {
             **self.since, anonymous_id: at}  # fmt: skip
         retired = self.retired
-        if not known and retired is not None and anonymous_id in retired.ids:
+        if not known and retired is not None and retired.has(anonymous_id):
+            # Back from retirement: her earliest fact there is not known (it counts as such).
+            since = self.since
             returned = {**retired.returned, anonymous_id: retired.point}
             retired = replace(retired, returned=returned)
         return replace(self, devices=devices, since=since, retired=retired)

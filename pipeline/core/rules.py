@@ -1006,6 +1006,15 @@ class _Resolver:
         for claim in user.emails:
             for at, _, anonymous_id in self.email(claim.email, new=True).leads:
                 self.settled(anonymous_id, at, reading=True)
+        record = self.view.users.get(user_id)
+        if user_id in self._whole_users and record is not None and record.retired is not None:
+            # Read with her retired devices live: one folded since it retired keeps no settled
+            # part of hers (`_Parts`), so it is read whole and folded again, which writes it.
+            for anonymous_id in record.retired.ids:
+                stored = self.view.devices.get(anonymous_id)
+                if stored is not None and stored.carry is not None:
+                    if self.settled(anonymous_id, None, reading=True):
+                        self.refold.add(anonymous_id)
         for anonymous_id in user.devices:
             stored = self.view.devices.get(anonymous_id)  # (absent: asked for below)
             if stored is None or stored.carry is None or stored.carry.parts:
