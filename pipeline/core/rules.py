@@ -1171,8 +1171,8 @@ class _Resolver:
                 self.new_devices[anonymous_id] = replace(device, refused=frozenset(marked))
         # Refused: by the verdicts worked out here, or before the earlier point (on the device).
         settled = {e for a in user.devices for e in self.device(a, new=True).refused}
-        accepted = [(at, d) for at, e, d in links
-                    if at < point and e not in refused and (old is None or e not in settled)]  # fmt: skip
+        guarded = refused | settled if old is not None else refused
+        accepted = [(at, d) for at, e, d in links if at < point and e not in guarded]
         accepted += summary.accepted
         gone = set(retiring)
         summary = replace(
