@@ -102,6 +102,13 @@ def _segment_line(segment: Segment) -> str:
     return f"{_when(segment.start_ms)} → {end}: {who} (contact {segment.contact_id})"
 
 
+def _every_device(user: User | None) -> list[str]:
+    """The user's devices, live and retired (R15)."""
+    if user is None:
+        return []
+    return sorted({*user.devices, *(user.retired.ids if user.retired is not None else ())})
+
+
 def devices_of(profile: Profile, facts: Facts) -> list[str]:
     """The devices that explain a profile, in this order.
 
@@ -117,7 +124,7 @@ def devices_of(profile: Profile, facts: Facts) -> list[str]:
                for s in timeline.visitors()):  # fmt: skip
             chosen[anonymous_id] = None
     user = facts.users.get(profile.user_id or "")
-    for anonymous_id in user.devices if user is not None else ():
+    for anonymous_id in _every_device(user):
         if anonymous_id not in chosen and facts.refusals(anonymous_id):
             chosen[anonymous_id] = None
     return list(chosen)
@@ -260,7 +267,8 @@ async def load(
                      "users": [profile.user_id] if profile.user_id else []})  # fmt: skip
         user = facts.users.get(profile.user_id or "")
         if user is not None:  # its refused links, and leads matched by its e-mails (R7)
-            await fetch({"devices": user.devices, "emails": [c.email for c in user.emails]})
+            await fetch({"devices": _every_device(user),
+                         "emails": [c.email for c in user.emails]})  # fmt: skip
             leads = [
                 d for c in user.emails for d in facts.emails.get(c.email, EmailEntry()).lead_devices
             ]
