@@ -1094,9 +1094,10 @@ class _Resolver:
 
         Such a device is kept in her record's summary (`facts.Retired`) instead of being listed
         live: her profile, her guard verdicts (R4) and her other devices' decisions no longer
-        read it. Only an unfolded device whose facts all lie before the point, that no e-mail of
-        hers lists as a lead device, and whose links there were accepted is retired; and not one
-        that would make the summary drop conversations (one listed live could be one of them).
+        read it. Only an unfolded device whose facts all lie before the point and that no e-mail
+        of hers lists as a lead device is retired, and not one that would make the summary drop
+        conversations (one listed live could be one of them). The guard's verdicts before the
+        point settle with it: a refused link's on its device, the accepted window's in the summary.
         """
         margin = self.config.retire_margin_ms
         if margin is None or erasure.is_placeholder(user_id):

@@ -14,8 +14,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from pipeline.core import ids
+from pipeline.core.model import View
 from pipeline.core.oracle import Oracle
-from pipeline.core.rules import CoreConfig
+from pipeline.core.rules import CoreConfig, Timelines
 from schemas import EraseRequest
 from tests.support import events as ev
 
@@ -145,11 +146,16 @@ def test_lists_cut_to_the_limit_count_her_retired_devices() -> None:
     assert oracle.profiles() == run(travels(10), replace(LIVE, profile_list_limit=4)).profiles()
 
 
+def erase(subject: str) -> EraseRequest:
+    proof = hmac.new(SECRET.encode(), f"erase:{subject}".encode(), hashlib.sha256).hexdigest()
+    return EraseRequest.model_validate({"event_id": f"erase-{subject}", "workspace_id": "ws",
+                                        "timestamp": stamp(100), "subject": subject,
+                                        "proof": proof})  # fmt: skip
+
+
 def test_erasing_her_reaches_her_retired_devices() -> None:
     oracle = run(travels(10))
-    proof = hmac.new(SECRET.encode(), b"erase:user:t", hashlib.sha256).hexdigest()
-    oracle.apply(EraseRequest.model_validate({"event_id": "erase-1", "workspace_id": "ws",
-                 "timestamp": stamp(100), "subject": "user:t", "proof": proof}))  # fmt: skip
+    oracle.apply(erase("user:t"))
     assert ("ws", "t") not in oracle.users
     text = repr(sorted(oracle.devices.items()))
     assert "'t'" not in text  # no device names her any more, retired or live
@@ -183,3 +189,24 @@ def test_devices_of_refused_links_retire_with_their_verdicts() -> None:
     more = ev.login("ws", "r999", stamp(100.1), "t", SECRET)
     assert retired.apply(ev.model(more)).emits == live.apply(ev.model(more)).emits
     assert retired.profiles() == live.profiles()
+
+
+def test_erasing_one_of_her_retired_devices_takes_it_from_her_profile() -> None:
+    retired, live = run(travels(10)), run(travels(10), LIVE)
+    assert retired.apply(erase("device:b3")).emits == live.apply(erase("device:b3")).emits
+    profile = retired.profiles()[TRAVELLER]
+    assert profile.anonymous_ids == sorted(f"b{n}" for n in range(10) if n != 3)
+    assert retired.profiles() == live.profiles()
+
+
+def test_inspecting_a_retired_device_names_its_refused_link() -> None:
+    oracle = run(replays(200))
+    view = View("ws", devices={a: d for (_, a), d in oracle.devices.items()},
+                users={u: r for (_, u), r in oracle.users.items()})  # fmt: skip
+    timelines = Timelines(view, CONFIG)
+    # r010 (hour 5) was refused: the day's 10 devices were r000-r009. r000 was accepted.
+    (link,) = oracle.devices["ws", "r010"].sessions
+    assert oracle.devices["ws", "r010"].refused == {link.event_id}  # settled on the device
+    assert timelines.refusals("r010") == {link.event_id: "shared_identifier"}
+    assert timelines.refusals("r000") == {}
+    assert not timelines.missing().devices
