@@ -3,7 +3,7 @@
 from pipeline.core import ids
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
-from pipeline.tools.inspect import Facts, describe
+from pipeline.tools.inspect import Facts, describe, devices_of
 from tests.support import events as ev
 
 WS = "ws"
@@ -36,3 +36,24 @@ def test_description_of_a_user_after_a_shared_computer() -> None:
     )
     assert "claimed e-mail ann@example.com (unverified" in text
     assert f"2026-11-24T10:03:00.000Z → now: anonymous visitor (contact {after})" in text
+
+
+def test_a_user_with_retired_devices_is_explained_by_them_too() -> None:
+    # R4 accepts 10 devices a day: r10 (hour 5) is refused, and a day later r00-r10 have retired
+    # (R15: quiet a day before her latest link), yet the description still names r10's refusal.
+    oracle = Oracle(CoreConfig(secrets={WS: (SECRET.encode(),)}))
+    refused = None
+    for n in range(60):
+        hour, minutes = divmod(n * 30, 60)
+        stamp = f"2026-11-{24 + hour // 24}T{hour % 24:02}:{minutes:02}:00Z"
+        login = ev.login(WS, f"r{n:02}", stamp, "t", SECRET)
+        refused = refused or (login["event_id"] if n == 10 else None)
+        oracle.apply(ev.model(login))
+    user = oracle.users[WS, "t"]
+    assert user.retired is not None and "r10" in user.retired.ids
+    facts = Facts(WS, devices={k: v for (_, k), v in oracle.devices.items()},
+                  users={k: v for (_, k), v in oracle.users.items()})  # fmt: skip
+    profile = oracle.profiles()[ids.user_contact_id(WS, "t")]
+    assert facts.refusals("r10") == {refused: "shared_identifier"}
+    assert "r10" in devices_of(profile, facts)
+    assert "r00" in profile.anonymous_ids and "r10" not in profile.anonymous_ids
