@@ -133,15 +133,14 @@ class SettledPart:
 class Retired:
     """A user's devices she no longer uses, summarised in her record (R15).
 
-    A device of hers whose every fact lies before `point` (a margin before her latest link)
-    and whose links there the guard accepted (R4) is **retired**: her record lists it in `ids`
-    only, and what its segments give her profile is merged into `part` (as a settled part is,
-    its `latest_start` unused) and into `devices`, the `IDP_PROFILE_LIST_LIMIT` most recent
-    (anonymous_id, start of her latest session there) of `devices_total`. `accepted` is where
-    the guard stands at `point`: the latest accepted link per device within the window before
-    it. A retired device she links on again (or logs out of) is listed live once more and
-    `returned` keeps, per such device, the point before which its segments of hers (and the
-    visitors merged into her there) are in `part`.
+    A device of hers whose every fact lies before `point` (a margin before her latest link) is
+    **retired**: her record lists it in `ids` only, and what its segments give her profile is
+    merged into `part` (as a settled part is, its `latest_start` unused) and into `devices`,
+    the `IDP_PROFILE_LIST_LIMIT` most recent (anonymous_id, start of her latest session there)
+    of `devices_total`. `accepted` is where the guard stands at `point`: the latest accepted
+    link per device within the window before it. A retired device she links on again (or logs
+    out of) is listed live once more and `returned` keeps, per such device, the point before
+    which its segments of hers (and the visitors merged into her there) are in `part`.
     """
 
     point: int

@@ -175,14 +175,14 @@ class UserView:
 def retired_segment(retired: Retired | None, anonymous_id: str, segment: Segment) -> bool:
     """Whether the segment (hers, or a visitor merged into her) is in her retired summary.
 
-    On a retired device that came back live: her sessions that start, and the visitors merged
-    into her, before the device's point (`Retired.returned`).
+    On a retired device: all of them. On one that came back live: her sessions that start, and
+    the visitors merged into her, before the device's point (`Retired.returned`).
     """
     if retired is None:
         return False
     key = retired.key(anonymous_id)
     if key is None:
-        return False
+        return retired.has(anonymous_id)
     if segment.merge is not None and segment.kind == "visitor":
         return segment.merge.at < key
     return segment.start_ms is None or segment.start_ms < key

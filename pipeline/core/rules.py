@@ -275,10 +275,9 @@ class _Parts:
             user = self._user(owner)
             retired = user.retired if user is not None else None
             if retired is not None and retired.has(before.anonymous_id):
-                key = retired.key(before.anonymous_id)
-                gone[owner] = [lead for lead in gone[owner] if key is not None
-                               and not retired_segment(retired, before.anonymous_id,
-                                                       lead.segment)]  # fmt: skip
+                gone[owner] = [lead for lead in gone[owner]
+                               if not retired_segment(retired, before.anonymous_id,
+                                                      lead.segment)]  # fmt: skip
         found = {}
         for user_id, segments in sorted(gone.items()):
             part = settled_part(self.workspace_id, user_id, segments, limit=self.limit)
@@ -344,10 +343,8 @@ class _Parts:
 
 def _summarised(workspace_id: str, user_id: str, retired: Retired, timeline: Timeline) -> object:
     """What the segments of a retired device that her summary holds give her profile."""
-    anonymous_id = timeline.anonymous_id
-    key = retired.key(anonymous_id)
     kept = [Lead(s, timeline) for s in timeline.segments
-            if key is None or retired_segment(retired, anonymous_id, s)]  # fmt: skip
+            if retired_segment(retired, timeline.anonymous_id, s)]  # fmt: skip
     return user_part(workspace_id, user_id, kept)
 
 
