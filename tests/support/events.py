@@ -7,9 +7,21 @@ import hashlib
 import hmac
 import itertools
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 _ids = itertools.count(1)
+HOURS_START = datetime(2026, 11, 1, tzinfo=UTC)  # hour 0 of `at_hour`
+
+
+def at_hour(hours: float) -> str:
+    """An event timestamp `hours` after `HOURS_START`."""
+    return (HOURS_START + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_ms_at_hour(hours: float) -> int:
+    """The epoch ms of `at_hour(hours)`, as the core stores event times."""
+    return int((HOURS_START + timedelta(hours=hours)).timestamp() * 1000)
 
 
 def next_id(prefix: str = "e") -> str:

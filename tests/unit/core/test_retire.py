@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from pipeline.core import ids
 from pipeline.core.model import View
@@ -24,16 +24,9 @@ SECRET = "retire-secret-0123456789abcdef01234"
 HOUR = 3_600_000
 CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, retire_margin_ms=6 * HOUR)
 LIVE = replace(CONFIG, retire_margin_ms=None)  # every device listed live, as a reference
-START = datetime(2026, 11, 1, tzinfo=UTC)
+START = ev.HOURS_START
+stamp, epoch_ms = ev.at_hour, ev.epoch_ms_at_hour
 TRAVELLER = ids.user_contact_id("ws", "t")
-
-
-def stamp(hours: float) -> str:
-    return (START + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def epoch_ms(hours: float) -> int:
-    return int((START + timedelta(hours=hours)).timestamp() * 1000)
 
 
 def travels(devices: int) -> list[dict]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from pipeline.core import ids
 from pipeline.core.facts import SessionFact, chunk_idents
@@ -23,15 +23,8 @@ from tests.support import events as ev
 SECRET = "settle-secret-0123456789abcdef0123"
 CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, fold_sessions=4, fold_margin_ms=0)
 WHOLE = replace(CONFIG, fold_sessions=10**9)
-START = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-def stamp(hours: float) -> str:
-    return (START + timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def epoch_ms(hours: float) -> int:
-    return int((START + timedelta(hours=hours)).timestamp() * 1000)
+START = ev.HOURS_START
+stamp, epoch_ms = ev.at_hour, ev.epoch_ms_at_hour
 
 
 def library(sessions: int) -> list[dict]:
