@@ -461,7 +461,8 @@ def _erase_device(resolver: _Resolver, anonymous_id: str, at: int) -> _Change:
         first = min((c.at for c in chats), default=None)
     erased = max(at, device.erased or at)
     remaining = {f.event_id for f in sessions}
-    new_device = Device(sessions, chats, first, erased, refused=device.refused & remaining)
+    new_device = Device(sessions, chats, first, erased, refused=device.refused & remaining,
+                        retired_by=device.retired_by)  # fmt: skip
     users: dict[str, User | None] = {}
     emails: dict[str, EmailEntry | None] = {
         c.email: resolver.old_email(c.email)

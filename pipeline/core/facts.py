@@ -131,16 +131,24 @@ class SettledPart:
 
 @dataclass(frozen=True, slots=True)
 class Retired:
-    """A user's devices she no longer uses, summarised in her record (R15).
+    """A user's devices she no longer uses, summarised apart from her record (R15).
 
     A device of hers whose every fact lies before `point` (a margin before her latest link) is
-    **retired**: her record lists it in `ids` only, and what its segments give her profile is
+    **retired**: her record no longer lists it, and what its segments give her profile is
     merged into `part` (as a settled part is, its `latest_start` unused) and into `devices`,
     the `IDP_PROFILE_LIST_LIMIT` most recent (anonymous_id, start of her latest session there)
     of `devices_total`. `accepted` is where the guard stands at `point`: the latest accepted
     link per device within the window before it. A retired device she links on again (or logs
     out of) is listed live once more and `returned` keeps, per such device, the point before
     which its segments of hers (and the visitors merged into her there) are in `part`.
+
+    Her record keeps only this header. The summary (`part`, `devices`) is in two chunk records
+    of hers, the ids of every device she retired (`ids_count` of them) in chunk records of
+    `RETIRED_IDS_PER_CHUNK` (`RetiredChunk`), and each retired device's record names her
+    (`Device.retired_by`). So `ids` and `uncounted` hold the retired devices among those a
+    decision has loaded (each says whether it is retired for her), all of them only once her id
+    chunks are loaded; `loaded` says whether the summary was. A record of state format 4 keeps
+    all of it inline (`inline`), and is split up the first time it is written.
     """
 
     point: int
@@ -155,6 +163,9 @@ class Retired:
     uncounted: tuple[str, ...] = ()
     # Whether the guard refused a link of hers before `point` (her profile is flagged, R4).
     flagged: bool = False
+    ids_count: int = 0  # the ids in her id chunks
+    loaded: bool = True  # whether `part` and `devices` are the summary's (False: not read)
+    inline: bool = False  # read from state format 4: everything is in the record itself
 
     def key(self, anonymous_id: str) -> int | None:
         """Before this time (ms) the device's segments of hers are in `part` (None: all)."""
@@ -168,20 +179,74 @@ class Retired:
         """Whether `devices_total` counts the device."""
         return self.has(anonymous_id) and not _in_sorted(self.uncounted, anonymous_id)
 
+    @property
+    def id_chunks(self) -> int:
+        """How many id chunk records hold her retired devices' ids."""
+        return -(-self.ids_count // RETIRED_IDS_PER_CHUNK)
+
     def to_json(self) -> list:
-        """As stored in the user's record."""
-        return [self.point, list(self.ids), sorted(self.returned.items()),
-                [list(a) for a in self.accepted], self.part.to_json(),
-                [list(d) for d in self.devices], self.devices_total, list(self.uncounted),
+        """As stored in the user's record: the header."""
+        return [self.point, self.ids_count, sorted(self.returned.items()),
+                [list(a) for a in self.accepted], self.devices_total,
                 int(self.flagged)]  # fmt: skip
 
     @classmethod
     def from_json(cls, row: list) -> Retired:
-        """Inverse of `to_json`."""
-        point, ids, returned, accepted, part, devices, total, uncounted, flagged = row
-        return cls(point, tuple(ids), dict(returned), tuple((a, d) for a, d in accepted),
-                   SettledPart.from_json(part), tuple((d, a) for d, a in devices),
-                   total, tuple(uncounted), bool(flagged))  # fmt: skip
+        """Inverse of `to_json`; a row of state format 4 holds the whole summary."""
+        if len(row) == 9:
+            point, ids, returned, accepted, part, devices, total, uncounted, flagged = row
+            return cls(point, tuple(ids), dict(returned), tuple((a, d) for a, d in accepted),
+                       SettledPart.from_json(part), tuple((d, a) for d, a in devices),
+                       total, tuple(uncounted), bool(flagged), len(ids),
+                       inline=True)  # fmt: skip
+        point, count, returned, accepted, total, flagged = row
+        return cls(point, (), dict(returned), tuple((a, d) for a, d in accepted),
+                   devices_total=total, flagged=bool(flagged), ids_count=count,
+                   loaded=False)  # fmt: skip
+
+
+RETIRED_IDS_PER_CHUNK = 500  # retired devices' ids per chunk record (some 20 KB of UUIDs)
+
+
+def retired_idents(user_id: str, retired: Retired | None) -> list[str]:
+    """The identifiers of a user's id chunk records (`RetiredChunk`), in order."""
+    count = retired.id_chunks if retired is not None and not retired.inline else 0
+    return [f"r{i}:{user_id}" for i in range(count)]
+
+
+def summary_idents(user_id: str) -> tuple[str, str]:
+    """The identifiers of a user's retired summary records: its part, and its devices."""
+    return f"p:{user_id}", f"v:{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredChunk:
+    """One record of a user's retired devices (`Retired`): some of their ids, or the summary.
+
+    Chunk records share one table: a device's (`DeviceChunk`) are named by a number first,
+    a user's by a letter (`retired_idents`, `summary_idents`).
+    """
+
+    ids: tuple[str, ...] = ()
+    part: SettledPart | None = None
+    devices: tuple[tuple[str, int], ...] = ()
+
+    def to_bytes(self) -> bytes:
+        """Serialise for the store."""
+        if self.part is not None:
+            return orjson.dumps({"p": self.part.to_json()})
+        if self.devices:
+            return orjson.dumps({"v": [list(d) for d in self.devices]})
+        return orjson.dumps({"i": list(self.ids)})
+
+    @classmethod
+    def from_json(cls, raw: dict) -> RetiredChunk:
+        """Inverse of `to_bytes`, once parsed."""
+        if "p" in raw:
+            return cls(part=SettledPart.from_json(raw["p"]))
+        if "v" in raw:
+            return cls(devices=tuple((d, at) for d, at in raw["v"]))
+        return cls(ids=tuple(raw["i"]))
 
 
 def _in_sorted(values: tuple[str, ...], value: str) -> bool:
@@ -218,6 +283,24 @@ class Device:
     # The event_ids of links here that the guard (R4) refused before their user's retired point
     # (`Retired.point`): settled there, so that her other links need not be read to know (R15).
     refused: frozenset[str] = frozenset()
+    # The users who retired the device (`Retired`), each with whether her `devices_total`
+    # counts it: whether it is retired for a user is asked of the device (R15).
+    retired_by: tuple[tuple[str, bool], ...] = ()
+
+    def retired_for(self, user_id: str) -> bool | None:
+        """Whether the user retired the device: None if not, else whether her total counts it."""
+        for user, counted in self.retired_by:
+            if user == user_id:
+                return counted
+        return None
+
+    def with_retired_for(self, user_id: str, counted: bool | None) -> Device:
+        """The device retired for the user (None: not retired for her)."""
+        if self.retired_for(user_id) == counted:
+            return self
+        others = [(u, c) for u, c in self.retired_by if u != user_id]
+        mine = [(user_id, counted)] if counted is not None else []
+        return replace(self, retired_by=tuple(sorted((*others, *mine))))
 
     def with_session(self, fact: SessionFact) -> Device:
         """Add a session fact (kept sorted by time, then event_id)."""
@@ -250,7 +333,7 @@ class Device:
             sessions += chunk.sessions
             chats += chunk.chats
         return Device(tuple(sorted(sessions)), tuple(sorted(chats)), self.first_activity,
-                      self.erased, refused=self.refused)  # fmt: skip
+                      self.erased, refused=self.refused, retired_by=self.retired_by)  # fmt: skip
 
     def to_bytes(self) -> bytes:
         """Serialise for the store."""
@@ -262,6 +345,7 @@ class Device:
                 **({"x": self.erased} if self.erased is not None else {}),
                 **({"k": self.carry.to_json()} if self.carry is not None else {}),
                 **({"g": sorted(self.refused)} if self.refused else {}),
+                **({"b": [[u, int(c)] for u, c in self.retired_by]} if self.retired_by else {}),
             }
         )
 
@@ -277,6 +361,7 @@ class Device:
             erased=raw.get("x"),
             carry=Carry.from_json(carry) if carry is not None else None,
             refused=frozenset(raw.get("g", ())),
+            retired_by=tuple((u, bool(c)) for u, c in raw.get("b", ())),
         )
 
     @staticmethod
@@ -314,6 +399,23 @@ class DeviceChunk:
         raw = orjson.loads(data)
         return cls(tuple(SessionFact(*row) for row in raw["s"]),
                    tuple(ChatFact(*row) for row in raw["c"]))  # fmt: skip
+
+
+Chunk = DeviceChunk | RetiredChunk
+
+
+def chunk_from_bytes(data: bytes) -> Chunk:
+    """A stored chunk record: a folded device's, or one of a user's retired devices'."""
+    raw = orjson.loads(data)
+    if "s" in raw:
+        return DeviceChunk(tuple(SessionFact(*row) for row in raw["s"]),
+                           tuple(ChatFact(*row) for row in raw["c"]))  # fmt: skip
+    return RetiredChunk.from_json(raw)
+
+
+def chunk_to_bytes(chunk: Chunk) -> bytes:
+    """Serialise a chunk record for the store."""
+    return chunk.to_bytes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import orjson
 
-from pipeline.core.facts import Device, DeviceChunk, EmailEntry, ErasureMarker, TokenUses, User
+from pipeline.core.facts import Chunk, Device, EmailEntry, ErasureMarker, TokenUses, User
 from schemas import Erased, Merged, Profile, Rejected, Shutdown
 
 OutputMessage = Merged | Shutdown | Profile | Rejected | Erased
@@ -29,7 +29,8 @@ class View:
     """The part of one workspace's state an event touches; None means "known absent".
 
     `contacts` holds the profiles last published, to emit only what changed. `chunks` holds
-    folded devices' chunk records (`facts.chunk_ident`), loaded only when asked for.
+    chunk records: folded devices' (`facts.chunk_ident`) and users' retired devices'
+    (`facts.retired_idents`, `facts.summary_idents`), loaded only when asked for.
     """
 
     workspace_id: str
@@ -39,7 +40,7 @@ class View:
     contacts: dict[str, Profile | None] = field(default_factory=dict)
     tokens: dict[str, TokenUses | None] = field(default_factory=dict)
     erasures: dict[str, ErasureMarker | None] = field(default_factory=dict)
-    chunks: dict[str, DeviceChunk | None] = field(default_factory=dict)
+    chunks: dict[str, Chunk | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +111,7 @@ class Transition:
     contacts: dict[str, Profile | None] = field(default_factory=dict)
     tokens: dict[str, TokenUses | None] = field(default_factory=dict)
     erasures: dict[str, ErasureMarker] = field(default_factory=dict)
-    chunks: dict[str, DeviceChunk | None] = field(default_factory=dict)
+    chunks: dict[str, Chunk | None] = field(default_factory=dict)
     emits: tuple[Emit, ...] = ()
     # The records the decision depended on, as (table, key): the same view entries give the
     # same transition, which lets a caller reuse a decision made ahead of time.

@@ -7,10 +7,22 @@ its final profiles as the expected outcome of a fault-free run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline.core.events import check
-from pipeline.core.facts import Device, DeviceChunk, EmailEntry, ErasureMarker, TokenUses, User
+from pipeline.core.facts import (
+    Chunk,
+    Device,
+    EmailEntry,
+    ErasureMarker,
+    Retired,
+    RetiredChunk,
+    SettledPart,
+    TokenUses,
+    User,
+    retired_idents,
+    summary_idents,
+)
 from pipeline.core.model import Emit, NeedMore, Refusal, Transition, Unchanged, View
 from pipeline.core.rules import CoreConfig, apply
 from schemas import InputEvent, Profile
@@ -29,7 +41,7 @@ class Oracle:
     contacts: dict[tuple[str, str], Profile | None] = field(default_factory=dict)
     tokens: dict[tuple[str, str], TokenUses] = field(default_factory=dict)
     erasures: dict[tuple[str, str], ErasureMarker] = field(default_factory=dict)
-    chunks: dict[tuple[str, str], DeviceChunk] = field(default_factory=dict)
+    chunks: dict[tuple[str, str], Chunk] = field(default_factory=dict)
     applied: dict[tuple[str, str, str, str], InputEvent] = field(default_factory=dict)
     emitted: list[Emit] = field(default_factory=list)
 
@@ -59,12 +71,40 @@ class Oracle:
             for key, value in getattr(result, table).items():
                 if value is None and table != "contacts":  # deleted (an erasure, R16)
                     records.pop((ws, key), None)
+                elif table == "users" and value.retired is not None:
+                    records[(ws, key)] = User.from_bytes(value.to_bytes())  # as stored: a header
                 else:  # a None contact is a tombstone
                     records[(ws, key)] = value
         if result.writes:
             self.applied[marker] = event
         self.emitted.extend(result.emits)
         return result
+
+    def retired(self, workspace_id: str, user_id: str) -> Retired | None:
+        """A user's retired summary whole, as her records and chunk records keep it (R15)."""
+        user = self.users.get((workspace_id, user_id))
+        retired = user.retired if user is not None else None
+        if retired is None or retired.inline:
+            return retired
+        chunks = self.chunks
+        every: list[str] = []
+        for ident in retired_idents(user_id, retired):
+            chunk = chunks[workspace_id, ident]
+            assert isinstance(chunk, RetiredChunk)
+            every += chunk.ids
+        part_ident, devices_ident = summary_idents(user_id)
+        part, listed = chunks[workspace_id, part_ident], chunks[workspace_id, devices_ident]
+        assert isinstance(part, RetiredChunk) and isinstance(listed, RetiredChunk)
+        counted = {a: d.retired_for(user_id) for (ws, a), d in self.devices.items()
+                   if ws == workspace_id}  # fmt: skip
+        return replace(
+            retired,
+            ids=tuple(sorted(every)),
+            uncounted=tuple(sorted(a for a in every if counted.get(a) is False)),
+            part=part.part or SettledPart(),
+            devices=listed.devices,
+            loaded=True,
+        )
 
     def _load(self, view: View, need: NeedMore) -> None:
         ws = view.workspace_id

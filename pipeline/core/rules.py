@@ -14,6 +14,7 @@ been given it returns `NeedMore` and the caller loads them and calls again with 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -30,20 +31,25 @@ from pipeline.core.events import (
     optional_email,
 )
 from pipeline.core.facts import (
+    RETIRED_IDS_PER_CHUNK,
     Carry,
     ChatFact,
+    Chunk,
     Device,
     DeviceChunk,
     EmailClaim,
     EmailEntry,
     ErasureMarker,
     Retired,
+    RetiredChunk,
     SessionFact,
     SettledPart,
     TokenUses,
     User,
     chunk_ident,
     chunk_idents,
+    retired_idents,
+    summary_idents,
 )
 from pipeline.core.guard import (
     DEFAULT_DEVICE_LIMIT,
@@ -139,9 +145,13 @@ def apply(event: Checked, view: View, config: CoreConfig) -> Transition | NeedMo
     # An erasure reaches every fact of the subject: folded devices are read whole.
     resolver = _Resolver(view, config, full=isinstance(event, CheckedErasure))
     result = _decide(event, resolver)
-    if isinstance(result, NeedMore) or not (result.devices or resolver.refold or resolver.full):
+    if isinstance(result, NeedMore):
         return result
-    return _fold(result, resolver)
+    if result.devices or resolver.refold or resolver.full:
+        result = _fold(result, resolver)
+        if isinstance(result, NeedMore):
+            return result
+    return _split_retired(result, resolver) if result.users else result
 
 
 def _decide(event: Checked, resolver: _Resolver) -> Transition | NeedMore:
@@ -194,7 +204,7 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
         if whole is not None and stored_carry is not None:  # its new facts are recent ones
             candidates[anonymous_id] = _rebased(whole, stored_carry)
     devices = {a: candidates[a] for a in result.devices}
-    chunks: dict[str, DeviceChunk | None] = {}
+    chunks: dict[str, Chunk | None] = {}
     work: dict[str, Device] = {}
     erased: list[str] = []
     for anonymous_id, device in candidates.items():
@@ -244,6 +254,117 @@ def _fold(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
         return refolds.need()
     return replace(result, devices=devices, chunks=chunks, users={**result.users, **parts.users},
                    reads=result.reads | refolds.reads | resolver.reads)  # fmt: skip
+
+
+def _split_retired(result: Transition, resolver: _Resolver) -> Transition | NeedMore:
+    """The transition with its users' retired summaries written apart from their records (R15).
+
+    A user's record keeps her summary's header (`Retired`); the transition also writes her
+    summary records when the summary changed, appends the devices she newly retired to her id
+    chunk records, and marks each retired device's record with her (`Device.retired_by`).
+    A summary worked out anew (she was read whole, retired for the first time, or her record
+    is of state format 4) rewrites her id chunks and the marks on every device she was read
+    with. An erased user's, or one read whole who retires nothing, go.
+    """
+    view = resolver.view
+    users = dict(result.users)
+    devices = dict(result.devices)
+    chunks = dict(result.chunks)
+    missing: dict[str, set[str]] = {}
+    reads: set[tuple[str, str]] = set()
+
+    def device(anonymous_id: str) -> Device | None:
+        if anonymous_id in devices:
+            return devices[anonymous_id]
+        if anonymous_id not in view.devices:
+            missing.setdefault("devices", set()).add(anonymous_id)
+            return None
+        reads.add(("devices", anonymous_id))
+        return view.devices[anonymous_id]
+
+    def mark(anonymous_id: str, user_id: str, counted: bool | None) -> None:
+        current = device(anonymous_id)
+        if current is not None and current.retired_for(user_id) != counted:
+            devices[anonymous_id] = current.with_retired_for(user_id, counted)
+
+    def write_ids(user_id: str, start: int, every: list[str]) -> None:
+        per = RETIRED_IDS_PER_CHUNK
+        for offset in range(0, len(every), per):
+            ident = f"r{(start + offset) // per}:{user_id}"
+            chunk = RetiredChunk(ids=tuple(every[offset : offset + per]))
+            if view.chunks.get(ident) != chunk:
+                chunks[ident] = chunk
+
+    for user_id, user in sorted(result.users.items()):
+        stored = view.users.get(user_id)
+        old = stored.retired if stored is not None else None
+        new = user.retired if user is not None else None
+        if (old is None and new is None) or (new is not None and not new.loaded):
+            continue  # never retired, or her summary is not read (so neither changed)
+        stale = retired_idents(user_id, old)
+        if new is None or old is None or old.inline or user_id in resolver._whole_users:
+            # Worked out anew: every device she retired is listed in `new` (read whole), or
+            # none is (a record without any, or erased).
+            every = list(new.ids) if new is not None else []
+            for anonymous_id, record in sorted(view.devices.items()):
+                if record is not None and record.retired_for(user_id) is not None:
+                    if new is None or not new.has(anonymous_id):
+                        mark(anonymous_id, user_id, None)
+            if new is None:
+                if old is not None and not old.inline:
+                    chunks.update(dict.fromkeys((*summary_idents(user_id), *stale)))
+                continue
+            write_ids(user_id, 0, every)
+            count = len(every)
+            kept = -(-count // RETIRED_IDS_PER_CHUNK)
+            chunks.update(dict.fromkeys(stale[kept:]))
+            summary_changed = True
+        else:
+            added = []
+            for anonymous_id in new.ids:
+                record = device(anonymous_id)
+                if record is not None and record.retired_for(user_id) is None:
+                    added.append(anonymous_id)
+            count = old.ids_count + len(added)
+            if added:
+                start = old.ids_count - old.ids_count % RETIRED_IDS_PER_CHUNK
+                earlier: tuple[str, ...] = ()
+                if start < old.ids_count:  # the last chunk has room: it takes them first
+                    ident = stale[-1]
+                    if ident not in view.chunks:
+                        missing.setdefault("chunks", set()).add(ident)
+                    reads.add(("chunks", ident))
+                    chunk = view.chunks.get(ident)
+                    earlier = chunk.ids if isinstance(chunk, RetiredChunk) else ()
+                write_ids(user_id, start, [*earlier, *added])
+            before = resolver.filled_user(user_id).retired
+            summary_changed = before is None or (before.part, before.devices) != (
+                new.part, new.devices)  # fmt: skip
+        for anonymous_id in new.ids:
+            mark(anonymous_id, user_id, not _in_sorted(new.uncounted, anonymous_id))
+        if summary_changed:
+            part_ident, devices_ident = summary_idents(user_id)
+            part, listed = RetiredChunk(part=new.part), RetiredChunk(devices=new.devices)
+            if view.chunks.get(part_ident) != part:
+                chunks[part_ident] = part
+            if view.chunks.get(devices_ident) != listed:
+                chunks[devices_ident] = listed
+        if count != new.ids_count:
+            assert user is not None  # retired, so not erased
+            users[user_id] = replace(user, retired=replace(new, ids_count=count))
+    if missing or resolver.missing:
+        for kind, keys in resolver.missing.items():
+            missing.setdefault(kind, set()).update(keys)
+        get = missing.get
+        return NeedMore(devices=tuple(sorted(get("devices", ()))),
+                        chunks=tuple(sorted(get("chunks", ()))))  # fmt: skip
+    return replace(result, users=users, devices=devices, chunks=chunks,
+                   reads=result.reads | reads | resolver.reads)  # fmt: skip
+
+
+def _in_sorted(values: tuple[str, ...], value: str) -> bool:
+    at = bisect_left(values, value)
+    return at < len(values) and values[at] == value
 
 
 class _Parts:
@@ -366,12 +487,16 @@ def _latest_fact(device: Device) -> int:
     return max(times)
 
 
+def _device_chunk(chunk: Chunk | None) -> DeviceChunk:
+    return chunk if isinstance(chunk, DeviceChunk) else DeviceChunk()
+
+
 def _rebased(whole: Device, carry: Carry) -> Device:
     """A whole device as its folded record: the facts from the carry on, and the carry."""
     key = carry.key
     return Device(tuple(f for f in whole.sessions if 2 * f.at >= key),
                   tuple(c for c in whole.chats if 2 * c.at >= key), whole.first_activity,
-                  whole.erased, carry, whole.refused)  # fmt: skip
+                  whole.erased, carry, whole.refused, whole.retired_by)  # fmt: skip
 
 
 def browsing(
@@ -638,6 +763,8 @@ def _user_changed(
     if new != user:
         return {user_id: new}
     stored = resolver.view.users.get(user_id)
+    if stored is not None and stored.retired is not None:
+        stored = resolver.filled_user(user_id)
     if (
         stored is not None
         and stored is not user
@@ -737,6 +864,7 @@ class _Resolver:
         self.new_tokens: dict[str, TokenUses | None] = {}
         self._timelines: dict[tuple[str, bool], Timeline] = {}
         self._whole_users: dict[str, User] = {}  # users read with their retired devices listed
+        self._filled: dict[str, User] = {}  # users read retired, with their summary
         self.user_views: dict[str, UserView] = {}
         # (user_id, new) -> the new records they were worked out from, and the verdicts.
         self._refused: dict[tuple[str, bool], tuple[Mapping, Mapping, frozenset[str]]] = {}
@@ -768,7 +896,7 @@ class _Resolver:
             idents = chunk_idents(anonymous_id, stored)
             if all(ident in chunks for ident in idents):
                 self.reads.update(("chunks", ident) for ident in idents)
-                whole = stored.unfolded(chunks[ident] or DeviceChunk() for ident in idents)
+                whole = stored.unfolded(_device_chunk(chunks[ident]) for ident in idents)
                 self._whole[anonymous_id] = whole
                 self.unfolded.add(anonymous_id)
                 return whole
@@ -815,6 +943,8 @@ class _Resolver:
 
         They are in the view only once some decision asked for them (`unretire`, or an erasure:
         `full`), so a decision sees her retired or whole the same way every time it is made.
+        Retired, she is read with her summary (`Retired`, its records asked for) and with the
+        retired devices among those loaded.
         """
         stored: User = self._get("users", self.view.users, user_id, User())  # type: ignore[assignment]
         retired = stored.retired
@@ -823,22 +953,82 @@ class _Resolver:
         whole = self._whole_users.get(user_id)
         if whole is not None:
             return whole
-        devices = self.view.devices
         if self.full:
             self.unretire(user_id)
-        if any(anonymous_id not in devices for anonymous_id in retired.ids):
-            return stored
-        whole = replace(stored, devices=tuple(sorted({*stored.devices, *retired.ids})),
-                        retired=None)  # fmt: skip
-        self._whole_users[user_id] = whole
-        return whole
+        every = self.retired_ids(user_id, stored, asking=False)
+        devices = self.view.devices
+        if every is not None and all(anonymous_id in devices for anonymous_id in every):
+            whole = replace(stored, devices=tuple(sorted({*stored.devices, *every})),
+                            retired=None)  # fmt: skip
+            self._whole_users[user_id] = whole
+            return whole
+        return self.filled_user(user_id)
+
+    def filled_user(self, user_id: str) -> User:
+        """The stored user, retired devices retired, with her summary (its records asked for)."""
+        filled = self._filled.get(user_id)
+        if filled is None:
+            stored: User = self._get("users", self.view.users, user_id, User())  # type: ignore[assignment]
+            if stored.retired is None:
+                return stored
+            filled = replace(stored, retired=self._summary(user_id, stored.retired))
+            self._filled[user_id] = filled
+        return filled
+
+    def _summary(self, user_id: str, retired: Retired) -> Retired:
+        """Her stored summary header with the summary records and the retired devices loaded."""
+        if retired.inline:
+            return retired
+        chunks = self.view.chunks
+        part_ident, devices_ident = summary_idents(user_id)
+        part = self._get("chunks", chunks, part_ident, None)
+        listed = self._get("chunks", chunks, devices_ident, None)
+        flagged = [(anonymous_id, counted) for anonymous_id, device in self.view.devices.items()
+                   if device is not None
+                   and (counted := device.retired_for(user_id)) is not None]  # fmt: skip
+        return replace(
+            retired,
+            ids=tuple(sorted(a for a, _ in flagged)),
+            uncounted=tuple(sorted(a for a, counted in flagged if not counted)),
+            part=part.part if isinstance(part, RetiredChunk) and part.part else SettledPart(),
+            devices=listed.devices if isinstance(listed, RetiredChunk) else (),
+            loaded=True,
+        )
+
+    def retired_ids(
+        self, user_id: str, stored: User, *, asking: bool = True
+    ) -> tuple[str, ...] | None:
+        """Every device the user retired, once her id chunk records are loaded (None: not yet).
+
+        `asking` asks for those the view lacks.
+        """
+        retired = stored.retired
+        if retired is None:
+            return ()
+        if retired.inline:
+            return retired.ids
+        chunks = self.view.chunks
+        idents = retired_idents(user_id, retired)
+        if not all(ident in chunks for ident in idents):
+            if asking:
+                for ident in idents:
+                    if ident not in chunks:
+                        self.missing.setdefault("chunks", set()).add(ident)
+            return None
+        self.reads.update(("chunks", ident) for ident in idents)
+        every: list[str] = []
+        for ident in idents:
+            chunk = chunks[ident]
+            every += chunk.ids if isinstance(chunk, RetiredChunk) else ()
+        return tuple(every)
 
     def unretire(self, user_id: str) -> None:
         """Ask for the user's retired devices: the decision needs all her devices live (R15)."""
         stored = self.view.users.get(user_id)
         if stored is None or stored.retired is None:
             return
-        for anonymous_id in stored.retired.ids:
+        every = self.retired_ids(user_id, stored)
+        for anonymous_id in every or ():
             if anonymous_id not in self.view.devices:
                 self.missing.setdefault("devices", set()).add(anonymous_id)
 
@@ -1007,7 +1197,7 @@ class _Resolver:
         if user_id in self._whole_users and record is not None and record.retired is not None:
             # Read with her retired devices live: one folded since it retired keeps no settled
             # part of hers (`_Parts`), so it is read whole and folded again, which writes it.
-            for anonymous_id in record.retired.ids:
+            for anonymous_id in self.retired_ids(user_id, record) or ():
                 stored = self.view.devices.get(anonymous_id)
                 if stored is not None and stored.carry is not None:
                     if self.settled(anonymous_id, None, reading=True):

@@ -94,5 +94,5 @@ def fold_device(
                    current.user_id, kept, base + len(found), parts)  # fmt: skip
     recent = tuple(c for c in device.chats if 2 * c.at >= key)
     kept_record = Device(sessions[start:], recent, device.first_activity, device.erased, folded,
-                         device.refused)  # fmt: skip
+                         device.refused, device.retired_by)  # fmt: skip
     return kept_record, chunks

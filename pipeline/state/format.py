@@ -7,14 +7,17 @@ reads it before touching state:
 * absent: the namespace is empty, or holds state of a release that recorded no format, which
   is format 1; it is read as it is and the record is written;
 * `FORMAT`: read as it is;
-* formats 1, 2 and 3 (`UPGRADES`): read as they are, and the record is rewritten as `FORMAT`.
+* formats 1 to 4 (`UPGRADES`): read as they are, and the record is rewritten as `FORMAT`.
   Format 2 adds folded devices (a device record's carry and its chunk records, R15) and the
   users' first session per device; a format-1 record is a format-2 record that has neither.
   Format 3 adds the users' settled parts (`User.past`) and marks the carries that keep them; a
   format-2 carry, unmarked, has its device read whole for its users' profiles and folded again,
   which writes their parts. Format 4 adds the users' retired devices (`User.retired`); a
   format-3 user lists every device live, and those she no longer uses retire when her profile
-  is next derived. A release that reads an earlier format only refuses the namespace
+  is next derived. Format 5 keeps a user's retired summary and the ids of her retired devices
+  in chunk records of their own, and marks each retired device's record with her; a format-4
+  user keeps them in her record, which is read as it is and split up the first time it is
+  written. A release that reads an earlier format only refuses the namespace
   from then on, as it would misread or not keep what the later one adds;
 * anything else (a later release's state, or a record that is not one): refused, with a
   message naming both formats. Nothing is written then, so a rollback to the release that
@@ -32,8 +35,8 @@ import orjson
 
 from pipeline.state.base import Commit, Keys, Store
 
-FORMAT = 4  # the layouts of pipeline.core.facts, keyed as `Keys.of` says
-UPGRADES = (1, 2, 3)  # formats read as they are, and recorded as `FORMAT` once read
+FORMAT = 5  # the layouts of pipeline.core.facts, keyed as `Keys.of` says
+UPGRADES = (1, 2, 3, 4)  # formats read as they are, and recorded as `FORMAT` once read
 RELEASE = f"identity-pipeline {version('identity-pipeline')}"
 
 

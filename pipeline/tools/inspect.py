@@ -13,7 +13,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.core import ids
-from pipeline.core.facts import Device, DeviceChunk, EmailEntry, TokenUses, User
+from pipeline.core.facts import (
+    Chunk,
+    Device,
+    EmailEntry,
+    RetiredChunk,
+    TokenUses,
+    User,
+    chunk_from_bytes,
+    retired_idents,
+)
 from pipeline.core.model import View, profile_from_bytes
 from pipeline.core.rules import TIMELINE_ROUNDS, CoreConfig, Timelines
 from pipeline.core.timeline import Segment, Timeline
@@ -28,7 +37,7 @@ _KINDS: dict[str, KeyKind] = {"devices": "dev", "users": "user", "emails": "emai
                               "tokens": "jti", "chunks": "chunk"}  # fmt: skip
 _DECODE: dict[str, Callable[[bytes], object]] = {
     "devices": Device.from_bytes, "users": User.from_bytes, "emails": EmailEntry.from_bytes,
-    "tokens": TokenUses.from_bytes, "chunks": DeviceChunk.from_bytes,
+    "tokens": TokenUses.from_bytes, "chunks": chunk_from_bytes,
 }  # fmt: skip
 
 
@@ -45,7 +54,7 @@ class Facts:
     users: dict[str, User] = field(default_factory=dict)
     emails: dict[str, EmailEntry] = field(default_factory=dict)
     tokens: dict[str, TokenUses] = field(default_factory=dict)
-    chunks: dict[str, DeviceChunk] = field(default_factory=dict)  # folded devices' (R15)
+    chunks: dict[str, Chunk] = field(default_factory=dict)  # folded devices' (R15)
     absent: set[tuple[str, str]] = field(default_factory=set)
     config: CoreConfig = field(default_factory=CoreConfig)
     _timelines: Timelines | None = field(default=None, repr=False, compare=False)
@@ -102,11 +111,17 @@ def _segment_line(segment: Segment) -> str:
     return f"{_when(segment.start_ms)} → {end}: {who} (contact {segment.contact_id})"
 
 
-def _every_device(user: User | None) -> list[str]:
-    """The user's devices, live and retired (R15)."""
+def _every_device(user_id: str, facts: Facts) -> list[str]:
+    """The user's devices, live and retired (R15; her id chunk records loaded)."""
+    user = facts.users.get(user_id)
     if user is None:
         return []
-    return sorted({*user.devices, *(user.retired.ids if user.retired is not None else ())})
+    retired = user.retired
+    every = set(retired.ids) if retired is not None else set()
+    for ident in retired_idents(user_id, retired):
+        chunk = facts.chunks.get(ident)
+        every.update(chunk.ids if isinstance(chunk, RetiredChunk) else ())
+    return sorted({*user.devices, *every})
 
 
 def devices_of(profile: Profile, facts: Facts) -> list[str]:
@@ -123,8 +138,7 @@ def devices_of(profile: Profile, facts: Facts) -> list[str]:
         if any(s.merge and s.merge.into_contact_id == profile.contact_id
                for s in timeline.visitors()):  # fmt: skip
             chosen[anonymous_id] = None
-    user = facts.users.get(profile.user_id or "")
-    for anonymous_id in _every_device(user):
+    for anonymous_id in _every_device(profile.user_id or "", facts):
         if anonymous_id not in chosen and facts.refusals(anonymous_id):
             chosen[anonymous_id] = None
     return list(chosen)
@@ -267,7 +281,8 @@ async def load(
                      "users": [profile.user_id] if profile.user_id else []})  # fmt: skip
         user = facts.users.get(profile.user_id or "")
         if user is not None:  # its refused links, and leads matched by its e-mails (R7)
-            await fetch({"devices": _every_device(user),
+            await fetch({"chunks": retired_idents(profile.user_id or "", user.retired)})
+            await fetch({"devices": _every_device(profile.user_id or "", facts),
                          "emails": [c.email for c in user.emails]})  # fmt: skip
             leads = [
                 d for c in user.emails for d in facts.emails.get(c.email, EmailEntry()).lead_devices

@@ -23,7 +23,15 @@ import orjson
 from pipeline.core import ids
 from pipeline.core.erasure import DEVICE_ERASURES
 from pipeline.core.events import Checked, CheckedChat, CheckedPageView, check
-from pipeline.core.facts import Device, DeviceChunk, EmailEntry, ErasureMarker, TokenUses, User
+from pipeline.core.facts import (
+    Device,
+    EmailEntry,
+    ErasureMarker,
+    TokenUses,
+    User,
+    chunk_from_bytes,
+    chunk_to_bytes,
+)
 from pipeline.core.model import (
     Applied,
     Emit,
@@ -193,7 +201,7 @@ _TABLES: tuple[tuple[str, KeyKind, Callable, Callable], ...] = (
     ("contacts", "contact", profile_from_bytes, profile_to_bytes),
     ("tokens", "jti", TokenUses.from_bytes, TokenUses.to_bytes),
     ("erasures", "erased", ErasureMarker.from_bytes, ErasureMarker.to_bytes),
-    ("chunks", "chunk", DeviceChunk.from_bytes, DeviceChunk.to_bytes),
+    ("chunks", "chunk", chunk_from_bytes, chunk_to_bytes),
 )
 _KINDS: dict[str, KeyKind] = {table: kind for table, kind, _, _ in _TABLES}
 _BY_KIND = {kind: (table, decode) for table, kind, decode, _ in _TABLES}

@@ -3,7 +3,8 @@
 State written by a release that recorded no format is format 1: a worker reads it as it is
 and records the format. Formats 2 and 3 are read as they are too: format 2's folded devices,
 without their users' settled parts, are read whole and folded again; format 3's users list every
-device live, and those they no longer use retire. State recorded in another format is refused
+device live, and those they no longer use retire; format 4's users keep their retired devices
+in their records, which are split up when next written. State recorded in another format is refused
 with a clear message, and nothing is written to the namespace.
 """
 
@@ -67,7 +68,7 @@ async def test_state_without_a_format_record_is_read_and_the_format_recorded(
     lead = ids.visitor_contact_id(WS, "d1", ids.ORIGIN)
     await pipeline.wait_for(lambda out: lead in out.latest_profiles(), what="the lead")
     recorded = orjson.loads(await format_record(store, keys) or b"null")
-    assert recorded["format"] == 4 and recorded["written_by"].startswith("identity-pipeline ")
+    assert recorded["format"] == 5 and recorded["written_by"].startswith("identity-pipeline ")
     pipeline.stop_workers()
     assert first.returncode == 0
 
@@ -83,7 +84,7 @@ async def test_state_without_a_format_record_is_read_and_the_format_recorded(
         what="the lead merged into u1",
     )
     assert user_profile(pipeline.outputs, "u1")["conversation_ids"] == ["conv-1"]
-    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 4
+    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 5
 
 
 async def test_state_in_format_1_is_read_and_recorded_as_format_4(
@@ -108,7 +109,7 @@ async def test_state_in_format_1_is_read_and_recorded_as_format_4(
         what="u1 on both devices",
     )
     recorded = orjson.loads(await format_record(store, keys) or b"null")
-    assert recorded["format"] == 4 and recorded["written_by"] != "identity-pipeline 0.9.0"
+    assert recorded["format"] == 5 and recorded["written_by"] != "identity-pipeline 0.9.0"
 
 
 def _format_2_laptop(sessions: int) -> tuple[Oracle, list[int]]:
@@ -165,7 +166,7 @@ async def test_a_format_2_folded_device_is_read_whole_once_and_its_users_parts_w
     assert Device.from_bytes(device.data).carry.parts  # type: ignore[union-attr]
     part = User.from_bytes(user.data).past["lap"]
     assert part.first is not None and part.first[0] == starts[0]
-    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 4
+    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 5
 
 
 async def test_a_format_3_user_on_many_devices_has_those_she_no_longer_uses_retired(
@@ -198,9 +199,61 @@ async def test_a_format_3_user_on_many_devices_has_those_she_no_longer_uses_reti
     assert record.data is not None
     user = User.from_bytes(record.data)
     # Her point is a day (the default margin) before hour 63: b00-b12 (hours 0-36) retire.
-    assert user.retired is not None and user.retired.ids == tuple(everywhere[:13])
+    # Her record keeps the summary's header; the ids are in her id chunk record (format 5).
+    assert user.retired is not None and user.retired.ids_count == 13
+    (chunk,) = await store.read([keys.of(WS, "chunk", "r0:u1")])
+    assert chunk.data is not None
+    assert sorted(orjson.loads(chunk.data)["i"]) == everywhere[:13]
     assert user.devices == tuple(everywhere[13:])
-    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 4
+    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 5
+
+
+async def test_a_format_4_users_retired_devices_are_split_out_of_her_record(
+    pipeline: Pipeline, store: Store
+) -> None:
+    keys = Keys(pipeline.namespace)
+    # What format 4 wrote: a traveller on 20 devices (a login every 3 h, the latest at hour
+    # 57), those quiet since before hour 33 (b00-b10) retired in her record, ids and all.
+    oracle = Oracle(CoreConfig(secrets={WS: (SECRETS[WS].encode(),)}))
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    for n in range(20):
+        at = format_timestamp(start + n * timedelta(hours=3))
+        oracle.apply(ev.model(ev.login(WS, f"b{n:02}", at, "u1", SECRETS[WS])))
+    summary = oracle.retired(WS, "u1")
+    assert summary is not None and summary.ids == tuple(f"b{n:02}" for n in range(11))
+    row = [summary.point, list(summary.ids), sorted(summary.returned.items()),
+           [list(a) for a in summary.accepted], summary.part.to_json(),
+           [list(d) for d in summary.devices], summary.devices_total, list(summary.uncounted),
+           int(summary.flagged)]  # fmt: skip
+    record = orjson.loads(oracle.users[WS, "u1"].to_bytes())
+    await put(store, keys.state_format(),
+              orjson.dumps({"format": 4, "written_by": "identity-pipeline 0.12.0"}))  # fmt: skip
+    for (_, anonymous_id), device in oracle.devices.items():
+        legacy = replace(device, retired_by=())  # format 4 marks no device
+        await put(store, keys.of(WS, "dev", anonymous_id), legacy.to_bytes())
+    await put(store, keys.of(WS, "user", "u1"), orjson.dumps({**record, "r": row}))
+    pipeline.start_worker()
+    at = start + 21 * timedelta(hours=3)  # hour 63: devices quiet since before hour 39 retire
+    await pipeline.send("telemetry.login", ev.login(WS, "b20", format_timestamp(at), "u1",
+                                                    SECRETS[WS]))  # fmt: skip
+    everywhere = [f"b{n:02}" for n in range(21)]
+    await pipeline.wait_for(
+        lambda out: (user_profile(out, "u1") or {}).get("anonymous_ids") == everywhere,
+        what="u1 on all 21 devices",
+    )
+    (record_now,) = await store.read([keys.of(WS, "user", "u1")])
+    assert record_now.data is not None
+    # Her record keeps the header only: b00-b12 are in her id chunk, each device marked.
+    assert len(orjson.loads(record_now.data)["r"]) == 6
+    user = User.from_bytes(record_now.data)
+    assert user.retired is not None and user.retired.ids_count == 13
+    assert user.devices == tuple(everywhere[13:])
+    (chunk,) = await store.read([keys.of(WS, "chunk", "r0:u1")])
+    assert chunk.data is not None and orjson.loads(chunk.data)["i"] == everywhere[:13]
+    marked = await store.read([keys.of(WS, "dev", d) for d in everywhere])
+    flags = [Device.from_bytes(m.data).retired_for("u1") for m in marked if m.data]
+    assert flags == [True] * 13 + [None] * 8
+    assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 5
 
 
 async def run_worker(pipeline: Pipeline) -> subprocess.CompletedProcess:
@@ -214,13 +267,13 @@ async def test_state_in_another_format_is_refused_and_left_alone(
     pipeline: Pipeline, store: Store
 ) -> None:
     keys = Keys(pipeline.namespace)
-    later = orjson.dumps({"format": 5, "written_by": "identity-pipeline 9.0.0"})
+    later = orjson.dumps({"format": 6, "written_by": "identity-pipeline 9.0.0"})
     await put(store, keys.state_format(), later)
     await pipeline.send("telemetry.page_view", ev.page_view(WS, "d1", "2026-11-24T10:01:00Z"))
     result = await run_worker(pipeline)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "holds state in format 5 (written by identity-pipeline 9.0.0)" in result.stderr
-    assert "reads formats 1, 2, 3 and 4 only" in result.stderr
+    assert "holds state in format 6 (written by identity-pipeline 9.0.0)" in result.stderr
+    assert "reads formats 1, 2, 3, 4 and 5 only" in result.stderr
     assert await format_record(store, keys) == later
     assert await store.scan(keys.everything()) == []
 
@@ -230,5 +283,5 @@ async def test_a_format_record_that_is_not_one_is_refused(pipeline: Pipeline, st
     await put(store, keys.state_format(), b"\x00garbage")
     result = await run_worker(pipeline)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "state format record" in result.stderr and "reads formats 1, 2, 3 and 4" in result.stderr
+    assert "state format record" in result.stderr and "reads formats 1, 2, 3, 4 and 5" in result.stderr
     assert await format_record(store, keys) == b"\x00garbage"

@@ -51,7 +51,8 @@ def test_devices_a_margin_before_her_latest_link_retire_and_her_profile_lists_th
     # Her latest link is at hour 27.1, so her point is 21.1: b0-b6 (last fact 18.1) retire;
     # b7 (its login at 21.1 is not before the point), b8 and b9 stay live.
     assert user.devices == ("b7", "b8", "b9")
-    assert user.retired is not None and user.retired.ids == tuple(f"b{n}" for n in range(7))
+    summary = oracle.retired("ws", "t")
+    assert summary is not None and summary.ids == tuple(f"b{n}" for n in range(7))
     assert user.retired.point == epoch_ms(21.1)
     assert user.retired.devices_total == 7
     profile = oracle.profiles()[TRAVELLER]
@@ -166,7 +167,8 @@ def test_devices_of_refused_links_retire_with_their_verdicts() -> None:
     user = retired.users["ws", "t"]
     # Her point is 6 h before her latest link (hour 99.5): r187-r199 (hours 93.5-99.5) are live.
     assert user.devices == tuple(f"r{n:03}" for n in range(187, 200))
-    assert user.retired is not None and len(user.retired.ids) == 187
+    summary = retired.retired("ws", "t")
+    assert user.retired is not None and summary is not None and len(summary.ids) == 187
     # The guard accepts 10 devices a day: hours 0-4.5, 24-28.5, 48-52.5, 72-76.5 and 96-99.5
     # (48 links); the other 152 are refused, 147 of them before the point (not 93.5-95.5),
     # each kept on its device.

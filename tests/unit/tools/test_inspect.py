@@ -50,9 +50,11 @@ def test_a_user_with_retired_devices_is_explained_by_them_too() -> None:
         refused = refused or (login["event_id"] if n == 10 else None)
         oracle.apply(ev.model(login))
     user = oracle.users[WS, "t"]
-    assert user.retired is not None and "r10" in user.retired.ids
+    summary = oracle.retired(WS, "t")
+    assert user.retired is not None and summary is not None and "r10" in summary.ids
     facts = Facts(WS, devices={k: v for (_, k), v in oracle.devices.items()},
-                  users={k: v for (_, k), v in oracle.users.items()})  # fmt: skip
+                  users={k: v for (_, k), v in oracle.users.items()},
+                  chunks={k: v for (_, k), v in oracle.chunks.items()})  # fmt: skip
     profile = oracle.profiles()[ids.user_contact_id(WS, "t")]
     assert facts.refusals("r10") == {refused: "shared_identifier"}
     assert "r10" in devices_of(profile, facts)
