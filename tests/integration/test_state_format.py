@@ -283,5 +283,7 @@ async def test_a_format_record_that_is_not_one_is_refused(pipeline: Pipeline, st
     await put(store, keys.state_format(), b"\x00garbage")
     result = await run_worker(pipeline)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "state format record" in result.stderr and "reads formats 1, 2, 3, 4 and 5" in result.stderr
+    assert (
+        "state format record" in result.stderr and "reads formats 1, 2, 3, 4 and 5" in result.stderr
+    )
     assert await format_record(store, keys) == b"\x00garbage"
