@@ -76,6 +76,32 @@ def test_a_new_device_reads_her_live_devices_only() -> None:
         assert read == sorted(f"b{n}" for n in range(size - 3, size + 1)), size
 
 
+def test_her_records_stay_the_same_size_however_many_devices_she_retired() -> None:
+    limited = replace(CONFIG, profile_list_limit=5)
+    sizes = {}
+    for size in (40, 640):
+        oracle = run(travels(size), limited)
+        page_view, login = travels(size + 1)[-2:]
+        oracle.apply(ev.model(page_view))
+        transition = oracle.apply(ev.model(login))
+        # Her point is hour 3 * size - 5.9: all but her last three devices and the new one
+        # retired, their ids in chunks of 500, the last of which takes the newly retired one.
+        summary = oracle.retired("ws", "t")
+        assert summary is not None and len(summary.ids) == size - 2
+        last = (size - 3) // 500
+        assert set(transition.chunks) == {f"r{last}:t", "p:t", "v:t"}
+        chunks = [oracle.chunks["ws", f"r{n}:t"] for n in range(last + 1)]
+        assert [len(c.ids) for c in chunks] == ([500, size - 502] if last else [size - 2])
+        # The summary's lists hold the 5 most recent entries, as the profile's do.
+        assert [d for d, _ in summary.devices] == [f"b{n}" for n in range(size - 7, size - 2)]
+        record = oracle.users["ws", "t"].to_bytes()
+        part, listed = oracle.chunks["ws", "p:t"], oracle.chunks["ws", "v:t"]
+        sizes[size] = (len(record), len(part.to_bytes()), len(listed.to_bytes()))
+    # Her record and each summary record differ by a few bytes (a digit more in each device name
+    # and count they hold), not by the 600 more devices' ids (some 6 KB).
+    assert all(big - small <= 16 for small, big in zip(sizes[40], sizes[640], strict=True)), sizes
+
+
 def test_the_guard_counts_her_retired_devices_within_its_window() -> None:
     guarded = replace(CONFIG, shared_device_limit=3)
     events = [ev.login("ws", d, stamp(h), "t", SECRET) for d, h in
@@ -153,6 +179,7 @@ def test_erasing_her_reaches_her_retired_devices() -> None:
     assert ("ws", "t") not in oracle.users
     text = repr(sorted(oracle.devices.items()))
     assert "'t'" not in text  # no device names her any more, retired or live
+    assert not [ident for _, ident in oracle.chunks if ident.endswith(":t")]  # nor any chunk
     assert TRAVELLER not in oracle.profiles()
 
 
