@@ -113,6 +113,9 @@ class CoreConfig:
     # R15: how long before a user's latest link a device of hers must have fallen quiet to be
     # retired into her record's summary (`facts.Retired`); None: devices are never retired.
     retire_margin_ms: int | None = 86_400_000
+    # ... and how many such devices retire at once: fewer wait (listed live) for more, so her
+    # summary records are written once per batch rather than at each of her sessions.
+    retire_batch: int = 16
 
 
 _NOT_LOADED = object()
@@ -1341,6 +1344,8 @@ class _Resolver:
             segments += own
         if not retiring:
             return
+        if len(retiring) < config.retire_batch and user_id not in self._whole_users:
+            return  # they wait for a batch (read whole, she retires what she can: `old_user`)
         # The guard's verdicts before the point settle: refusals on their devices, the
         # accepted links of the window before it in the summary.
         since = summary.point if old is not None else None

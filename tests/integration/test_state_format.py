@@ -173,38 +173,39 @@ async def test_a_format_3_user_on_many_devices_has_those_she_no_longer_uses_reti
     pipeline: Pipeline, store: Store
 ) -> None:
     keys = Keys(pipeline.namespace)
-    # What format 3 wrote: a traveller on 20 devices (a login every 3 h), all listed live.
+    # What format 3 wrote: a traveller on 30 devices (a login every 3 h), all listed live.
     config = CoreConfig(secrets={WS: (SECRETS[WS].encode(),)}, retire_margin_ms=None)
     oracle = Oracle(config)
     start = datetime(2026, 9, 1, tzinfo=UTC)
-    for n in range(20):
+    for n in range(30):
         at = format_timestamp(start + n * timedelta(hours=3))
         oracle.apply(ev.model(ev.login(WS, f"b{n:02}", at, "u1", SECRETS[WS])))
-    assert len(oracle.users[WS, "u1"].devices) == 20
+    assert len(oracle.users[WS, "u1"].devices) == 30
     await put(store, keys.state_format(),
               orjson.dumps({"format": 3, "written_by": "identity-pipeline 0.11.0"}))  # fmt: skip
     for (_, anonymous_id), device in oracle.devices.items():
         await put(store, keys.of(WS, "dev", anonymous_id), device.to_bytes())
     await put(store, keys.of(WS, "user", "u1"), oracle.users[WS, "u1"].to_bytes())
     pipeline.start_worker()
-    at = start + 21 * timedelta(hours=3)  # hour 63: devices quiet since before hour 39 retire
-    await pipeline.send("telemetry.login", ev.login(WS, "b20", format_timestamp(at), "u1",
+    at = start + 30 * timedelta(hours=3)  # hour 90: devices quiet since before hour 66 retire
+    await pipeline.send("telemetry.login", ev.login(WS, "b30", format_timestamp(at), "u1",
                                                     SECRETS[WS]))  # fmt: skip
-    everywhere = [f"b{n:02}" for n in range(21)]
+    everywhere = [f"b{n:02}" for n in range(31)]
     await pipeline.wait_for(
         lambda out: (user_profile(out, "u1") or {}).get("anonymous_ids") == everywhere,
-        what="u1 on all 21 devices",
+        what="u1 on all 31 devices",
     )
     (record,) = await store.read([keys.of(WS, "user", "u1")])
     assert record.data is not None
     user = User.from_bytes(record.data)
-    # Her point is a day (the default margin) before hour 63: b00-b12 (hours 0-36) retire.
+    # Her point is a day (the default margin) before hour 90: b00-b21 (hours 0-63) retire, at
+    # once (a batch is 16 or more).
     # Her record keeps the summary's header; the ids are in her id chunk record (format 5).
-    assert user.retired is not None and user.retired.ids_count == 13
+    assert user.retired is not None and user.retired.ids_count == 22
     (chunk,) = await store.read([keys.of(WS, "chunk", "r0:u1")])
     assert chunk.data is not None
-    assert sorted(orjson.loads(chunk.data)["i"]) == everywhere[:13]
-    assert user.devices == tuple(everywhere[13:])
+    assert sorted(orjson.loads(chunk.data)["i"]) == everywhere[:22]
+    assert user.devices == tuple(everywhere[22:])
     assert orjson.loads(await format_record(store, keys) or b"null")["format"] == 5
 
 
@@ -214,7 +215,7 @@ async def test_a_format_4_users_retired_devices_are_split_out_of_her_record(
     keys = Keys(pipeline.namespace)
     # What format 4 wrote: a traveller on 20 devices (a login every 3 h, the latest at hour
     # 57), those quiet since before hour 33 (b00-b10) retired in her record, ids and all.
-    oracle = Oracle(CoreConfig(secrets={WS: (SECRETS[WS].encode(),)}))
+    oracle = Oracle(CoreConfig(secrets={WS: (SECRETS[WS].encode(),)}, retire_batch=1))
     start = datetime(2026, 9, 1, tzinfo=UTC)
     for n in range(20):
         at = format_timestamp(start + n * timedelta(hours=3))

@@ -25,6 +25,7 @@ CONFIG = CoreConfig(
     fold_sessions=1,
     fold_margin_ms=0,
     retire_margin_ms=0,
+    retire_batch=1,
 )
 UNFOLDED = replace(CONFIG, fold_sessions=10**9)
 UNRETIRED = replace(UNFOLDED, retire_margin_ms=None)

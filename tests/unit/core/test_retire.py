@@ -22,7 +22,7 @@ from tests.support import events as ev
 
 SECRET = "retire-secret-0123456789abcdef01234"
 HOUR = 3_600_000
-CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, retire_margin_ms=6 * HOUR)
+CONFIG = CoreConfig(secrets={"ws": (SECRET.encode(),)}, retire_margin_ms=6 * HOUR, retire_batch=1)
 LIVE = replace(CONFIG, retire_margin_ms=None)  # every device listed live, as a reference
 START = ev.HOURS_START
 stamp, epoch_ms = ev.at_hour, ev.epoch_ms_at_hour

@@ -41,7 +41,7 @@ def test_description_of_a_user_after_a_shared_computer() -> None:
 def test_a_user_with_retired_devices_is_explained_by_them_too() -> None:
     # R4 accepts 10 devices a day: r10 (hour 5) is refused, and a day later r00-r10 have retired
     # (R15: quiet a day before her latest link), yet the description still names r10's refusal.
-    oracle = Oracle(CoreConfig(secrets={WS: (SECRET.encode(),)}))
+    oracle = Oracle(CoreConfig(secrets={WS: (SECRET.encode(),)}, retire_batch=1))
     refused = None
     for n in range(60):
         hour, minutes = divmod(n * 30, 60)
