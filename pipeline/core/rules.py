@@ -355,6 +355,14 @@ def _split_retired(result: Transition, resolver: _Resolver) -> Transition | Need
         if count != new.ids_count:
             assert user is not None  # retired, so not erased
             users[user_id] = replace(user, retired=replace(new, ids_count=count))
+    for ident, value in chunks.items():
+        if ident in result.chunks and result.chunks[ident] is value:
+            continue  # written by the decision, which read it
+        # Written here: read first, as every record a transition writes (a record written
+        # unread would have to be absent; the summary's may be there already).
+        if ident not in view.chunks:
+            missing.setdefault("chunks", set()).add(ident)
+        reads.add(("chunks", ident))
     if missing or resolver.missing:
         for kind, keys in resolver.missing.items():
             missing.setdefault(kind, set()).update(keys)

@@ -43,6 +43,9 @@ class Change:
 class Commit:
     """One atomic change: `checks` are the versions read; `writes` replace data (version + 1).
 
+    A written key without a check is expected to be absent (version 0): what a commit writes
+    it has read, or knows to be new.
+
     `expiring` names written keys that expire after the store's dedup horizon (processed
     event markers); other records live until deleted. `deleting` names written keys that are
     deleted instead (an erasure's records, R16: their keys name the subject); a deleted key

@@ -33,7 +33,10 @@ class MemoryStore:
         results = []
         now = time.time()
         for commit in commits:
-            ok = all(self.records.get(k, ABSENT).version == v for k, v in commit.checks.items())
+            # As the Redis script: a record written unchecked must be absent.
+            keys = commit.checks.keys() | commit.writes.keys()
+            expected = {k: commit.checks.get(k, 0) for k in keys}
+            ok = all(self.records.get(k, ABSENT).version == v for k, v in expected.items())
             if ok:
                 for key, data in commit.writes.items():
                     if key in commit.deleting:

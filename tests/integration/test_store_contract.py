@@ -56,6 +56,13 @@ async def test_a_checked_but_unwritten_record_guards_the_commit(store: Store, ke
     assert await store.read([key + "b"]) == [Record(0, None)]
 
 
+async def test_a_record_written_unchecked_must_be_absent(store: Store, key: str) -> None:
+    # A write without a check expects no record: the writer never read one.
+    assert await store.commit([Commit(writes={key + "a": b"one"})]) == [True]
+    assert await store.commit([Commit(writes={key + "a": b"blind"})]) == [False]
+    assert await store.read([key + "a"]) == [Record(1, b"one")]
+
+
 async def test_commits_of_one_batch_are_independent(store: Store, key: str) -> None:
     results = await store.commit([
         Commit(checks={key + "a": 5}, writes={key + "a": b"loses"}),

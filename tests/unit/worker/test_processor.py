@@ -287,3 +287,26 @@ async def test_outputs_of_workspaces_committed_before_a_batch_failed_are_left_to
     # "ws" is applied already; "ws2" is decided on the rival's device (an earlier first visit).
     assert (again.tally.applied, again.tally.unchanged) == (1, 1)
     assert {e.value.workspace_id for e in again.emits} == {"ws2"}
+
+
+async def test_a_user_read_whole_after_her_devices_retired_commits_at_once() -> None:
+    # A traveller logs in on a new device every 3 h: 30 devices, one batch each. By the end
+    # her devices before her point (her latest link minus a day) have retired into summary
+    # records of her own. A chat on her first device, in her session there, has her read with
+    # every device live; her summary is worked out anew and rewritten. Each record a commit
+    # writes must have been read (the store takes a record written unread to be absent), so
+    # the batch commits at the first attempt.
+    proc = Processor(MemoryStore(), Keys("t"), CONFIG)
+    offset = 0
+    for n in range(30):
+        ts, signed = ev.at_hour(3 * n), ev.at_hour(3 * n + 0.1)
+        batch = [item(ev.page_view("ws", f"b{n}", ts), offset),
+                 item(ev.login("ws", f"b{n}", signed, "u1", SECRET), offset + 1, "telemetry.login")]  # fmt: skip
+        offset += 2
+        assert (await proc.process(batch)).tally.applied == 2
+    summary = Keys("t").of("ws", "chunk", "p:u1")
+    assert proc.store.records[summary].version == 1  # written when her devices retired
+    chat = ev.chat_start("ws", "b0", ev.at_hour(87.5), "conv-1")
+    done = await proc.process([item(chat, offset, "telemetry.chat_start")])
+    assert done.tally.applied == 1 and proc.conflicts == 0
+    assert proc.store.records[summary].version == 2  # worked out anew and rewritten
