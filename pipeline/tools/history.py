@@ -13,9 +13,12 @@ seconds of the worker process over those events, less what the idle worker burns
 time (measured just before), divided by their number. The largest stored record (the data of
 the namespace's largest key) is read after each size. Sessions are 3 h apart in event time,
 and every record is produced with its event's timestamp (R14), in event-time order at a steady
-`RATE` (as live traffic comes: a device's sessions one after another). A history produced all
-at once is a backlog, read one input topic ahead of another: its logouts then land behind
-their device's carry, and pay for the whole device (docs/design.md, *Folded devices*).
+`RATE` at most and never more than `LEAD` of event time ahead of what the worker committed
+(as live traffic comes to a worker that keeps up: a device's sessions one after another). The
+sessions are hours apart in event time and milliseconds apart on the wire, so a worker that
+fell behind would read one partition days of event time ahead of another; that is a backlog,
+whose events land behind their device's carry or a user's retired point and pay for the whole
+device or user (docs/design.md, *What is not bounded yet*).
 
 A shape stops when growing its history takes longer than its budget: the sizes not reached
 are reported as such, with the cost at the last size measured.
@@ -28,6 +31,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +40,9 @@ from pathlib import Path
 import jwt
 import orjson
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -54,6 +60,9 @@ SIZES = (10, 100, 1_000, 10_000)
 PROBE = 50  # sessions whose events are measured at each size
 BUDGET_S = 300.0  # per shape: growing its history may take this long
 RATE = 500.0  # events/s: the history is produced in order at this rate, as live traffic comes
+# The producer stays within this much event time of what the worker committed: less than the
+# allowed lateness (a day), so no record is read behind one a day later of another partition.
+LEAD = timedelta(hours=20)
 SECRETS = {"history": "history-secret-0123456789abcdef012345"}
 WS = "history"
 START = datetime(2024, 1, 1, tzinfo=UTC)
@@ -191,6 +200,64 @@ async def until_processed(
     return False
 
 
+async def produce_live(
+    bootstrap: str,
+    prefix: str,
+    records: list[Record],
+    admin: AIOKafkaAdminClient,
+    group: str,
+    worker: subprocess.Popen,
+    deadline: float,
+) -> bool:
+    """Produce in event-time order at `RATE` at most, within `LEAD` of what the group committed.
+
+    Before a record is sent, every record sent with an event time more than `LEAD` before its
+    own has been committed by the group (its partition's committed offset is past it). False at
+    the deadline.
+    """
+    lead_ms = int(LEAD.total_seconds() * 1000)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    sent: deque[tuple[int, asyncio.Future]] = deque()  # (event time, delivery) in order
+    try:
+        started = time.monotonic()
+        for n, record in enumerate(records):
+            ahead = started + n / RATE - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+            at = record.timestamp_ms or 0
+            while sent and sent[0][0] < at - lead_ms:
+                if time.monotonic() > deadline:
+                    return False
+                if worker.poll() is not None:
+                    raise RuntimeError(f"the worker exited with {worker.returncode}")
+                offsets = await _committed_offsets(admin, group)
+                while sent and sent[0][0] < at - lead_ms:
+                    meta = await sent[0][1]
+                    if offsets.get(TopicPartition(meta.topic, meta.partition), 0) <= meta.offset:
+                        break
+                    sent.popleft()
+                else:
+                    continue  # every record that far behind is committed
+                await asyncio.sleep(0.02)
+            value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
+            delivery = await producer.send(prefix + record.topic, value, key=record.key.encode(),
+                                           timestamp_ms=record.timestamp_ms)  # fmt: skip
+            sent.append((at, delivery))
+        await producer.flush()
+        return True
+    finally:
+        await producer.stop()
+
+
+async def _committed_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, int]:
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    except KafkaError:
+        return {}
+    return {tp: meta.offset for tp, meta in offsets.items()}
+
+
 async def largest_records(url: str, namespace: str) -> tuple[tuple[int, str], tuple[int, str]]:
     """(bytes, kind) of the largest state record's data and of the largest outbox record's.
 
@@ -249,12 +316,13 @@ async def run_shape(
             raise RuntimeError(f"the worker did not start within 120 s ({workdir / 'worker.log'})")
         deadline = time.monotonic() + budget_s
         for size in sizes:
-            probe_from = max(sent, size - PROBE)
+            probe_from, reached = max(sent, size - PROBE), True
             grow = [r for n in range(sent, probe_from) for r in unit(n)]
             if grow:
-                await produce(bootstrap, prefix, grow, rate=RATE)
+                reached = await produce_live(bootstrap, prefix, grow, admin, group, worker,
+                                             deadline)  # fmt: skip
                 produced += len(grow)
-            if not await until_processed(admin, group, produced, worker, deadline):
+            if not reached or not await until_processed(admin, group, produced, worker, deadline):
                 shape.points += [Point(s) for s in sizes if s >= size]
                 console.print(f"{name}: history of {size} not reached within {budget_s:.0f}s")
                 break
@@ -263,9 +331,11 @@ async def run_shape(
             await asyncio.sleep(1.0)
             idle = (cpu_seconds(worker.pid) - idle_from[0]) / (time.monotonic() - idle_from[1])
             busy_from = cpu_seconds(worker.pid), time.monotonic()
-            await produce(bootstrap, prefix, probe, rate=RATE)
+            reached = await produce_live(bootstrap, prefix, probe, admin, group, worker,
+                                         deadline + budget_s)  # fmt: skip
             produced += len(probe)
-            if not await until_processed(admin, group, produced, worker, deadline + budget_s):
+            if not reached or not await until_processed(admin, group, produced, worker,
+                                                        deadline + budget_s):  # fmt: skip
                 shape.points += [Point(s) for s in sizes if s >= size]
                 console.print(f"{name}: the probe at {size} did not finish")
                 break
