@@ -6,20 +6,26 @@ SHAPES are `idp bench --history`'s (`pipeline.tools.history.SHAPES`), comma-sepa
 all); SIZES the history lengths (default 10,100,300). For each, the in-memory oracle applies
 N sessions of the shape, then 10 more, timed with `time.process_time`: the figure is the CPU
 per event of those 10 sessions. It measures what deciding costs, apart from reading and writing
-the records (`idp bench --history` measures the worker).
+the records (`idp bench --history` measures the worker). `IDP_PROFILE_LIST_LIMIT` sets the
+profile list limit, as for the worker (R15; default 1,000).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from pipeline.core.oracle import Oracle
+from pipeline.core.profiles import DEFAULT_LIST_LIMIT
 from pipeline.core.rules import CoreConfig
 from pipeline.tools import history
 from schemas import INPUT_MODELS
 
-CONFIG = CoreConfig(secrets={history.WS: (history.SECRETS[history.WS].encode(),)})
+CONFIG = CoreConfig(
+    secrets={history.WS: (history.SECRETS[history.WS].encode(),)},
+    profile_list_limit=int(os.environ.get("IDP_PROFILE_LIST_LIMIT", DEFAULT_LIST_LIMIT)),
+)
 PROBE = 10  # sessions timed after the history
 
 
