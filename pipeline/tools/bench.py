@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from rich.console import Console
@@ -128,13 +128,18 @@ async def produce(
         await producer.stop()
 
 
-async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
-    """Records the group committed, over all its partitions (0 while the broker cannot say)."""
+async def committed_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, int]:
+    """The group's committed offset per partition (none while the broker cannot say)."""
     try:
         offsets = await admin.list_consumer_group_offsets(group)
     except KafkaError:
-        return 0
-    return sum(max(meta.offset, 0) for meta in offsets.values())
+        return {}
+    return {tp: meta.offset for tp, meta in offsets.items()}
+
+
+async def committed(admin: AIOKafkaAdminClient, group: str) -> int:
+    """Records the group committed, over all its partitions (0 while the broker cannot say)."""
+    return sum(max(offset, 0) for offset in (await committed_offsets(admin, group)).values())
 
 
 async def measure(

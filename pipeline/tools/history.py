@@ -42,7 +42,6 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 
@@ -51,7 +50,7 @@ from pipeline.ops.processes import cpu_seconds, spawn, stop
 from pipeline.ops.settings import Settings
 from pipeline.ops.topics import topic_specs
 from pipeline.state.base import Keys
-from pipeline.tools.bench import committed, environment, produce
+from pipeline.tools.bench import committed, committed_offsets, environment, produce
 from pipeline.tools.journey import Record, user_hash
 from schemas.time import format_timestamp
 from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
@@ -231,15 +230,13 @@ async def produce_live(
                     return False
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker exited with {worker.returncode}")
-                offsets = await _committed_offsets(admin, group)
+                offsets = await committed_offsets(admin, group)
                 while sent and sent[0][0] < at - lead_ms:
                     meta = await sent[0][1]
                     if offsets.get(TopicPartition(meta.topic, meta.partition), 0) <= meta.offset:
+                        await asyncio.sleep(0.02)  # not committed yet: ask again
                         break
                     sent.popleft()
-                else:
-                    continue  # every record that far behind is committed
-                await asyncio.sleep(0.02)
             value = record.value if isinstance(record.value, bytes) else orjson.dumps(record.value)
             delivery = await producer.send(prefix + record.topic, value, key=record.key.encode(),
                                            timestamp_ms=record.timestamp_ms)  # fmt: skip
@@ -248,14 +245,6 @@ async def produce_live(
         return True
     finally:
         await producer.stop()
-
-
-async def _committed_offsets(admin: AIOKafkaAdminClient, group: str) -> dict[TopicPartition, int]:
-    try:
-        offsets = await admin.list_consumer_group_offsets(group)
-    except KafkaError:
-        return {}
-    return {tp: meta.offset for tp, meta in offsets.items()}
 
 
 async def largest_records(url: str, namespace: str) -> tuple[tuple[int, str], tuple[int, str]]:

@@ -37,7 +37,7 @@ async def test_the_history_is_produced_no_further_ahead_than_the_worker_committe
     servers: tuple[str, str],
 ) -> None:
     # Sessions 3 h apart and a group that commits nothing: only the records within 20 h of
-    # the first (sessions 0 to 6) may be sent before the producer waits, here in vain.
+    # the first (the first seven sessions) may be sent before the producer waits, in vain.
     bootstrap, redis_url = servers
     run = uuid.uuid4().hex[:8]
     prefix = f"lead{run}."
@@ -51,7 +51,7 @@ async def test_the_history_is_produced_no_further_ahead_than_the_worker_committe
                                           idle, time.monotonic() + 3)  # fmt: skip
         assert sent is False  # the deadline came first
         ends = await end_offsets(bootstrap, [prefix + PAGE_VIEW, prefix + LOGIN])
-        # Session 6 is 18 h after the first; session 7's page view (21 h) waits.
+        # The seventh session starts 18 h after the first; the eighth's page view (21 h) waits.
         assert sum(ends.values()) == 7 * 2
     finally:
         idle.kill()
