@@ -207,6 +207,47 @@ _KINDS: dict[str, KeyKind] = {table: kind for table, kind, _, _ in _TABLES}
 _BY_KIND = {kind: (table, decode) for table, kind, decode, _ in _TABLES}
 
 
+@dataclass(slots=True)
+class _Ahead:
+    """A decision made while speculating, and the records it read that earlier decisions wrote.
+
+    It holds when every record it read is the very one it saw: those written by earlier
+    events of the batch are the objects their decisions wrote (`basis`), the others are
+    still as read from the store.
+    """
+
+    transition: Transition
+    basis: dict[tuple[str, str], object]
+
+    def holds(self, working: _Working) -> bool:
+        view, basis = working.view, self.basis
+        for (table, ident), value in basis.items():
+            if getattr(view, table).get(ident, _MISSING) is not value:
+                return False
+        return all(read in basis for read in self.transition.reads if read in working.written)
+
+
+class _Overlay:
+    """A working copy's view with the writes of decisions made ahead, in the batch's order."""
+
+    def __init__(self, view: View) -> None:
+        self.view = View(view.workspace_id, **{table: dict(getattr(view, table))
+                                              for table, _, _, _ in _TABLES})  # fmt: skip
+        self.written: set[tuple[str, str]] = set()
+
+    def absorb(self, transition: Transition) -> None:
+        for table, _, _, _ in _TABLES:
+            changed = getattr(transition, table)
+            if changed:
+                getattr(self.view, table).update(changed)
+                self.written.update((table, ident) for ident in changed)
+
+    def basis(self, transition: Transition) -> dict[tuple[str, str], object]:
+        """What `transition` read of the records written ahead of it."""
+        return {(table, ident): getattr(self.view, table)[ident]
+                for table, ident in transition.reads if (table, ident) in self.written}  # fmt: skip
+
+
 class _Working:
     """One workspace's records as read, the decoded view over them, and pending writes."""
 
@@ -221,7 +262,7 @@ class _Working:
         self.tally = Tally()
         self.written: set[tuple[str, str]] = set()  # (table, key) written by this batch
         self.profile_bytes: dict[int, bytes] = {}  # id(profile) -> its bytes, stored and sent
-        self.ahead: dict[int, Transition] = {}  # decisions made while speculating, by item
+        self.ahead: dict[int, _Ahead] = {}  # decisions made while speculating, by item
         self.unreadable: set[str] = set()  # keys whose records could not be decoded
         self.outbox: str | None = None  # the key of this batch's outbox record, once written
 
@@ -665,19 +706,35 @@ class Processor:
     async def _speculate(self, workings: list[tuple[_Working, list[Item]]]) -> None:
         """Load what the batch's events will ask for, a few rounds of one round trip each.
 
-        The core is pure, so running it ahead over the whole batch (without keeping the
-        results) tells which records each event needs; loading them for all events at once
-        spares a round trip per event. Events whose needs depend on an earlier event of the
-        same batch still get them one by one later.
+        The core is pure, so running it ahead over the whole batch tells which records each
+        event needs; loading them for all events at once spares a round trip per event. Each
+        round decides a workspace's events in order, each against the records read plus what
+        the events before it decided ahead (`_Ahead`), so that a decision kept for an event
+        is most often the one it gets: a login after its device's first page view in the same
+        batch is decided once, not ahead and again. An event waits while an earlier event of
+        its device still waits for records. Events whose needs depend on an earlier event of
+        the same batch still get them one by one later.
         """
-        undecided = [(working, list(group)) for working, group in workings]
+        undecided = {id(working): set(map(id, group)) for working, group in workings}
         for round_ in range(SPECULATION_ROUNDS):
             wanted: list[tuple[_Working, str]] = []
-            still: list[tuple[_Working, list[Item]]] = []
-            for working, group in undecided:
+            for working, group in workings:
+                waiting = undecided[id(working)]
+                if not waiting:
+                    continue
                 keys: set[str] = set()
-                waiting = []
+                overlay = _Overlay(working.view)
+                blocked: set[str | None] = set()  # devices with an event still waiting
                 for item in group:
+                    ahead = working.ahead.get(id(item))
+                    if ahead is not None:
+                        overlay.absorb(ahead.transition)
+                        continue
+                    if id(item) not in waiting:
+                        continue
+                    device = getattr(checked(item, self.config), "anonymous_id", None)
+                    if device is not None and device in blocked:  # an erasure has none
+                        continue
                     if round_ == 0:
                         # What it needs is known without deciding it twice: a first page
                         # view or chat of a device, or what the loaded records point to.
@@ -686,26 +743,25 @@ class Processor:
                         )
                         if hinted:
                             keys.update(hinted)
-                            waiting.append(item)
+                            blocked.add(device)
                             continue
-                    result = decide(item, working.view, self.config)
+                    result = decide(item, overlay.view, self.config)
                     if isinstance(result, NeedMore):
                         keys.update(working.missing(result))
-                        waiting.append(item)
+                        blocked.add(device)
                         continue
-                    working.ahead[id(item)] = result
+                    working.ahead[id(item)] = _Ahead(result, overlay.basis(result))
+                    overlay.absorb(result)
+                    waiting.discard(id(item))
                     marker = event_marker(item)
                     if result.writes and marker not in working.markers:
                         keys.add(working.marker_key(marker))
                 wanted += [(working, key) for key in sorted(keys)]
-                if waiting:
-                    still.append((working, waiting))
             if not wanted:
                 return
             records = await self.store.read([key for _, key in wanted])
             for (working, key), record in zip(wanted, records, strict=True):
                 working.learn(key, record)
-            undecided = still
 
     def _first_visit_needs(self, working: _Working, item: Item) -> list[str]:
         """Missing keys a page view or chat on a device without a record will ask for."""
@@ -759,8 +815,8 @@ class Processor:
 
     async def _decide_one(self, working: _Working, item: Item) -> Applied | Unchanged | Refusal:
         ahead = working.ahead.pop(id(item), None)
-        if ahead is not None and not (ahead.reads & working.written):
-            return await self._keep(working, item, ahead)  # nothing it read has changed since
+        if ahead is not None and ahead.holds(working):
+            return await self._keep(working, item, ahead.transition)
         while True:
             result = decide(item, working.view, self.config)
             if isinstance(result, Transition):

@@ -206,6 +206,37 @@ async def test_first_visits_are_decided_after_one_read_and_committed_in_one_more
     assert (store.reads, store.commits) == (1, 1)
 
 
+async def test_a_login_after_its_devices_first_page_view_in_one_batch_is_decided_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deciding ahead sees what the batch's earlier events decided: a login whose device the
+    batch's page view creates is not decided ahead against the device without it (and again)."""
+    decided: list[str] = []
+    real = processor_module.apply
+
+    def counting(event, view, config):  # the core's signature
+        result = real(event, view, config)
+        if isinstance(result, processor_module.Transition):
+            decided.append(event.event_id)
+        return result
+
+    monkeypatch.setattr(processor_module, "apply", counting)
+    store = CountingStore()
+    proc = Processor(store, Keys("t"), CONFIG)
+    # An older device of the same user: the login reads it, her record and her profile.
+    await proc.process([item(ev.login("ws", "d0", "2026-11-24T09:00:00Z", "u1", SECRET),
+                             topic="telemetry.login")])  # fmt: skip
+    decided.clear()
+    view = ev.page_view("ws", "d1", "2026-11-24T10:00:00Z")
+    login = ev.login("ws", "d1", "2026-11-24T10:01:00Z", "u1", SECRET)
+    result = await proc.process([item(view, 1), item(login, 2, "telemetry.login")])
+    assert result.tally.applied == 2
+    assert sorted(decided) == sorted([view["event_id"], login["event_id"]])
+    (user,) = [e.value for e in result.emits
+               if e.topic == "identity.profiles" and e.value.type == "user"]  # fmt: skip
+    assert user.anonymous_ids == ["d0", "d1"]
+
+
 class LostReplyStore(MemoryStore):
     """Applies the first commit, then fails as if Redis went away before replying."""
 
