@@ -221,8 +221,7 @@ async def test_a_login_after_its_devices_first_page_view_in_one_batch_is_decided
         return result
 
     monkeypatch.setattr(processor_module, "apply", counting)
-    store = CountingStore()
-    proc = Processor(store, Keys("t"), CONFIG)
+    proc = Processor(MemoryStore(), Keys("t"), CONFIG)
     # An older device of the same user: the login reads it, her record and her profile.
     await proc.process([item(ev.login("ws", "d0", "2026-11-24T09:00:00Z", "u1", SECRET),
                              topic="telemetry.login")])  # fmt: skip
