@@ -49,6 +49,7 @@ from pipeline.state.changelog import changes
 from pipeline.state.changelog import encode as encode_change
 from pipeline.worker import metrics
 from pipeline.worker.codec import Item, Wire, encode_output, rejection
+from pipeline.worker.decoded import DecodedRecords
 from pipeline.worker.known import KnownDevices
 from schemas import InputEvent, PageView
 from schemas.topics import OUTPUT_TOPICS, PROFILES, STATE_CHANGELOG
@@ -251,9 +252,10 @@ class _Overlay:
 class _Working:
     """One workspace's records as read, the decoded view over them, and pending writes."""
 
-    def __init__(self, workspace_id: str, keys: Keys) -> None:
+    def __init__(self, workspace_id: str, keys: Keys, decoded: DecodedRecords) -> None:
         self.workspace_id = workspace_id
         self.keys = keys
+        self.decoded = decoded  # the processor's large records, decoded lately
         self.view = View(workspace_id)
         self.read_versions: dict[str, int] = {}
         self.markers: dict[str, bytes | None] = {}
@@ -297,7 +299,8 @@ class _Working:
             return
         table, decode = _BY_KIND[kind]  # type: ignore[index] # a kind this store writes
         try:
-            getattr(self.view, table)[ident] = decode(data) if data else None
+            value = self.decoded.decode(key, data, decode) if data else None
+            getattr(self.view, table)[ident] = value
         except Exception as exc:
             logger.error("unreadable %s record %s (%s: %s)", kind, key, type(exc).__name__, exc)
             metrics.UNREADABLE_RECORDS.labels(kind).inc()
@@ -392,6 +395,7 @@ class Processor:
         self.keys = keys
         self.config = config
         self.known = KnownDevices(known_devices)
+        self.decoded = DecodedRecords()
         self.conflicts = 0  # workspace commits redone after losing a race
         # Outbox records of commits whose outputs a call that raised did not return: a commit
         # whose reply was lost (applied or not), or one applied before a later attempt of the
@@ -464,7 +468,7 @@ class Processor:
                 prefetch = await self._prefetch(pending)
             prepared = []
             for ws, group in pending.items():
-                working = _Working(ws, self.keys)
+                working = _Working(ws, self.keys, self.decoded)
                 for key, record in prefetch[ws]:
                     working.learn(key, record)
                 prepared.append((working, group))

@@ -1,0 +1,55 @@
+"""Large stored records decoded lately, kept with their bytes (R15).
+
+A user with a long history has records of tens of kilobytes that nearly every one of her
+events reads and few change: her retired summary's two chunk records, her published profile
+with a thousand entries per list. Decoding them costs more than the rest of the decision. A
+record read again with the very bytes it had is given back as decoded then: decoding is a pure
+function of the bytes and decoded records are never mutated, so the answer is the same, and
+a record that changed has other bytes and is decoded anew. Small records are decoded every
+time; keeping them would cost more than it spares.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+MIN_BYTES = 4096  # smaller records are decoded each time
+BUDGET_BYTES = 16 * 1024 * 1024  # the bytes kept, at most; the least recently read go first
+
+
+class DecodedRecords:
+    """Decoded records by key, with the bytes they were decoded from (least recently read out)."""
+
+    def __init__(self, *, min_bytes: int = MIN_BYTES, budget_bytes: int = BUDGET_BYTES) -> None:
+        self.min_bytes = min_bytes
+        self.budget_bytes = budget_bytes
+        self._entries: OrderedDict[str, tuple[bytes, object]] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def decode(self, key: str, data: bytes, decode: Callable[[bytes], object]) -> object:
+        """`decode(data)`, from what was kept when `key` last had these very bytes."""
+        if len(data) < self.min_bytes:
+            return decode(data)
+        entries = self._entries
+        kept = entries.get(key)
+        if kept is not None and kept[0] == data:
+            entries.move_to_end(key)
+            self.hits += 1
+            return kept[1]
+        value = decode(data)  # raises on an unreadable record, which is then not kept
+        self.misses += 1
+        if kept is not None:
+            self._bytes -= len(kept[0])
+        entries[key] = (data, value)
+        entries.move_to_end(key)
+        self._bytes += len(data)
+        while self._bytes > self.budget_bytes:
+            _, (gone, _) = entries.popitem(last=False)
+            self._bytes -= len(gone)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
