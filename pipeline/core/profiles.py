@@ -312,6 +312,32 @@ class _Contributions:
             devices[anonymous_id] = max(start, devices.get(anonymous_id, start))
         self.summary = retired
 
+    @classmethod
+    def of_retired(cls, retired: Retired) -> _Contributions:
+        """What the retired summary alone gives (`retired`), gathered once per summary read.
+
+        Her summary holds up to a list limit of devices, merged contacts and conversations
+        and changes with few of her events, while each of them derives her profile from it:
+        what it gives is kept by the identity of its (immutable) `part` and `devices`, which a
+        worker reads once while their bytes stay the same (`pipeline.worker.decoded`), and
+        handed out as a copy.
+        """
+        key = (id(retired.part), id(retired.devices))
+        kept = _SUMMARIES.get(key)
+        if kept is None or kept[0] is not retired.part or kept[1] is not retired.devices:
+            found = cls()
+            found.retired(retired)
+            kept = (retired.part, retired.devices, found)
+            _SUMMARIES[key] = kept
+            while len(_SUMMARIES) > _SUMMARIES_KEPT:
+                del _SUMMARIES[next(iter(_SUMMARIES))]
+        found = kept[2]
+        return _Contributions(
+            found.first, found.created, found.updated, dict(found.devices), dict(found.merged),
+            dict(found.conversations), found.dropped_merged, found.dropped_conversations,
+            retired, set(found.others),
+        )  # fmt: skip
+
     def devices_total(self) -> int:
         """Her devices: those a retired summary counts, and the others listed."""
         summary = self.summary
@@ -332,6 +358,12 @@ class _Contributions:
             tuple(sorted((c, first, latest) for c, (first, latest) in chats)),
             len(self.conversations) + self.dropped_conversations,
         )  # fmt: skip
+
+
+# The contributions of the retired summaries read last (`_Contributions.of_retired`), by the
+# identities of their part and devices, with those objects (so an identity is never reused).
+_SUMMARIES: dict[tuple[int, int], tuple[SettledPart, tuple, _Contributions]] = {}
+_SUMMARIES_KEPT = 64
 
 
 def user_part(workspace_id: str, user_id: str, segments: Iterable[Lead]) -> _Contributions:
@@ -382,8 +414,7 @@ def with_retired(
     retired: Retired, found: _Contributions, retiring: Iterable[str], *, limit: int
 ) -> Retired:
     """The retired summary with what `found` (the segments being retired) gives it."""
-    merged = _Contributions()
-    merged.retired(retired)
+    merged = _Contributions.of_retired(retired)
     part = found.settled("", limit)
     if part is not None:
         merged.part("", part)
@@ -409,9 +440,7 @@ def user_profile(
     workspace_id: str, view: UserView, *, limit: int = DEFAULT_LIST_LIMIT
 ) -> Profile | None:
     """The profile of a user (R6-R8); None before any verified login or signup."""
-    found = _Contributions()
-    if view.retired is not None:
-        found.retired(view.retired)
+    found = _Contributions() if view.retired is None else _Contributions.of_retired(view.retired)
     for anonymous_id, part in sorted(view.settled.items()):
         found.part(anonymous_id, part)
     for segment, timeline in user_segments(view):

@@ -6,7 +6,8 @@ with a thousand entries per list. Decoding them costs more than the rest of the 
 record read again with the very bytes it had is given back as decoded then: decoding is a pure
 function of the bytes and decoded records are never mutated, so the answer is the same, and
 a record that changed has other bytes and is decoded anew. Small records are decoded every
-time; keeping them would cost more than it spares.
+time; keeping them would cost more than it spares. What the processor wrote is kept too
+(profiles: a user's is rewritten at each of her logins and read at the next).
 """
 
 from __future__ import annotations
@@ -41,15 +42,27 @@ class DecodedRecords:
             return kept[1]
         value = decode(data)  # raises on an unreadable record, which is then not kept
         self.misses += 1
+        self.keep(key, data, value)
+        return value
+
+    def keep(self, key: str, data: bytes, value: object) -> None:
+        """Keep `value` as what `data`, the record `key` now has, decodes to.
+
+        The processor keeps what it wrote, so that the next read of a record it just rewrote
+        (her published profile, after each of her logins) is not decoded either: `value` must
+        be equal to what decoding `data` gives, as the core's comparisons already require.
+        """
+        if len(data) < self.min_bytes:
+            return
+        entries = self._entries
+        kept = entries.pop(key, None)
         if kept is not None:
             self._bytes -= len(kept[0])
         entries[key] = (data, value)
-        entries.move_to_end(key)
         self._bytes += len(data)
         while self._bytes > self.budget_bytes:
             _, (gone, _) = entries.popitem(last=False)
             self._bytes -= len(gone)
-        return value
 
     def __len__(self) -> int:
         return len(self._entries)

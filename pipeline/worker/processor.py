@@ -51,7 +51,7 @@ from pipeline.worker import metrics
 from pipeline.worker.codec import Item, Wire, encode_output, rejection
 from pipeline.worker.decoded import DecodedRecords
 from pipeline.worker.known import KnownDevices
-from schemas import InputEvent, PageView
+from schemas import InputEvent, PageView, Profile
 from schemas.topics import OUTPUT_TOPICS, PROFILES, STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
@@ -264,6 +264,7 @@ class _Working:
         self.tally = Tally()
         self.written: set[tuple[str, str]] = set()  # (table, key) written by this batch
         self.profile_bytes: dict[int, bytes] = {}  # id(profile) -> its bytes, stored and sent
+        self.profiles_written: list[tuple[str, bytes, Profile]] = []  # (key, bytes, profile)
         self.ahead: dict[int, _Ahead] = {}  # decisions made while speculating, by item
         self.unreadable: set[str] = set()  # keys whose records could not be decoded
         self.outbox: str | None = None  # the key of this batch's outbox record, once written
@@ -330,6 +331,7 @@ class _Working:
                 self.written.add((table, ident))
                 if table == "contacts" and value is not None:
                     self.profile_bytes[id(value)] = data
+                    self.profiles_written.append((key, data, value))
         self.emits.extend(transition.emits)
 
     def profile_versions(self) -> list[tuple[str, str, int]]:
@@ -500,6 +502,8 @@ class Processor:
             for working, done in zip(workings, results, strict=True):
                 if done:
                     self._learn_devices(working)
+                    for key, data, profile in working.profiles_written:
+                        self.decoded.keep(key, data, profile)
                     emits.extend(working.emits)
                     wires.extend(sent[id(working)])
                     if logged and working.commit.writes:

@@ -13,7 +13,10 @@ import hmac
 from dataclasses import replace
 from datetime import timedelta
 
-from pipeline.core import ids
+import pytest
+
+from pipeline.core import ids, profiles
+from pipeline.core.facts import Retired, SettledPart
 from pipeline.core.model import View
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig, Timelines
@@ -232,3 +235,29 @@ def test_inspecting_a_retired_device_names_its_refused_link() -> None:
     assert timelines.refusals("r010") == {link.event_id: "shared_identifier"}
     assert timelines.refusals("r000") == {}
     assert not timelines.missing().devices
+
+
+def test_a_summary_read_again_is_gathered_once_and_handed_out_as_a_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    part = SettledPart(first=(5, "s0"), created=1, updated=9, merged=(("c1", 7, False),),
+                       merged_total=1)  # fmt: skip
+    summary = Retired(point=10, ids=("d1", "d2"), part=part, devices=(("d1", 3), ("d2", 5)),
+                      devices_total=2)  # fmt: skip
+    gathered = []
+    plain = profiles._Contributions.retired
+    monkeypatch.setattr(profiles._Contributions, "retired",
+                        lambda self, r: (gathered.append(r), plain(self, r))[1])  # fmt: skip
+    first = profiles._Contributions.of_retired(summary)
+    first.devices["d3"] = 8  # what a live device adds, to the copy only
+    first.merged["c2"] = (8, True)
+    # Her record's header is rebuilt at each decision; the summary's records are the same.
+    again = profiles._Contributions.of_retired(replace(summary, ids=("d1", "d2")))
+    assert len(gathered) == 1
+    assert again.devices == {"d1": 3, "d2": 5}
+    assert again.merged == {"c1": (7, False)}
+    assert (again.first, again.created, again.updated) == ((5, "s0"), 1, 9)
+    assert again.devices_total() == 2
+    # Another summary (its records read anew: other objects, equal or not) is gathered anew.
+    profiles._Contributions.of_retired(replace(summary, part=replace(part)))
+    assert len(gathered) == 2

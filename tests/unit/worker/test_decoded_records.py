@@ -71,3 +71,12 @@ def test_an_unreadable_record_is_not_kept() -> None:
         with pytest.raises(ValueError, match="damaged"):
             decoded.decode("k", b"z" * 10, broken)
     assert len(decoded) == 0
+
+
+def test_what_was_written_is_given_back_for_its_bytes_without_decoding() -> None:
+    decoded, decode = DecodedRecords(min_bytes=8), Decoder()
+    written = {"text": "w" * 10}
+    decoded.keep("k", b"w" * 10, written)
+    assert decoded.decode("k", b"w" * 10, decode) is written
+    assert decoded.decode("k", b"v" * 10, decode) == {"text": "v" * 10}  # rewritten since
+    assert decode.calls == [b"v" * 10]
