@@ -8,9 +8,10 @@ contact's first are not facts a profile reflects: a known device browsing change
 
 from __future__ import annotations
 
-import heapq
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 
 from pipeline.core import ids
 from pipeline.core.facts import ChatFact, EmailEntry, Retired, SettledPart, User
@@ -63,11 +64,7 @@ def _bounded(
         total = len(entries) + (dropped or {}).get(name, 0)
         if total <= limit:
             continue
-        when = times.get(name, {})
-        # The oldest beyond the limit go: usually a few of a list just over it.
-        gone = {e for _, e in heapq.nsmallest(max(0, len(entries) - limit),
-                                              ((when.get(e, 0), e) for e in entries))}  # fmt: skip
-        lists[name] = [e for e in entries if e not in gone]
+        lists[name] = _most_recent(entries, times.get(name, {}), limit)
         totals[name] = total
     if not lists:
         return profile
@@ -79,6 +76,27 @@ def _bounded(
     update: dict[str, object] = {**lists, "totals": totals}
     update["flags"] = sorted({*profile.flags, TRUNCATED})
     return profile.model_copy(update=update)
+
+
+def _most_recent(entries: list[str], when: Mapping[str, int], limit: int) -> list[str]:
+    """The `limit` most recent of `entries` (by `when`, then by value), in their order.
+
+    Those that go are the oldest: usually a few of a list just over the limit, found from the
+    times alone (sorted natively) rather than by ranking every entry.
+    """
+    k = len(entries) - limit
+    if k <= 0:
+        return entries
+    times = sorted(map(when.get, entries, repeat(0)))
+    cut = times[k - 1]  # the latest time of those that go
+    older = bisect.bisect_left(times, cut)  # entries before it: all go
+    at_cut = bisect.bisect_right(times, cut) - older
+    if k - older == at_cut:  # every entry at `cut` goes too
+        return [e for e in entries if when.get(e, 0) > cut]
+    tied = sorted(e for e in entries if when.get(e, 0) == cut)
+    going = set(tied[: k - older])  # of those at `cut`, the smallest values go
+    return [e for e in entries
+            if (t := when.get(e, 0)) > cut or (t == cut and e not in going)]  # fmt: skip
 
 
 def visitor_created_ms(lead: Lead) -> int:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from pipeline.core import ids
 from pipeline.core.oracle import Oracle
+from pipeline.core.profiles import _most_recent
 from pipeline.core.rules import CoreConfig
 from tests.support import events as ev
 
@@ -101,3 +105,16 @@ def test_email_matched_contacts_follow_the_merged_ones_kept() -> None:
     assert profile.email_matched_contact_ids == sorted(kept)
     assert profile.conversation_ids == ["c2", "c3"]
     assert profile.totals == {"merged_contact_ids": 3, "conversation_ids": 3}
+
+
+@given(
+    st.dictionaries(st.text("abc", max_size=3), st.integers(0, 4), max_size=30),
+    st.integers(0, 35),
+)
+def test_a_list_keeps_its_most_recent_entries_by_time_then_value(
+    when: dict[str, int], limit: int
+) -> None:
+    entries = sorted(when)
+    ranked = sorted(entries, key=lambda e: (when[e], e))  # oldest first
+    kept = set(ranked[max(0, len(ranked) - limit) :])
+    assert _most_recent(entries, when, limit) == [e for e in entries if e in kept]
