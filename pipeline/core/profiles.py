@@ -9,6 +9,7 @@ contact's first are not facts a profile reflects: a known device browsing change
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import repeat
@@ -82,17 +83,18 @@ def _most_recent(entries: list[str], when: Mapping[str, int], limit: int) -> lis
     """The `limit` most recent of `entries` (by `when`, then by value), in their order.
 
     Those that go are the oldest: usually a few of a list just over the limit, found from the
-    times alone (sorted natively) rather than by ranking every entry.
+    times alone rather than by ranking every entry.
     """
     k = len(entries) - limit
     if k <= 0:
         return entries
-    times = sorted(map(when.get, entries, repeat(0)))
-    cut = times[k - 1]  # the latest time of those that go
-    older = bisect.bisect_left(times, cut)  # entries before it: all go
-    at_cut = bisect.bisect_right(times, cut) - older
-    if k - older == at_cut:  # every entry at `cut` goes too
+    times = list(map(when.get, entries, repeat(0)))
+    heapq.heapify(times)  # epoch milliseconds: a heap is cheaper than sorting them all
+    oldest = [heapq.heappop(times) for _ in range(k)]
+    cut = oldest[-1]  # the latest time of those that go
+    if not times or times[0] != cut:  # every entry at `cut` goes too
         return [e for e in entries if when.get(e, 0) > cut]
+    older = bisect.bisect_left(oldest, cut)  # entries before it: all go
     tied = sorted(e for e in entries if when.get(e, 0) == cut)
     going = set(tied[: k - older])  # of those at `cut`, the smallest values go
     return [e for e in entries
