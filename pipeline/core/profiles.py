@@ -12,7 +12,7 @@ import bisect
 import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from itertools import repeat
+from itertools import compress, repeat
 
 from pipeline.core import ids
 from pipeline.core.facts import ChatFact, EmailEntry, Retired, SettledPart, User
@@ -92,8 +92,8 @@ def _most_recent(entries: list[str], when: Mapping[str, int], limit: int) -> lis
     heapq.heapify(times)  # epoch milliseconds: a heap is cheaper than sorting them all
     oldest = [heapq.heappop(times) for _ in range(k)]
     cut = oldest[-1]  # the latest time of those that go
-    if not times or times[0] != cut:  # every entry at `cut` goes too
-        return [e for e in entries if when.get(e, 0) > cut]
+    if not times or times[0] != cut:  # every entry at `cut` goes too: keep the later ones
+        return list(compress(entries, map(cut.__lt__, map(when.get, entries, repeat(0)))))
     older = bisect.bisect_left(oldest, cut)  # entries before it: all go
     tied = sorted(e for e in entries if when.get(e, 0) == cut)
     going = set(tied[: k - older])  # of those at `cut`, the smallest values go
@@ -369,14 +369,15 @@ class _Contributions:
         """As a settled part of the device (None: nothing), its lists cut to `limit`."""
         if self.first is None and not self.merged:
             return None
-        merged = sorted(self.merged.items(), key=lambda m: (m[1][0], m[0]))[-limit:]
-        chats = sorted(self.conversations.items(), key=lambda c: (c[1][1], c[0]))[-limit:]
+        merged, chats = self.merged, self.conversations
+        kept_merged = _most_recent(sorted(merged), {c: m[0] for c, m in merged.items()}, limit)
+        kept_chats = _most_recent(sorted(chats), {c: t[1] for c, t in chats.items()}, limit)
         return SettledPart(
             self.first, self.created, self.updated, self.devices.get(anonymous_id),
-            tuple(sorted((c, at, by_email) for c, (at, by_email) in merged)),
-            len(self.merged) + self.dropped_merged,
-            tuple(sorted((c, first, latest) for c, (first, latest) in chats)),
-            len(self.conversations) + self.dropped_conversations,
+            tuple((c, *merged[c]) for c in kept_merged),
+            len(merged) + self.dropped_merged,
+            tuple((c, *chats[c]) for c in kept_chats),
+            len(chats) + self.dropped_conversations,
         )  # fmt: skip
 
 
@@ -445,12 +446,13 @@ def with_retired(
     uncounted = {d for d in retiring if d not in found.devices and not retired.counted(d)}
     uncounted |= set(retired.uncounted) - counted
     summary = merged.settled("", limit) or SettledPart()
-    devices = sorted(merged.devices.items(), key=lambda d: (d[1], d[0]))[-limit:]
+    listed = merged.devices
+    devices = [(d, listed[d]) for d in _most_recent(sorted(listed), listed, limit)]
     return replace(
         retired,
         ids=tuple(sorted({*retired.ids, *retiring})),
         part=replace(summary, latest_start=None),
-        devices=tuple(sorted(devices)),
+        devices=tuple(devices),
         devices_total=total,
         uncounted=tuple(sorted(uncounted)),
     )
