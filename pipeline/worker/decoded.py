@@ -13,7 +13,7 @@ time; keeping them would cost more than it spares. What the processor wrote is k
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 MIN_BYTES = 4096  # smaller records are decoded each time
 BUDGET_BYTES = 16 * 1024 * 1024  # the bytes kept, at most; the least recently read go first
@@ -63,6 +63,17 @@ class DecodedRecords:
         while self._bytes > self.budget_bytes:
             _, (gone, _) = entries.popitem(last=False)
             self._bytes -= len(gone)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop what was kept of these records (deleted or tombstoned: an erasure, R16)."""
+        for key in keys:
+            kept = self._entries.pop(key, None)
+            if kept is not None:
+                self._bytes -= len(kept[0])
+
+    def keys(self) -> list[str]:
+        """The keys of the records kept, least recently read first."""
+        return list(self._entries)
 
     def __len__(self) -> int:
         return len(self._entries)

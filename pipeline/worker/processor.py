@@ -504,6 +504,9 @@ class Processor:
                     self._learn_devices(working)
                     for key, data, profile in working.profiles_written:
                         self.decoded.keep(key, data, profile)
+                    # Nothing of a deleted or tombstoned record stays in memory (R16).
+                    writes = working.commit.writes
+                    self.decoded.forget(k for k in writes if not writes[k])
                     emits.extend(working.emits)
                     wires.extend(sent[id(working)])
                     if logged and working.commit.writes:

@@ -7,6 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pipeline.core import ids
+from pipeline.core.erasure import erase_request
 from pipeline.core.model import profile_from_bytes
 from pipeline.core.oracle import Oracle
 from pipeline.core.rules import CoreConfig
@@ -14,6 +16,7 @@ from pipeline.state.base import Keys
 from pipeline.state.memory import MemoryStore
 from pipeline.worker import processor as processor_module
 from pipeline.worker.codec import Item, Source, decode
+from pipeline.worker.decoded import DecodedRecords
 from pipeline.worker.processor import Processor
 from tests.support import events as ev
 from tests.unit.core import test_identity_laws as laws
@@ -143,6 +146,10 @@ async def test_batches_give_what_the_core_gives_one_event_at_a_time(
     items = [item(e, i, TOPICS[e["event_id"].split("-")[0]]) for i, e in enumerate(stream)]
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(items) - 1)), max_size=4)))
     proc = Processor(MemoryStore(), Keys("t"), laws.CONFIG)
+    if data.draw(
+        st.booleans()
+    ):  # every record's decoding kept (`DecodedRecords`), not the large only
+        proc.decoded = DecodedRecords(min_bytes=0)
     emitted = []
     for start, end in zip([0, *cuts], [*cuts, len(items)], strict=True):
         result = await proc.process(items[start:end])
@@ -340,3 +347,26 @@ async def test_a_user_read_whole_after_her_devices_retired_commits_at_once() -> 
     done = await proc.process([item(chat, offset, "telemetry.chat_start")])
     assert done.tally.applied == 1 and proc.conflicts == 0
     assert proc.store.records[summary].version == 2  # worked out anew and rewritten
+
+
+async def test_the_profile_a_batch_wrote_is_read_back_undecoded_and_forgotten_once_erased() -> None:
+    """u1 logs in on d1 (her profile is written); a chat of hers reads it back; u1 is erased."""
+    proc = Processor(MemoryStore(), Keys("t"), CONFIG)
+    proc.decoded = DecodedRecords(min_bytes=0)
+    user_key = f"t:{{ws}}:contact:{ids.user_contact_id('ws', 'u1')}"
+    await proc.process([item(ev.login("ws", "d1", "2026-11-24T10:00:00Z", "u1", SECRET), 0,
+                             "telemetry.login")])  # fmt: skip
+    written = proc.store.records[user_key].data
+    hits = proc.decoded.hits
+    chat = ev.chat_start("ws", "d1", "2026-11-24T10:05:00Z", "conv-1")
+    result = await proc.process([item(chat, 1, "telemetry.chat_start")])
+    assert result.tally.applied == 1
+    assert proc.decoded.hits > hits  # her profile, as written, not decoded again
+    assert proc.store.records[user_key].data != written  # the chat is on it now
+    erase = erase_request("ws", "user:u1", SECRET.encode(), event_id="erase-1",
+                          timestamp="2026-11-24T10:10:00Z")  # fmt: skip
+    decoded = decode(Source("privacy.erase", 0, 2, b"u1", orjson.dumps(erase)))
+    assert isinstance(decoded, Item)
+    await proc.process([decoded])
+    assert not proc.store.records[user_key].data  # tombstoned
+    assert user_key not in proc.decoded.keys()  # and nothing of it kept in memory (R16)
