@@ -288,6 +288,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"idp bench: {exc}", file=sys.stderr)
             return 2
+        if args.probe_sessions < 1:
+            print("idp bench: --probe-sessions must be at least 1", file=sys.stderr)
+            return 2
     if cmd_stack(argparse.Namespace(**{**vars(args), "action": "up"})) != 0:
         return 1
     settings = _settings(args)
@@ -300,7 +303,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.history:
             sizes = tuple(int(size) for size in args.sizes.split(","))
             asyncio.run(history.run(settings, sizes=sizes, shapes=shapes,
-                                    budget_s=args.budget_s))  # fmt: skip
+                                    budget_s=args.budget_s,
+                                    probe_sessions=args.probe_sessions))  # fmt: skip
             return 0
         asyncio.run(bench.run(settings, events=args.events, latency_seconds=args.latency_seconds,
                               seed=args.seed, load=args.load, passes=args.passes))  # fmt: skip
@@ -486,6 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=300.0,
         help="--history: how long each shape's history may take to grow",
+    )
+    bench_parser.add_argument(
+        "--probe-sessions",
+        type=int,
+        default=50,
+        help="--history: the sessions measured at each size, at most (those before it)",
     )
     bench_parser.set_defaults(func=cmd_bench)
     bare_parser = sub.add_parser("bench-bare")  # internal to `idp bench`: no help, not listed

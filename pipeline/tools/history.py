@@ -8,7 +8,8 @@ Four shapes of history, each on topics, a Redis namespace and a worker of its ow
 * `email`: one e-mail claimed (unverified) by a new user's signup on a new device each time.
 
 For each history size N (10, 100, 1,000, 10,000 sessions), the history is grown to N and the
-worker's cost per event is measured on the last sessions (at most `PROBE` of them): the CPU
+worker's cost per event is measured on the last sessions (at most `probe` of them, `PROBE`
+by default): the CPU
 seconds of the worker process over those events, less what the idle worker burns in the same
 time (measured just before), divided by their number. The largest stored record (the data of
 the namespace's largest key) is read after each size. Sessions are 3 h apart in event time,
@@ -56,7 +57,7 @@ from schemas.time import format_timestamp
 from schemas.topics import CHAT_START, LOGIN, LOGOUT, PAGE_VIEW, SIGNUP
 
 SIZES = (10, 100, 1_000, 10_000)
-PROBE = 50  # sessions whose events are measured at each size
+PROBE = 50  # sessions whose events are measured at each size, by default
 BUDGET_S = 300.0  # per shape: growing its history may take this long
 RATE = 500.0  # events/s: the history is produced in order at this rate, as live traffic comes
 # The producer stays within this much event time of what the worker committed: less than the
@@ -279,7 +280,13 @@ async def largest_records(url: str, namespace: str) -> tuple[tuple[int, str], tu
 
 
 async def run_shape(
-    settings: Settings, name: str, sizes: tuple[int, ...], budget_s: float, console: Console
+    settings: Settings,
+    name: str,
+    sizes: tuple[int, ...],
+    budget_s: float,
+    console: Console,
+    *,
+    probe_sessions: int = PROBE,
 ) -> Shape:
     """Grow one shape's history through the sizes, measuring each; remove what it made."""
     _, unit = SHAPES[name]
@@ -305,7 +312,7 @@ async def run_shape(
             raise RuntimeError(f"the worker did not start within 120 s ({workdir / 'worker.log'})")
         deadline = time.monotonic() + budget_s
         for size in sizes:
-            probe_from, reached = max(sent, size - PROBE), True
+            probe_from, reached = max(sent, size - probe_sessions), True
             grow = [r for n in range(sent, probe_from) for r in unit(n)]
             if grow:
                 reached = await produce_live(bootstrap, prefix, grow, admin, group, worker,
@@ -350,11 +357,13 @@ async def run(
     sizes: tuple[int, ...] = SIZES,
     shapes: tuple[str, ...] = DEFAULT_SHAPES,
     budget_s: float = BUDGET_S,
+    probe_sessions: int = PROBE,
 ) -> list[Shape]:
     """Every shape in turn; prints one table and returns the figures."""
     check_shapes(shapes)
     console = Console(width=160)
-    results = [await run_shape(settings, name, sizes, budget_s, console) for name in shapes]
+    results = [await run_shape(settings, name, sizes, budget_s, console,
+                               probe_sessions=probe_sessions) for name in shapes]  # fmt: skip
     table = Table(title="cost per event as history grows (worker CPU ms per event)")
     table.add_column("shape")
     for size in sizes:

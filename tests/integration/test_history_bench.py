@@ -20,7 +20,8 @@ from tests.support.kafka import assert_run_removed
 async def test_short_histories_are_measured_and_removed(servers: tuple[str, str]) -> None:
     bootstrap, redis_url = servers
     settings = Settings(kafka_bootstrap_servers=bootstrap, redis_url=redis_url)
-    shapes = await history.run(settings, sizes=(2, 6), shapes=("laptop", "email"), budget_s=120)
+    shapes = await history.run(settings, sizes=(2, 6), shapes=("laptop", "email"), budget_s=120,
+                               probe_sessions=3)  # fmt: skip
     assert [shape.name for shape in shapes] == ["laptop", "email"]
     for shape in shapes:
         assert [point.size for point in shape.points] == [2, 6]
