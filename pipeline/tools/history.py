@@ -8,14 +8,14 @@ Four shapes of history, each on topics, a Redis namespace and a worker of its ow
 * `email`: one e-mail claimed (unverified) by a new user's signup on a new device each time.
 
 For each history size N (10, 100, 1,000, 10,000 sessions), the history is grown to N and the
-worker's cost per event is measured on the last sessions (at most `probe` of them, `PROBE`
-by default): the CPU
-seconds of the worker process over those events, less what the idle worker burns in the same
-time (measured just before), divided by their number. The largest stored record (the data of
-the namespace's largest key) is read after each size. Sessions are 3 h apart in event time,
-and every record is produced with its event's timestamp (R14), in event-time order at a steady
-`RATE` at most and never more than `LEAD` of event time ahead of what the worker committed
-(as live traffic comes to a worker that keeps up: a device's sessions one after another). The
+worker's cost per event is measured on the last sessions (at most `probe_sessions` of them,
+`PROBE` by default): the CPU seconds of the worker process over those events, less what the
+idle worker burns in the same time (measured just before), divided by their number. The
+largest stored record (the data of the namespace's largest key) is read after each size.
+Sessions are 3 h apart in event time, and every record is produced with its event's
+timestamp (R14), in event-time order at a steady `RATE` at most and never more than `LEAD` of
+event time ahead of what the worker committed (as live traffic comes to a worker that keeps
+up: a device's sessions one after another). The
 sessions are hours apart in event time and milliseconds apart on the wire, so a worker that
 fell behind would read one partition days of event time ahead of another; that is a backlog,
 whose events land behind their device's carry or a user's retired point and pay for the whole
