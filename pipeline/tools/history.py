@@ -15,11 +15,11 @@ largest stored record (the data of the namespace's largest key) is read after ea
 Sessions are 3 h apart in event time, and every record is produced with its event's
 timestamp (R14), in event-time order at a steady `RATE` at most and never more than `LEAD` of
 event time ahead of what the worker committed (as live traffic comes to a worker that keeps
-up: a device's sessions one after another). The
-sessions are hours apart in event time and milliseconds apart on the wire, so a worker that
-fell behind would read one partition days of event time ahead of another; that is a backlog,
-whose events land behind their device's carry or a user's retired point and pay for the whole
-device or user (docs/design.md, *What is not bounded yet*).
+up: a device's sessions one after another). The sessions are hours apart in event time and
+milliseconds apart on the wire, so a worker that fell behind would read one partition days of
+event time ahead of another; that is a backlog, whose events land behind their device's carry
+or a user's retired point and pay for the whole device or user (docs/design.md, *What is not
+bounded yet*).
 
 A shape stops when growing its history takes longer than its budget: the sizes not reached
 are reported as such, with the cost at the last size measured.
