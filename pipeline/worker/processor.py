@@ -328,6 +328,8 @@ class _Working:
                 self.commit.writes[key] = data
                 if value is None and table != "contacts":
                     self.commit.deleting.add(key)
+                else:  # written again by a later decision of the batch: kept, not deleted
+                    self.commit.deleting.discard(key)
                 self.written.add((table, ident))
                 if table == "contacts" and value is not None:
                     self.profile_bytes[id(value)] = data

@@ -370,3 +370,30 @@ async def test_the_profile_a_batch_wrote_is_read_back_undecoded_and_forgotten_on
     await proc.process([decoded])
     assert not proc.store.records[user_key].data  # tombstoned
     assert user_key not in proc.decoded.keys()  # and nothing of it kept in memory (R16)
+
+
+async def test_a_record_one_decision_deletes_and_a_later_one_writes_again_is_kept() -> None:
+    """u1 logs in on d1 at 10:01 and on d2 at 10:00; d2 then browses at 10:01 and 10:00.
+
+    Her devices retire as soon as she links later (`laws.CONFIG`), so d2 retires into her
+    summary records. Decided in one batch, the first page view is decided with her devices
+    live, which deletes the summary records, and the second retires d2 again and writes them
+    anew: the commit must keep them. A page view on d1 afterwards then still finds d2 in her
+    summary, and her profile lists both devices, as one event at a time does.
+    """
+    secret = laws.SECRETS["w2"]
+    events = [
+        ev.login("w2", "d1", "2026-11-24T10:01:00Z", "u1", secret, event_id="login-1"),
+        ev.login("w2", "d2", "2026-11-24T10:00:00Z", "u1", secret, event_id="login-2"),
+        ev.page_view("w2", "d2", "2026-11-24T10:01:00Z", event_id="pv-3"),
+        ev.page_view("w2", "d2", "2026-11-24T10:00:00Z", event_id="pv-4"),
+    ]
+    later = ev.page_view("w2", "d1", "2026-11-24T10:00:00Z", event_id="pv-5")
+    proc = Processor(MemoryStore(), Keys("t"), laws.CONFIG)
+    await proc.process([item(e, i, TOPICS[e["event_id"].split("-")[0]])
+                        for i, e in enumerate(events)])  # fmt: skip
+    summary = [k for k in proc.store.records if ":chunk:" in k and proc.store.records[k].data]
+    assert sorted(summary) == ["t:{w2}:chunk:p%3Au1", "t:{w2}:chunk:r0%3Au1", "t:{w2}:chunk:v%3Au1"]
+    await proc.process([item(later, 4)])
+    profile = _contacts(proc.store)[ids.user_contact_id("w2", "u1")]
+    assert profile["anonymous_ids"] == ["d1", "d2"]
