@@ -29,7 +29,7 @@ from pipeline.worker import processor
 from pipeline.worker.codec import Item, Source, decode
 
 CONFIG = CoreConfig(secrets={history.WS: (history.SECRETS[history.WS].encode(),)})
-PROBE = 30  # sessions timed after the history, in each of
+PROBE = 30  # sessions in each stretch timed after the history
 STRETCHES = 5
 decisions: Counter[str] = Counter()
 _apply = processor.apply

@@ -51,7 +51,7 @@ from pipeline.worker import metrics
 from pipeline.worker.codec import Item, Wire, encode_output, rejection
 from pipeline.worker.decoded import DecodedRecords
 from pipeline.worker.known import KnownDevices
-from schemas import InputEvent, PageView, Profile
+from schemas import InputEvent, PageView
 from schemas.topics import OUTPUT_TOPICS, PROFILES, STATE_CHANGELOG
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,6 @@ class _Working:
         self.tally = Tally()
         self.written: set[tuple[str, str]] = set()  # (table, key) written by this batch
         self.profile_bytes: dict[int, bytes] = {}  # id(profile) -> its bytes, stored and sent
-        self.profiles_written: list[tuple[str, bytes, Profile]] = []  # (key, bytes, profile)
         self.ahead: dict[int, _Ahead] = {}  # decisions made while speculating, by item
         self.unreadable: set[str] = set()  # keys whose records could not be decoded
         self.outbox: str | None = None  # the key of this batch's outbox record, once written
@@ -333,8 +332,21 @@ class _Working:
                 self.written.add((table, ident))
                 if table == "contacts" and value is not None:
                     self.profile_bytes[id(value)] = data
-                    self.profiles_written.append((key, data, value))
         self.emits.extend(transition.emits)
+
+    def remember(self, decoded: DecodedRecords) -> None:
+        """Once committed: keep the profiles it wrote as decoded, forget the records it deleted.
+
+        A profile written is read again at its contact's next event; nothing of a deleted or
+        tombstoned record stays in memory (R16).
+        """
+        writes, contacts = self.commit.writes, self.view.contacts
+        for table, ident in self.written:
+            key = self.key(_KINDS[table], ident)
+            if not writes[key]:
+                decoded.forget([key])
+            elif table == "contacts":
+                decoded.keep(key, writes[key], contacts[ident])
 
     def profile_versions(self) -> list[tuple[str, str, int]]:
         """(workspace, contact_id, version) of each profile record this commit wrote."""
@@ -504,11 +516,7 @@ class Processor:
             for working, done in zip(workings, results, strict=True):
                 if done:
                     self._learn_devices(working)
-                    for key, data, profile in working.profiles_written:
-                        self.decoded.keep(key, data, profile)
-                    # Nothing of a deleted or tombstoned record stays in memory (R16).
-                    writes = working.commit.writes
-                    self.decoded.forget(k for k in writes if not writes[k])
+                    working.remember(self.decoded)
                     emits.extend(working.emits)
                     wires.extend(sent[id(working)])
                     if logged and working.commit.writes:
