@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import compress, repeat
 
@@ -261,6 +261,13 @@ class _Contributions:
     # devices added otherwise.
     summary: Retired | None = None
     others: set[str] = field(default_factory=set)
+    # Gathered from a retired summary's (`of_retired`): what the summary alone gives (`base`),
+    # and the devices and merged contacts added or moved since, whose lists are then cut from
+    # the base's orders (`_cut_from`) rather than sorted whole.
+    base: _Contributions | None = None
+    fresh_devices: set[str] | None = None
+    fresh_merged: set[str] | None = None
+    orders: _Orders | None = None  # of a base: its lists' orders, worked out once
 
     def _time(self, created: int | None, updated: int) -> None:
         if created is not None and (self.created is None or created < self.created):
@@ -275,6 +282,8 @@ class _Contributions:
     def _device(self, anonymous_id: str, start: int) -> None:
         self.devices[anonymous_id] = max(start, self.devices.get(anonymous_id, start))
         self.others.add(anonymous_id)
+        if self.fresh_devices is not None:
+            self.fresh_devices.add(anonymous_id)
 
     def _conversation(self, conversation_id: str, first: tuple[int, str], latest: int) -> None:
         seen = self.conversations.get(conversation_id)
@@ -302,6 +311,8 @@ class _Contributions:
         assert segment.merge is not None  # a merged lead's
         updated = visitor_updated_ms(lead)
         self.merged[segment.contact_id] = (updated, segment.merge.reason == "email_match")
+        if self.fresh_merged is not None:
+            self.fresh_merged.add(segment.contact_id)
         self._time(visitor_created_ms(lead), updated)
         for chat in segment.chats:
             self._chat(chat)
@@ -313,12 +324,17 @@ class _Contributions:
             self._time(part.created, part.updated)
         if part.latest_start is not None:
             self._device(anonymous_id, part.latest_start)
-        merged = self.merged
+        merged, fresh = self.merged, self.fresh_merged
         if not merged:  # the common case: one part, read first
             self.merged = {c: (at, by_email) for c, at, by_email in part.merged}
+            if fresh is not None:
+                fresh.update(self.merged)
         else:
             for contact_id, at, by_email in part.merged:
-                merged.setdefault(contact_id, (at, by_email))
+                if contact_id not in merged:
+                    merged[contact_id] = (at, by_email)
+                    if fresh is not None:
+                        fresh.add(contact_id)
         self.dropped_merged += part.merged_total - len(part.merged)
         for conversation_id, first, latest in part.conversations:
             self._conversation(conversation_id, first, latest)
@@ -355,8 +371,21 @@ class _Contributions:
         return _Contributions(
             found.first, found.created, found.updated, dict(found.devices), dict(found.merged),
             dict(found.conversations), found.dropped_merged, found.dropped_conversations,
-            retired, set(found.others),
+            retired, set(found.others), found, set(), set(),
         )  # fmt: skip
+
+    def ordered(self) -> _Orders:
+        """The lists of a base, in the orders `_cut_from` reads (kept with it)."""
+        if self.orders is None:
+            merged = self.merged
+            self.orders = _Orders(
+                sorted(self.devices),
+                sorted((at, d) for d, at in self.devices.items()),
+                sorted(merged),
+                sorted((at, c) for c, (at, _) in merged.items()),
+                sorted(c for c, (_, by_email) in merged.items() if by_email),
+            )  # fmt: skip
+        return self.orders
 
     def devices_total(self) -> int:
         """Her devices: those a retired summary counts, and the others listed."""
@@ -379,6 +408,74 @@ class _Contributions:
             tuple((c, *chats[c]) for c in kept_chats),
             len(chats) + self.dropped_conversations,
         )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Orders:
+    """A retired summary's devices and merged contacts, by value and by (time, value)."""
+
+    devices: list[str]
+    devices_by_age: list[tuple[int, str]]
+    merged: list[str]
+    merged_by_age: list[tuple[int, str]]
+    email_matched: list[str]
+
+
+_FRESH_MAX = 64  # `_cut_from` inserts or cuts this many entries at most; beyond, a list is sorted
+
+
+def _cut_from(
+    order: list[str],
+    by_age: list[tuple[int, str]],
+    base: Mapping[str, object],
+    current: Mapping[str, object],
+    fresh: set[str],
+    time_of: Callable[[object], int],
+    limit: int,
+) -> tuple[list[str], int] | None:
+    """`current`'s keys sorted, less the oldest beyond `limit`, and how many went.
+
+    What `_most_recent(sorted(current), times, limit)` gives, worked out from a base's orders
+    (`order` its keys sorted, `by_age` its (time, key) pairs sorted): `current` holds the base's
+    keys, those of `fresh` added or moved since. Its cost is that of the few fresh or cut
+    entries, not of the list. None when more than `_FRESH_MAX` are: the caller sorts.
+    """
+    added = sorted(key for key in fresh if key not in base)
+    if len(added) > _FRESH_MAX:
+        return None
+    kept = order.copy()
+    for key in added:
+        bisect.insort(kept, key)
+    k = len(kept) - limit
+    if k <= 0:
+        return kept, 0
+    if k > _FRESH_MAX:
+        return None
+    # The k smallest (time, key) go: the base's in age order (those moved since left out),
+    # merged with the fresh ones.
+    moved = sorted((time_of(current[key]), key) for key in fresh)
+    going: list[str] = []
+    i = j = 0
+    while len(going) < k:
+        while i < len(by_age) and by_age[i][1] in fresh:
+            i += 1
+        if j < len(moved) and (i == len(by_age) or moved[j] < by_age[i]):
+            going.append(moved[j][1])
+            j += 1
+        else:
+            going.append(by_age[i][1])
+            i += 1
+    for key in going:
+        del kept[bisect.bisect_left(kept, key)]
+    return kept, k
+
+
+def _same(at: object) -> int:
+    return at  # type: ignore[return-value]
+
+
+def _first(merged: object) -> int:
+    return merged[0]  # type: ignore[index]
 
 
 # The contributions of the retired summaries read last (`_Contributions.of_retired`), by the
@@ -476,7 +573,7 @@ def user_profile(
     verified = [c for c in view.user.emails if c.verified]
     claim = max(verified) if verified else max(view.user.emails, default=None)
     duplicates: dict[str, int] = {}  # contact_id -> its latest fact
-    merged_ids = set(found.merged)
+    merged_ids = found.merged
     for lead in view.email_leads:
         segment = lead.segment
         lead_emails = {c.email for c in segment.chats}
@@ -492,7 +589,33 @@ def user_profile(
         updated.append(view.user.name[0])
     started = sorted(found.conversations.items(), key=lambda c: (c[1][0], c[0]))
     conversations = {c: latest for c, (_, latest) in started}
-    merged_at = {c: at for c, (at, _) in found.merged.items()}
+    # Her lists of devices and merged contacts, sorted and cut to the limit: from her retired
+    # summary's orders and the few entries added since, when it gave most of them (R15).
+    devices_cut = merged_cut = None
+    base = found.base
+    if base is not None:
+        orders = base.ordered()
+        assert found.fresh_devices is not None and found.fresh_merged is not None
+        devices_cut = _cut_from(orders.devices, orders.devices_by_age, base.devices,
+                                found.devices, found.fresh_devices, _same, limit)  # fmt: skip
+        merged_cut = _cut_from(orders.merged, orders.merged_by_age, base.merged,
+                               found.merged, found.fresh_merged, _first, limit)  # fmt: skip
+    merged_at: dict[str, int] = {}
+    if devices_cut is not None:
+        anonymous_ids, devices_gone = devices_cut
+    else:
+        anonymous_ids, devices_gone = sorted(found.devices), 0
+    if merged_cut is not None:
+        assert base is not None and base.orders is not None
+        merged_contact_ids, merged_gone = merged_cut
+        email_matched = base.orders.email_matched.copy()
+        for merged_id in sorted(found.fresh_merged or ()):
+            if found.merged[merged_id][1] and merged_id not in base.merged:
+                bisect.insort(email_matched, merged_id)
+    else:
+        merged_contact_ids, merged_gone = sorted(found.merged), 0
+        email_matched = sorted(c for c, (_, by_email) in found.merged.items() if by_email)
+        merged_at = {c: at for c, (at, _) in found.merged.items()}
     profile = Profile(
         contact_id=contact_id,
         workspace_id=workspace_id,
@@ -501,11 +624,9 @@ def user_profile(
         email=claim.email if claim else None,
         email_verified=bool(claim and claim.verified),
         name=view.user.name[2] if view.user.name else None,
-        anonymous_ids=sorted(found.devices),
-        merged_contact_ids=sorted(merged_ids),
-        email_matched_contact_ids=sorted(
-            c for c, (_, by_email) in found.merged.items() if by_email
-        ),  # fmt: skip
+        anonymous_ids=anonymous_ids,
+        merged_contact_ids=merged_contact_ids,
+        email_matched_contact_ids=email_matched,
         conversation_ids=list(conversations),
         possible_duplicates=sorted(duplicates),
         flags=sorted({POSSIBLE_DUPLICATE} if duplicates else set())
@@ -515,7 +636,8 @@ def user_profile(
     )
     times = {"anonymous_ids": found.devices, "merged_contact_ids": merged_at,
              "conversation_ids": conversations, "possible_duplicates": duplicates}  # fmt: skip
-    dropped = {"merged_contact_ids": found.dropped_merged,
+    unlisted = found.devices_total() - len(found.devices) + devices_gone
+    dropped = {"merged_contact_ids": found.dropped_merged + merged_gone,
                "conversation_ids": found.dropped_conversations,
-               "anonymous_ids": found.devices_total() - len(found.devices)}  # fmt: skip
+               "anonymous_ids": unlisted}  # fmt: skip
     return _bounded(profile, times, limit, dropped)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.core import ids
 from pipeline.core.oracle import Oracle
-from pipeline.core.profiles import _most_recent
+from pipeline.core.profiles import _cut_from, _most_recent
 from pipeline.core.rules import CoreConfig
 from tests.support import events as ev
 
@@ -118,3 +118,26 @@ def test_a_list_keeps_its_most_recent_entries_by_time_then_value(
     ranked = sorted(entries, key=lambda e: (when[e], e))  # oldest first
     kept = set(ranked[max(0, len(ranked) - limit) :])
     assert _most_recent(entries, when, limit) == [e for e in entries if e in kept]
+
+
+@given(
+    st.dictionaries(st.text("abc", max_size=3), st.integers(0, 4), max_size=30),
+    st.dictionaries(st.text("abcd", max_size=3), st.integers(0, 6), max_size=8),
+    st.integers(0, 35),
+)
+def test_a_list_cut_from_a_summary_s_orders_is_the_list_sorted_and_cut(
+    base: dict[str, int], moves: dict[str, int], limit: int
+) -> None:
+    # A summary's devices (`base`), then devices added or seen later since (`moves`: a
+    # device's latest session start only moves later): sorted and cut to the limit from the
+    # summary's orders, the list is what sorting it all and keeping its most recent gives.
+    current = dict(base)
+    for key, at in moves.items():
+        current[key] = max(at, current.get(key, at))
+    order = sorted(base)
+    by_age = sorted((at, key) for key, at in base.items())
+    cut = _cut_from(order, by_age, base, current, set(moves), lambda at: at, limit)
+    assert cut is not None  # a handful of changes: worked out from the orders
+    entries = sorted(current)
+    kept = _most_recent(entries, current, limit)
+    assert cut == (kept, len(entries) - len(kept))
