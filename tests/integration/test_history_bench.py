@@ -30,6 +30,8 @@ async def test_short_histories_are_measured_and_removed(servers: tuple[str, str]
             assert point.largest_record > 0
         # laptop: its device record is the largest; email: the e-mail's or a contact's.
         assert shape.points[-1].largest_kind in {"dev", "user", "email", "contact"}
+        # The first size again, on new identities, after the last.
+        assert shape.again is not None and shape.again >= 0
     for shape in shapes:
         await assert_run_removed(bootstrap, redis_url, f"hist{shape.run}", "history")
 
