@@ -7,7 +7,8 @@ record read again with the very bytes it had is given back as decoded then: deco
 function of the bytes and decoded records are never mutated, so the answer is the same, and
 a record that changed has other bytes and is decoded anew. Small records are decoded every
 time; keeping them would cost more than it spares. What the processor wrote is kept too
-(profiles: a user's is rewritten at each of her logins and read at the next).
+(her profile is rewritten at each of her logins and read at the next; her summary's chunks
+when she retires devices), but for user records (`_Working.remember`).
 """
 
 from __future__ import annotations

@@ -335,18 +335,21 @@ class _Working:
         self.emits.extend(transition.emits)
 
     def remember(self, decoded: DecodedRecords) -> None:
-        """Once committed: keep the profiles it wrote as decoded, forget the records it deleted.
+        """Once committed: keep the records it wrote as decoded, forget the records it deleted.
 
-        A profile written is read again at its contact's next event; nothing of a deleted or
-        tombstoned record stays in memory (R16).
+        A record written is read again at the next event of its subject: her profile after
+        each of her logins, her retired summary's chunks after she retires devices. Kept as
+        the decision wrote them, which is what decoding their bytes gives, but for a user's:
+        the one written holds her retired summary, the record only its header (`Retired`).
+        Nothing of a deleted or tombstoned record stays in memory (R16).
         """
-        writes, contacts = self.commit.writes, self.view.contacts
+        writes, view = self.commit.writes, self.view
         for table, ident in self.written:
             key = self.key(_KINDS[table], ident)
             if not writes[key]:
                 decoded.forget([key])
-            elif table == "contacts":
-                decoded.keep(key, writes[key], contacts[ident])
+            elif table != "users":
+                decoded.keep(key, writes[key], getattr(view, table)[ident])
 
     def profile_versions(self) -> list[tuple[str, str, int]]:
         """(workspace, contact_id, version) of each profile record this commit wrote."""

@@ -397,3 +397,29 @@ async def test_a_record_one_decision_deletes_and_a_later_one_writes_again_is_kep
     await proc.process([item(later, 4)])
     profile = _contacts(proc.store)[ids.user_contact_id("w2", "u1")]
     assert profile["anonymous_ids"] == ["d1", "d2"]
+
+
+async def test_the_summary_records_a_batch_wrote_are_kept_decoded_and_her_user_record_is_not() -> (
+    None
+):
+    """u1 logs in on d1 at 10:01 and on d2 at 10:00: d2 retires into her summary records.
+
+    Every record the commit wrote is kept as decoded (small ones too, with `min_bytes=0`), but
+    for her user record: the one the decision wrote holds her retired summary, the record only
+    its header. A page view on d1 then reads her summary records without decoding them.
+    """
+    secret = laws.SECRETS["w2"]
+    proc = Processor(MemoryStore(), Keys("t"), laws.CONFIG)
+    proc.decoded = DecodedRecords(min_bytes=0)
+    events = [
+        ev.login("w2", "d1", "2026-11-24T10:01:00Z", "u1", secret, event_id="login-1"),
+        ev.login("w2", "d2", "2026-11-24T10:00:00Z", "u1", secret, event_id="login-2"),
+    ]
+    await proc.process([item(e, i, "telemetry.login") for i, e in enumerate(events)])
+    kept = set(proc.decoded.keys())
+    summary = {"t:{w2}:chunk:p%3Au1", "t:{w2}:chunk:r0%3Au1", "t:{w2}:chunk:v%3Au1"}
+    assert summary <= kept
+    assert "t:{w2}:user:u1" in proc.store.records and "t:{w2}:user:u1" not in kept
+    hits = proc.decoded.hits
+    await proc.process([item(ev.page_view("w2", "d1", "2026-11-24T10:02:00Z", event_id="pv-3"), 2)])
+    assert proc.decoded.hits > hits
