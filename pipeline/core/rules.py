@@ -1320,26 +1320,28 @@ class _Resolver:
         old = user.retired
         if old is not None and point <= old.point:
             return
-        refused = self.refused(user_id, new=True)
         config = self.config
         size, fold_margin = config.fold_sessions, config.fold_margin_ms
-        limit = config.profile_list_limit
         leads = {d for c in user.emails for d in self.email(c.email, new=True).lead_devices}
+        quiet = [
+            anonymous_id
+            for anonymous_id in user.devices
+            if (device := self.device(anonymous_id, new=True)).carry is None
+            and anonymous_id not in leads
+            and _latest_fact(device) < point
+            and not settle.needs_folding(device, size, fold_margin)
+        ]
+        if len(quiet) < config.retire_batch and user_id not in self._whole_users:
+            return  # too few can retire: they wait for a batch (her other events re-check)
+        refused = self.refused(user_id, new=True)
+        limit = config.profile_list_limit
         summary = old or Retired(point)
         conversations = {c for c, _, _ in summary.part.conversations}
         cut = summary.part.conversations_total > len(conversations)
         workspace_id = self.view.workspace_id
         retiring: list[str] = []
         segments: list[Lead] = []
-        for anonymous_id in user.devices:
-            device = self.device(anonymous_id, new=True)
-            if (
-                device.carry is not None
-                or anonymous_id in leads
-                or _latest_fact(device) >= point
-                or settle.needs_folding(device, size, fold_margin)
-            ):
-                continue
+        for anonymous_id in quiet:
             timeline = self.timeline(anonymous_id, new=True)
             own = [Lead(s, timeline) for s in timeline.segments
                    if not retired_segment(summary, anonymous_id, s)]  # fmt: skip
