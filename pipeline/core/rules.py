@@ -578,32 +578,37 @@ def likely_needs(event: Checked, config: CoreConfig, *, new_device: bool = False
 def likely_more(event: Checked, view: View, config: CoreConfig) -> NeedMore:
     """What `apply` will most likely ask for next, read off the records already in `view`.
 
-    For a chat or a session event whose device (and `likely_needs`) are loaded: the published
-    profiles of the device's visitors (one per session it may have: the first, one after each
-    logout, one after each e-mail match, and the one this event may begin), the other devices
-    of the event's user, and the users of the e-mails involved with their profiles. Deciding
-    without them would only end in asking for them; like `likely_needs` these are hints, and
-    a few may name records that do not exist.
+    For a chat or a session event whose device (and `likely_needs`) are loaded, or a session
+    event whose device has no record: the published profiles of the device's visitors (one per
+    session it may have: the first, one after each logout, one after each e-mail match, and
+    the one this event may begin), the other devices of the event's user (and a retired user's
+    summary records), and the users of the e-mails involved with their profiles. Deciding
+    without them would only end in asking for them; like `likely_needs` these are hints, and a
+    few may name records that do not exist.
     """
     if not isinstance(event, CheckedChat | CheckedSession):
         return NeedMore()
     anonymous_id = event.anonymous_id
     device = view.devices.get(anonymous_id)
-    if device is None:
+    if device is None and not isinstance(event, CheckedSession):
         return NeedMore()
+    # A session event on a device without a record (a new device's login) still names its
+    # user, whose devices and summary it reads.
+    facts = device.sessions if device is not None else ()
+    chats = device.chats if device is not None else ()
     workspace_id = view.workspace_id
     sessions = [ids.ORIGIN]
-    sessions += [ids.logout_session(f.event_id) for f in device.sessions if f.kind == "logout"]
-    sessions += [ids.email_session(c.event_id) for c in device.chats if c.email is not None]
+    sessions += [ids.logout_session(f.event_id) for f in facts if f.kind == "logout"]
+    sessions += [ids.email_session(c.event_id) for c in chats if c.email is not None]
     if isinstance(event, CheckedSession) and event.kind == "logout":
         sessions.append(ids.logout_session(event.event_id))
     elif isinstance(event, CheckedChat) and event.email is not None:
         sessions.append(ids.email_session(event.event_id))
     contacts = {ids.visitor_contact_id(workspace_id, anonymous_id, s) for s in sessions}
-    users = {f.user_id for f in device.sessions
+    users = {f.user_id for f in facts
              if f.kind != "logout" and not erasure.is_placeholder(f.user_id)}  # fmt: skip
     devices: set[str] = set()
-    emails = {c.email for c in device.chats
+    emails = {c.email for c in chats
               if c.email is not None and not erasure.is_placeholder(c.email)}  # fmt: skip
     if isinstance(event, CheckedSession):
         if isinstance(event.user_id, str):
@@ -614,10 +619,13 @@ def likely_more(event: Checked, view: View, config: CoreConfig) -> NeedMore:
         entry = view.emails.get(email)
         if entry is not None:
             users.update(entry.verified, entry.unverified)
+    chunks: set[str] = set()
     for user_id in users:
         user = view.users.get(user_id)
         if user is not None:
             devices.update(user.devices)
+            if user.retired is not None and not user.retired.inline:
+                chunks.update(summary_idents(user_id))  # her profile reads her summary
     contacts.update(ids.user_contact_id(workspace_id, u) for u in users)
     devices.discard(anonymous_id)
     return NeedMore(
@@ -625,6 +633,7 @@ def likely_more(event: Checked, view: View, config: CoreConfig) -> NeedMore:
         contacts=tuple(sorted(contacts)),
         users=tuple(sorted(users)),
         emails=tuple(sorted(emails)),
+        chunks=tuple(sorted(chunks)),
     )
 
 

@@ -149,11 +149,29 @@ def test_the_loaded_device_and_user_say_what_a_login_will_ask_for_next() -> None
         users=("u1", "u2"),
         emails=("ann@example.com",),
     )
-    # A logout may begin a visitor named by itself; an unloaded device gives no hint.
+    # A logout may begin a visitor named by itself.
     logout = ev.model(ev.logout("ws", "d1", "2026-11-24T11:00:00Z", "u1"))
     assert (
         ids.visitor_contact_id("ws", "d1", logout.event_id)
         in likely_more(checked(logout), view, CONFIG).contacts
     )
-    assert likely_more(checked(login), View("ws"), CONFIG) == NeedMore()
-    assert likely_more(checked(page_view()), view, CONFIG) == NeedMore()
+    # A login on a device without a record still names its user: her record and profile, the
+    # device's first visitor; a page view there gives no hint.
+    assert likely_more(checked(login), View("ws"), CONFIG) == NeedMore(
+        contacts=tuple(sorted([visitors[0], ids.user_contact_id("ws", "u1")])), users=("u1",)
+    )
+    assert likely_more(checked(page_view()), View("ws"), CONFIG) == NeedMore()
+
+
+def test_a_new_device_s_login_asks_for_the_user_s_devices_and_retired_summary() -> None:
+    """u1 has devices d2 and d3 live and a retired summary; she logs in on d9, which has no
+    record yet: her other devices and her summary's two records are asked for at once."""
+    from pipeline.core.facts import Retired, User
+    from pipeline.core.rules import likely_more
+
+    user = User(devices=("d2", "d3"), retired=Retired(TEN, loaded=False))
+    view = View("ws", devices={"d9": None}, users={"u1": user})
+    login = ev.model(ev.login("ws", "d9", "2026-11-24T11:00:00Z", "u1", SECRET))
+    need = likely_more(checked(login), view, CONFIG)
+    assert need.devices == ("d2", "d3")
+    assert need.chunks == ("p:u1", "v:u1")
