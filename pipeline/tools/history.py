@@ -9,8 +9,10 @@ Four shapes of history, each on topics, a Redis namespace and a worker of its ow
 
 For each history size N (10, 100, 1,000, 10,000 sessions), the history is grown to N and the
 worker's cost per event is measured on the last sessions (at most `probe_sessions` of them,
-`PROBE` by default; a first size below that is measured on that many sessions of copies of the
-shape, each of the size, under other names): the CPU seconds of the worker process over those
+`PROBE` by default; a first size below that is measured on that many sessions of new
+identities: copies of the shape under other names, each of the size, one after another in event
+time and ending where the history starts, and again on other copies after the last size, the
+ratio taken against the mean of the two): the CPU seconds of the worker process over those
 events (its threads' time on a CPU, to the nanosecond), less what the idle worker burns in the
 same time (measured just before), divided by their number. The
 largest stored record (the data of the namespace's largest key) is read after each size.
@@ -161,6 +163,12 @@ SHAPES: dict[str, tuple[str, Callable[[int, int, datetime], list[Record]]]] = {
     "leads": ("one verified e-mail, typed by a new lead each time", leads),
 }
 DEFAULT_SHAPES = ("library", "laptop", "devices", "email")
+
+
+def _span(unit: Callable[[int, int, datetime], list[Record]], sessions: int) -> timedelta:
+    """The event time from a shape's first session to session `sessions`."""
+    start = unit(0, 0, START)[0].timestamp_ms or 0
+    return timedelta(milliseconds=(unit(sessions, 0, START)[0].timestamp_ms or 0) - start)
 
 
 def check_shapes(names: Iterable[str]) -> None:
@@ -349,13 +357,19 @@ async def run_shape(
             return max(cpu - idle * wall, 0.0) / len(records) * 1000
 
         def copies_of(first: int, copies: range, origin: datetime) -> list[Record]:
-            """Sessions 0 to `first` of these copies of the shape, in event-time order."""
-            return sorted((r for n in range(first) for c in copies for r in unit(n, c, origin)),
-                          key=lambda r: r.timestamp_ms or 0)  # fmt: skip
+            """Sessions 0 to `first` of these copies of the shape, one after another from origin.
 
-        # A first size below the probe is measured on as many copies of the shape (other
-        # names, the same times) as make up the probe's sessions: a figure from a few events is
-        # mostly noise, and every later size is measured against it.
+            Each copy starts where the one before ended in event time, so the worker reads them
+            as it reads one history: as many sessions in flight, in batches alike.
+            """
+            span = _span(unit, first)
+            return [r for k, c in enumerate(copies) for n in range(first)
+                    for r in unit(n, c, origin + k * span)]  # fmt: skip
+
+        # A first size below the probe is measured on as many new identities (copies of the
+        # shape under other names, one after another, ending where the history starts) as make
+        # up the probe's sessions: a figure from a few events is mostly noise, and every later
+        # size is measured against it.
         copies = -(-probe_sessions // sizes[0])
         for size in sizes:
             probe_from, reached = max(sent, size - probe_sessions), True
@@ -368,8 +382,10 @@ async def run_shape(
                 shape.points += [Point(s) for s in sizes if s >= size]
                 console.print(f"{name}: history of {size} not reached within {budget_s:.0f}s")
                 break
-            if probe_from == 0:
-                probe = copies_of(size, range(copies), START)
+            on_copies = size == sizes[0] and probe_from == 0
+            if on_copies:
+                before = START - copies * _span(unit, size)
+                probe = copies_of(size, range(1, copies + 1), before)
             else:
                 probe = [r for n in range(probe_from, size) for r in unit(n)]
             cost = await measure(probe)
@@ -377,18 +393,17 @@ async def run_shape(
                 shape.points += [Point(s) for s in sizes if s >= size]
                 console.print(f"{name}: the probe at {size} did not finish")
                 break
-            sent = size
+            sent = sent if on_copies else size  # the copies are not the history
             (largest, kind), (box, _) = await largest_records(settings.redis_url, namespace)
             shape.points.append(Point(size, cost, largest, kind, box))
             console.print(f"{name}: history {size}: {cost:.2f} ms per event; largest state "
                           f"record {largest:,} B ({kind}), outbox record {box:,} B")  # fmt: skip
         measured = [p for p in shape.points if p.ms_per_event is not None]
         if len(measured) > 1 and sizes[0] <= probe_sessions:
-            # A new identity again, next to the last size (the machine's speed drifts over a
+            # New identities again, next to the last size (the machine's speed drifts over a
             # run): copies not used yet, from the time the history reached.
-            origin = START + timedelta(milliseconds=(unit(sent)[0].timestamp_ms or 0)
-                                       - (unit(0)[0].timestamp_ms or 0))  # fmt: skip
-            shape.again = await measure(copies_of(sizes[0], range(copies, 2 * copies), origin))
+            again = range(copies + 1, 2 * copies + 1)
+            shape.again = await measure(copies_of(sizes[0], again, START + _span(unit, sent)))
             if shape.again is not None:
                 console.print(f"{name}: history {sizes[0]} again (new copies): "
                               f"{shape.again:.2f} ms per event")  # fmt: skip
