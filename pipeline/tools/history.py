@@ -37,10 +37,11 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Protocol
 
 import jwt
 import orjson
@@ -81,6 +82,14 @@ def _event(topic: str, at: datetime, anonymous_id: str, n: int, **fields: object
 
 def _proof(user_id: str) -> dict[str, str]:
     return {"user_id": user_id, "user_hash": user_hash(SECRETS[WS], user_id)}
+
+
+class Unit(Protocol):
+    """A shape of history (`SHAPES`)."""
+
+    def __call__(self, n: int, c: int = 0, origin: datetime = ...) -> list[Record]:
+        """Session `n` of copy `c` (0: the history itself), its times from `origin`."""
+        ...
 
 
 def _copy(c: int) -> str:
@@ -152,7 +161,7 @@ def leads(n: int, c: int = 0, origin: datetime = START) -> list[Record]:
     return records
 
 
-SHAPES: dict[str, tuple[str, Callable[[int, int, datetime], list[Record]]]] = {
+SHAPES: dict[str, tuple[str, Unit]] = {
     "library": ("one library computer, a new user each session", library),
     "laptop": ("one user, one device, log in and out", laptop),
     "devices": ("one user, a new device each session", devices),
@@ -165,7 +174,7 @@ SHAPES: dict[str, tuple[str, Callable[[int, int, datetime], list[Record]]]] = {
 DEFAULT_SHAPES = ("library", "laptop", "devices", "email")
 
 
-def _span(unit: Callable[[int, int, datetime], list[Record]], sessions: int) -> timedelta:
+def _span(unit: Unit, sessions: int) -> timedelta:
     """The event time from a shape's first session to session `sessions`."""
     start = unit(0, 0, START)[0].timestamp_ms or 0
     return timedelta(milliseconds=(unit(sessions, 0, START)[0].timestamp_ms or 0) - start)
